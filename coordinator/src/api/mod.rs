@@ -1,0 +1,162 @@
+//! The REST API: routes under `/trace/api/v1.0`, authentication, CORS, limits and the OpenAPI document.
+
+pub mod error;
+pub mod extract;
+pub mod misc;
+pub mod registry;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use utoipa::OpenApi;
+
+use crate::config::Config;
+use crate::db::Store;
+use crate::secrets::{secret_eq, SshIdentity};
+use error::ApiError;
+
+/// Base path of every API route, as in the seed.
+pub const API_BASE: &str = "/trace/api/v1.0";
+
+/// What every handler can reach.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub ssh: SshIdentity,
+    /// The REST bearer token, when authentication is on.
+    pub rest_token: Option<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tracevisor", description = "Control plane for LTTng tracing across a fleet of Linux hosts"),
+    paths(
+        misc::root, misc::ssh, misc::analyses, misc::list,
+        registry::relays::list, registry::relays::create, registry::relays::get, registry::relays::update, registry::relays::delete,
+        registry::clients::list, registry::clients::create, registry::clients::get, registry::clients::update, registry::clients::delete,
+        registry::analyses_servers::list, registry::analyses_servers::create, registry::analyses_servers::get,
+        registry::analyses_servers::update, registry::analyses_servers::delete,
+        openapi,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[utoipa::path(get, path = "/trace/api/v1.0/openapi.json", tag = "server",
+    responses((status = 200, description = "this document")))]
+pub async fn openapi() -> Response {
+    Json(ApiDoc::openapi()).into_response()
+}
+
+/// Builds the router with every route, auth, CORS and the body limit.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/ssh", get(misc::ssh))
+        .route("/analyses", get(misc::analyses))
+        .route("/list", get(misc::list))
+        .route("/openapi.json", get(openapi))
+        .route("/relays", get(registry::relays::list).post(registry::relays::create))
+        .route(
+            "/relays/{id}",
+            get(registry::relays::get).put(registry::relays::update).delete(registry::relays::delete),
+        )
+        .route("/clients", get(registry::clients::list).post(registry::clients::create))
+        .route(
+            "/clients/{id}",
+            get(registry::clients::get).put(registry::clients::update).delete(registry::clients::delete),
+        )
+        .route(
+            "/analyses_servers",
+            get(registry::analyses_servers::list).post(registry::analyses_servers::create),
+        )
+        .route(
+            "/analyses_servers/{id}",
+            get(registry::analyses_servers::get)
+                .put(registry::analyses_servers::update)
+                .delete(registry::analyses_servers::delete),
+        );
+    let cors = cors_layer(&state.config);
+    Router::new()
+        .route("/", get(misc::root))
+        .nest(API_BASE, api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(cors)
+        .with_state(state)
+}
+
+fn cors_layer(config: &Config) -> CorsLayer {
+    let origins = if config.cors_allow_origins.iter().any(|o| o == "*") {
+        AllowOrigin::from(Any)
+    } else {
+        AllowOrigin::list(
+            config
+                .cors_allow_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .expose_headers([header::LOCATION])
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!("path {}", request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {} is not allowed on {}", request.method(), request.uri().path()),
+    )
+}
+
+/// Checks `Authorization: Bearer TOKEN` when a token is configured. The token is compared in
+/// constant time and never logged. CORS preflights pass so browsers can ask first.
+async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Some(expected) = &state.rest_token else {
+        return next.run(request).await;
+    };
+    if request.method() == Method::OPTIONS || request.uri().path() == "/" {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    match given {
+        Some(token) if secret_eq(token.trim(), expected) => next.run(request).await,
+        Some(_) => {
+            tracing::warn!(path = %request.uri().path(), "rejected a request with a wrong bearer token");
+            ApiError::unauthorized("invalid bearer token").into_response()
+        }
+        None => ApiError::unauthorized("missing Authorization: Bearer TOKEN header (see `tracevisor serve --help` for the token)")
+            .into_response(),
+    }
+}

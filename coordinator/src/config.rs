@@ -1,0 +1,347 @@
+//! Coordinator configuration: TOML file, then `TRACEVISOR_*` environment and flags, then validation.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::profiles::{self, Profile, Summary};
+
+/// Default listen address: the seed's port on loopback.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+/// Default request body limit.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default longest trace a request may ask for.
+pub const DEFAULT_MAX_DURATION_SECS: u64 = 3600;
+/// Default interval between heartbeats on agent links.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 10;
+
+/// Flags of `tracevisor serve`; each also reads a `TRACEVISOR_*` environment variable.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on [default: 127.0.0.1:5000]
+    #[arg(long, env = "TRACEVISOR_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory for the database, keys and tokens [default: a per-user data directory]
+    #[arg(long, env = "TRACEVISOR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file
+    #[arg(long, env = "TRACEVISOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Database URL: surrealkv://PATH (default, in the data dir), mem://, or ws(s)://HOST:PORT
+    #[arg(long, env = "TRACEVISOR_DB")]
+    pub db: Option<String>,
+    /// Bearer token for the REST API (else generated into the data dir when auth is needed)
+    #[arg(long, env = "TRACEVISOR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Enrollment token agents present (else generated into the data dir)
+    #[arg(long, env = "TRACEVISOR_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: Option<String>,
+    /// Serve without authentication on a non-loopback address (dangerous)
+    #[arg(long, env = "TRACEVISOR_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// PEM certificate chain: serve https and wss
+    #[arg(long, env = "TRACEVISOR_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching --tls-cert
+    #[arg(long, env = "TRACEVISOR_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Do not run the built-in agent for this host
+    #[arg(long, env = "TRACEVISOR_NO_LOCAL_AGENT")]
+    pub no_local_agent: bool,
+}
+
+/// The configuration file, every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    db: Option<String>,
+    token: Option<String>,
+    agent_token: Option<String>,
+    insecure_no_auth: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    local_agent: Option<bool>,
+    cors_allow_origins: Option<Vec<String>>,
+    max_body_bytes: Option<usize>,
+    max_duration_secs: Option<u64>,
+    heartbeat_interval_secs: Option<u64>,
+    #[serde(default)]
+    analyses: BTreeMap<String, FileProfile>,
+}
+
+/// A profile in the configuration file; a missing key keeps the built-in value when it overrides one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProfile {
+    description: Option<String>,
+    kernel_events: Option<Vec<String>>,
+    syscalls: Option<bool>,
+    userspace_events: Option<Vec<String>>,
+    commands: Option<Vec<Vec<String>>>,
+    summary: Option<Summary>,
+}
+
+/// Where a TLS certificate and key are.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub db: String,
+    pub token: Option<String>,
+    pub agent_token: Option<String>,
+    pub insecure_no_auth: bool,
+    pub tls: Option<TlsFiles>,
+    pub local_agent: bool,
+    pub cors_allow_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_duration_secs: u64,
+    pub heartbeat_interval: Duration,
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// A configuration error; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl Config {
+    /// Defaults for a data directory, as a test or an embedding program would start from.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        let data_dir = data_dir.into();
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            db: default_db(&data_dir),
+            data_dir,
+            token: None,
+            agent_token: None,
+            insecure_no_auth: false,
+            tls: None,
+            local_agent: false,
+            cors_allow_origins: vec!["*".into()],
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_duration_secs: DEFAULT_MAX_DURATION_SECS,
+            heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
+            profiles: profiles::builtin(),
+        }
+    }
+
+    /// Resolves flags and environment (already merged by clap) over the file over defaults.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err(format!("config file {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| err(format!("config file {}: {}", path.display(), e.to_string().trim())))?
+            }
+            None => FileConfig::default(),
+        };
+        let listen_text = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|_| err(format!("listen: {listen_text:?} is not an address:port such as 127.0.0.1:5000")))?;
+        let data_dir = match args.data_dir.clone().or(file.data_dir) {
+            Some(dir) => dir,
+            None => default_data_dir()?,
+        };
+        let mut config = Config::for_data_dir(data_dir);
+        config.listen = listen;
+        if let Some(db) = args.db.clone().or(file.db) {
+            config.db = db;
+        }
+        config.token = args.token.clone().or(file.token);
+        config.agent_token = args.agent_token.clone().or(file.agent_token);
+        config.insecure_no_auth = args.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);
+        config.local_agent = !args.no_local_agent && file.local_agent.unwrap_or(true);
+        config.tls = match (args.tls_cert.clone().or(file.tls_cert), args.tls_key.clone().or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(err("tls_key: missing (tls_cert is set; give both or neither)")),
+            (None, Some(_)) => return Err(err("tls_cert: missing (tls_key is set; give both or neither)")),
+        };
+        if let Some(origins) = file.cors_allow_origins {
+            config.cors_allow_origins = origins;
+        }
+        if let Some(v) = file.max_body_bytes {
+            config.max_body_bytes = v;
+        }
+        if let Some(v) = file.max_duration_secs {
+            config.max_duration_secs = v;
+        }
+        if let Some(v) = file.heartbeat_interval_secs {
+            config.heartbeat_interval = Duration::from_secs(v);
+        }
+        for (name, fp) in file.analyses {
+            let base = config.profiles.get(&name).cloned();
+            let profile = Profile {
+                analysis: name.clone(),
+                description: fp
+                    .description
+                    .or_else(|| base.as_ref().map(|b| b.description.clone()))
+                    .unwrap_or_else(|| format!("{name} (from configuration)")),
+                kernel_events: fp
+                    .kernel_events
+                    .or_else(|| base.as_ref().map(|b| b.kernel_events.clone()))
+                    .unwrap_or_default(),
+                syscalls: fp.syscalls.or(base.as_ref().map(|b| b.syscalls)).unwrap_or(false),
+                userspace_events: fp
+                    .userspace_events
+                    .or_else(|| base.as_ref().map(|b| b.userspace_events.clone()))
+                    .unwrap_or_default(),
+                commands: fp
+                    .commands
+                    .or_else(|| base.as_ref().map(|b| b.commands.clone()))
+                    .unwrap_or_default(),
+                summary: fp.summary.or(base.as_ref().map(|b| b.summary)).unwrap_or(Summary::Lami),
+            };
+            config.profiles.insert(name, profile);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let scheme = self.db.split("://").next().unwrap_or_default();
+        if !matches!(scheme, "surrealkv" | "mem" | "memory" | "ws" | "wss") || !self.db.contains("://") {
+            return Err(err(format!(
+                "db: {:?} is not a supported database URL (surrealkv://PATH, mem://, ws://HOST:PORT, wss://HOST:PORT)",
+                self.db
+            )));
+        }
+        for (key, token) in [("token", &self.token), ("agent_token", &self.agent_token)] {
+            if let Some(t) = token {
+                if t.len() < 16 || t.len() > 512 || !t.chars().all(|c| c.is_ascii_graphic()) {
+                    return Err(err(format!(
+                        "{key}: must be 16 to 512 printable ASCII characters without spaces"
+                    )));
+                }
+            }
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("tls_cert", &tls.cert), ("tls_key", &tls.key)] {
+                if !path.is_file() {
+                    return Err(err(format!("{key}: {} is not a readable file", path.display())));
+                }
+            }
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(err(format!(
+                "max_body_bytes: {} is outside 1024..=16777216",
+                self.max_body_bytes
+            )));
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.max_duration_secs) {
+            return Err(err(format!(
+                "max_duration_secs: {} is outside 1..=604800",
+                self.max_duration_secs
+            )));
+        }
+        let hb = self.heartbeat_interval.as_secs();
+        if !(1..=300).contains(&hb) {
+            return Err(err(format!("heartbeat_interval_secs: {hb} is outside 1..=300")));
+        }
+        for origin in &self.cors_allow_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(err(format!(
+                    "cors_allow_origins: {origin:?} is neither \"*\" nor an http(s):// origin"
+                )));
+            }
+        }
+        for (name, profile) in &self.profiles {
+            profile.validate(&format!("analyses.{name}")).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the listen address is loopback-only.
+    pub fn is_loopback(&self) -> bool {
+        self.listen.ip().is_loopback()
+    }
+}
+
+/// The embedded database in the data directory.
+pub fn default_db(data_dir: &Path) -> String {
+    format!("surrealkv://{}", data_dir.join("db").display())
+}
+
+/// `$XDG_DATA_HOME/tracevisor`, else `~/.local/share/tracevisor`.
+fn default_data_dir() -> Result<PathBuf, ConfigError> {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("tracevisor"));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/share/tracevisor")),
+        None => Err(err("data_dir: not set and neither XDG_DATA_HOME nor HOME is set")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("tv-config-{}-{}", std::process::id(), text.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            data_dir: Some(dir),
+            ..ServeArgs::default()
+        };
+        Config::load(&args)
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("listen = \"nope\"", "listen"),
+            ("max_body_bytes = 1", "max_body_bytes"),
+            ("heartbeat_interval_secs = 0", "heartbeat_interval_secs"),
+            ("db = \"rocksdb://x\"", "db"),
+            ("token = \"short\"", "token"),
+            ("bogus = 1", "bogus"),
+            ("tls_cert = \"/nonexistent\"", "tls_key"),
+            ("[analyses.x]\nkernel_events = [\"a;b\"]\ncommands=[[\"c\"]]", "analyses.x"),
+        ];
+        for (text, key) in cases {
+            let e = load_toml(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn profiles_override_and_add() {
+        let c = load_toml(
+            "[analyses.io]\ncommands = [[\"my-io\", \"{trace}\", \"{mongohost}\", \"{mongoport}\"]]\n\
+             [analyses.net]\nkernel_events = [\"net_dev_xmit\"]\ncommands = [[\"net-mi\", \"{trace}\"]]\n",
+        )
+        .unwrap();
+        assert_eq!(c.profiles["io"].commands[0][0], "my-io");
+        assert!(c.profiles["io"].syscalls, "unset keys keep the built-in value");
+        assert_eq!(c.profiles["net"].kernel_events, ["net_dev_xmit"]);
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    }
+}

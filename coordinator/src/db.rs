@@ -1,0 +1,307 @@
+//! The store: SurrealDB (embedded SurrealKV by default, or a server over ws://) holding the registry.
+//!
+//! Every query goes through [`Store::query`], which binds parameters (never string formatting)
+//! and converts results to JSON. The schema is versioned in `meta:schema` and brought forward
+//! by [`MIGRATIONS`] at start-up; nothing is ever dropped because the version changed.
+
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+use surrealdb::engine::any::Any;
+use surrealdb::Surreal;
+
+use crate::registry::{HostRecord, Kind};
+
+/// Namespace and database used inside SurrealDB.
+const NAMESPACE: &str = "tracevisor";
+const DATABASE: &str = "registry";
+
+/// Forward migrations, applied in order; entry `i` brings the schema to version `i + 1`.
+/// Append only: never edit a migration that has shipped.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the registry of relays, clients and analyses servers.
+    r#"
+    DEFINE TABLE relay SCHEMAFULL;
+    DEFINE FIELD hostname ON relay TYPE string;
+    DEFINE FIELD ipv4 ON relay TYPE option<string>;
+    DEFINE FIELD ipv6 ON relay TYPE option<string>;
+    DEFINE FIELD ctrlport ON relay TYPE int ASSERT $value >= 1 AND $value <= 65535;
+    DEFINE FIELD dataport ON relay TYPE int ASSERT $value >= 1 AND $value <= 65535;
+    DEFINE INDEX relay_hostname ON relay FIELDS hostname UNIQUE;
+    DEFINE SEQUENCE relay_id BATCH 1 START 1;
+
+    DEFINE TABLE client SCHEMAFULL;
+    DEFINE FIELD hostname ON client TYPE string;
+    DEFINE FIELD ipv4 ON client TYPE option<string>;
+    DEFINE FIELD ipv6 ON client TYPE option<string>;
+    DEFINE FIELD sshport ON client TYPE int ASSERT $value >= 1 AND $value <= 65535;
+    DEFINE FIELD sshuser ON client TYPE string;
+    DEFINE INDEX client_hostname ON client FIELDS hostname UNIQUE;
+    DEFINE SEQUENCE client_id BATCH 1 START 1;
+
+    DEFINE TABLE analyses_server SCHEMAFULL;
+    DEFINE FIELD hostname ON analyses_server TYPE string;
+    DEFINE FIELD ipv4 ON analyses_server TYPE option<string>;
+    DEFINE FIELD ipv6 ON analyses_server TYPE option<string>;
+    DEFINE FIELD sshport ON analyses_server TYPE int ASSERT $value >= 1 AND $value <= 65535;
+    DEFINE FIELD sshuser ON analyses_server TYPE string;
+    DEFINE INDEX analyses_server_hostname ON analyses_server FIELDS hostname UNIQUE;
+    DEFINE SEQUENCE analyses_server_id BATCH 1 START 1;
+    "#,
+];
+
+/// How many times a write that lost an optimistic-concurrency race is retried.
+const CONFLICT_RETRIES: u32 = 20;
+
+/// A store error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The hostname is already registered for this kind.
+    #[error("{kind} hostname {hostname:?} is already registered")]
+    Duplicate { kind: &'static str, hostname: String },
+    /// The database could not be opened.
+    #[error("cannot open database {url}: {message}")]
+    Open { url: String, message: String },
+    /// The data was written by a newer Tracevisor.
+    #[error("database schema version {found} is newer than this tracevisor supports ({supported}); upgrade tracevisor")]
+    TooNew { found: u64, supported: u64 },
+    /// Any other database failure.
+    #[error("database error: {0}")]
+    Db(String),
+    /// A stored record did not have the expected shape.
+    #[error("stored record is malformed: {0}")]
+    Corrupt(String),
+}
+
+impl From<surrealdb::Error> for StoreError {
+    fn from(e: surrealdb::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+/// Handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Surreal<Any>,
+}
+
+impl Store {
+    /// Connects (creating the embedded database if needed) and migrates the schema.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        if let Some(path) = url.strip_prefix("surrealkv://") {
+            if let Some(parent) = std::path::Path::new(path).parent() {
+                std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+                    url: url.to_owned(),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        let db = surrealdb::engine::any::connect(url)
+            .await
+            .map_err(|e| StoreError::Open { url: url.to_owned(), message: e.to_string() })?;
+        db.use_ns(NAMESPACE)
+            .use_db(DATABASE)
+            .await
+            .map_err(|e| StoreError::Open { url: url.to_owned(), message: e.to_string() })?;
+        let store = Store { db };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The schema version of the open database.
+    pub async fn schema_version(&self) -> Result<u64, StoreError> {
+        let rows = self.query("SELECT VALUE version FROM meta:schema", json!({})).await?;
+        Ok(rows.first().and_then(Json::as_u64).unwrap_or(0))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.query("DEFINE TABLE IF NOT EXISTS meta SCHEMALESS", json!({})).await?;
+        let current = self.schema_version().await?;
+        let supported = MIGRATIONS.len() as u64;
+        if current > supported {
+            return Err(StoreError::TooNew { found: current, supported });
+        }
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let version = index as u64 + 1;
+            // The migration and its version bump commit together or not at all.
+            let sql = format!(
+                "BEGIN TRANSACTION; {migration}; UPSERT meta:schema SET version = $version, migrated_at = time::now(); COMMIT TRANSACTION;"
+            );
+            self.query(&sql, json!({ "version": version })).await?;
+            tracing::info!(version, "database schema migrated");
+        }
+        Ok(())
+    }
+
+    /// Runs SurrealQL with bound parameters and returns the rows of the last statement as JSON.
+    pub async fn query(&self, sql: &str, vars: Json) -> Result<Vec<Json>, StoreError> {
+        let mut response = self.db.query(sql).bind(vars).await?.check()?;
+        let last = response.num_statements().saturating_sub(1);
+        let value: surrealdb::types::Value = response.take(last)?;
+        Ok(match value.into_json_value() {
+            Json::Array(rows) => rows,
+            Json::Null => Vec::new(),
+            other => vec![other],
+        })
+    }
+
+    /// Like [`Store::query`], retrying while the transaction loses an optimistic-concurrency race.
+    async fn write(&self, sql: &str, vars: Json) -> Result<Vec<Json>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.query(sql, vars.clone()).await {
+                Err(StoreError::Db(message)) if is_conflict(&message) && attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    let jitter = rand::random::<u64>() % (1 << attempt.min(6));
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Lists the records of a kind in id order.
+    pub async fn list(&self, kind: Kind) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = self
+            .query("SELECT * FROM type::table($tb) ORDER BY id", json!({ "tb": kind.table() }))
+            .await?;
+        rows.into_iter().map(|r| HostRecord::from_row(kind, r)).collect()
+    }
+
+    /// One record by id.
+    pub async fn get(&self, kind: Kind, id: u64) -> Result<Option<HostRecord>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT * FROM type::record($tb, $id)",
+                json!({ "tb": kind.table(), "id": id }),
+            )
+            .await?;
+        rows.into_iter().next().map(|r| HostRecord::from_row(kind, r)).transpose()
+    }
+
+    /// One record by hostname.
+    pub async fn find_by_hostname(&self, kind: Kind, hostname: &str) -> Result<Option<HostRecord>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT * FROM type::table($tb) WHERE hostname = $hostname LIMIT 1",
+                json!({ "tb": kind.table(), "hostname": hostname }),
+            )
+            .await?;
+        rows.into_iter().next().map(|r| HostRecord::from_row(kind, r)).transpose()
+    }
+
+    /// Creates a record with the next id of its kind; ids are never reused.
+    pub async fn create(&self, kind: Kind, record: &HostRecord) -> Result<HostRecord, StoreError> {
+        let vars = json!({
+            "tb": kind.table(),
+            "seq": format!("{}_id", kind.table()),
+            "data": record.content(kind),
+        });
+        let rows = self
+            .write(
+                "CREATE type::record($tb, sequence::nextval($seq)) CONTENT $data RETURN AFTER",
+                vars,
+            )
+            .await
+            .map_err(|e| duplicate(e, kind, &record.hostname))?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Db("create returned no record".into()))?;
+        HostRecord::from_row(kind, row)
+    }
+
+    /// Replaces the fields of an existing record; `None` when the id is unknown.
+    pub async fn replace(&self, kind: Kind, id: u64, record: &HostRecord) -> Result<Option<HostRecord>, StoreError> {
+        let vars = json!({ "tb": kind.table(), "id": id, "data": record.content(kind) });
+        let rows = self
+            .write(
+                "UPDATE type::record($tb, $id) CONTENT $data RETURN AFTER",
+                vars,
+            )
+            .await
+            .map_err(|e| duplicate(e, kind, &record.hostname))?;
+        rows.into_iter().next().map(|r| HostRecord::from_row(kind, r)).transpose()
+    }
+
+    /// Deletes a record; `false` when the id is unknown.
+    pub async fn delete(&self, kind: Kind, id: u64) -> Result<bool, StoreError> {
+        let rows = self
+            .write(
+                "DELETE type::record($tb, $id) RETURN BEFORE",
+                json!({ "tb": kind.table(), "id": id }),
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+}
+
+fn is_conflict(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("conflict") || m.contains("can be retried") || m.contains("retry")
+}
+
+fn duplicate(error: StoreError, kind: Kind, hostname: &str) -> StoreError {
+    match error {
+        StoreError::Db(message) if message.contains("already contains") => StoreError::Duplicate {
+            kind: kind.singular(),
+            hostname: hostname.to_owned(),
+        },
+        other => other,
+    }
+}
+
+/// Parses the integer key out of a record id rendered as JSON (`"relay:5"`).
+pub fn record_key(value: &Json) -> Result<u64, StoreError> {
+    let text = value.as_str().ok_or_else(|| StoreError::Corrupt(format!("id {value} is not a record id")))?;
+    text.rsplit_once(':')
+        .and_then(|(_, key)| key.parse::<u64>().ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("id {text:?} has no integer key")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn relay(hostname: &str) -> HostRecord {
+        HostRecord::new(Kind::Relays, hostname.into(), Some("10.0.0.1".into()), None)
+    }
+
+    #[tokio::test]
+    async fn crud_ids_and_duplicates() {
+        let store = Store::open("mem://").await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.len() as u64);
+        let a = store.create(Kind::Relays, &relay("a")).await.unwrap();
+        let b = store.create(Kind::Relays, &relay("b")).await.unwrap();
+        assert_eq!((a.id, b.id), (1, 2));
+        assert_eq!(a.ctrlport, Some(5342));
+        assert!(matches!(
+            store.create(Kind::Relays, &relay("a")).await,
+            Err(StoreError::Duplicate { .. })
+        ));
+        // A client may share a relay's hostname: uniqueness is per kind.
+        let c = store
+            .create(Kind::Clients, &HostRecord::new(Kind::Clients, "a".into(), None, Some("::1".into())))
+            .await
+            .unwrap();
+        assert_eq!(c.id, 1);
+        assert!(store.delete(Kind::Relays, 2).await.unwrap());
+        assert!(!store.delete(Kind::Relays, 2).await.unwrap());
+        let d = store.create(Kind::Relays, &relay("d")).await.unwrap();
+        assert_eq!(d.id, 4, "ids are not reused after a delete (3 went to the failed duplicate)");
+        let mut changed = a.clone();
+        changed.hostname = "d".into();
+        assert!(matches!(
+            store.replace(Kind::Relays, 1, &changed).await,
+            Err(StoreError::Duplicate { .. })
+        ));
+        changed.hostname = "a2".into();
+        assert_eq!(store.replace(Kind::Relays, 1, &changed).await.unwrap().unwrap().hostname, "a2");
+        assert!(store.replace(Kind::Relays, 99, &changed).await.unwrap().is_none());
+        let list: Vec<u64> = store.list(Kind::Relays).await.unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(list, [1, 4]);
+        assert_eq!(store.get(Kind::Relays, 4).await.unwrap().unwrap().hostname, "d");
+        assert!(store.get(Kind::Relays, 2).await.unwrap().is_none());
+    }
+}

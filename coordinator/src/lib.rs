@@ -1,0 +1,120 @@
+//! The Tracevisor coordinator: REST API, registry store and (soon) the agent hub and job engine.
+//!
+//! [`run`] is the whole server: the caller binds the listener (tests bind port 0) and passes a
+//! cancellation token; `run` returns once every connection has drained after cancellation.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod profiles;
+pub mod registry;
+pub mod secrets;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Why the coordinator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] db::StoreError),
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
+    #[error("data dir {path}: {message}")]
+    DataDir { path: String, message: String },
+    #[error("refusing to serve without authentication on non-loopback address {0}; set a token or pass --insecure-no-auth")]
+    OpenOnNetwork(SocketAddr),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("server: {0}")]
+    Serve(String),
+}
+
+/// How long in-flight requests may take to finish after shutdown is asked.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the coordinator on `listener` until `shutdown` is cancelled.
+pub async fn run(listener: std::net::TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    config.validate()?;
+    prepare_data_dir(&config)?;
+    let store = db::Store::open(&config.db).await?;
+    let ssh = secrets::load_or_create_ssh_key(&config.data_dir)?;
+    let rest_token = rest_token(&config)?;
+    let local_addr = listener.local_addr().map_err(|e| RunError::Serve(e.to_string()))?;
+    let config = Arc::new(config);
+    let state = Arc::new(api::AppState { config: config.clone(), store, ssh, rest_token });
+    let app = api::router(state);
+    tracing::info!(
+        address = %local_addr,
+        tls = config.tls.is_some(),
+        auth = if config.token.is_some() || !config.is_loopback() && !config.insecure_no_auth { "bearer token" } else { "none (loopback)" },
+        db = %config.db,
+        "tracevisor listening"
+    );
+    listener.set_nonblocking(true).map_err(|e| RunError::Serve(e.to_string()))?;
+    match &config.tls {
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| RunError::Serve(e.to_string()))?;
+            let stop = shutdown.clone();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .map_err(|e| RunError::Serve(e.to_string()))?;
+        }
+        Some(tls) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                .await
+                .map_err(|e| RunError::Tls(format!("{} / {}: {e}", tls.cert.display(), tls.key.display())))?;
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                stopper.graceful_shutdown(Some(DRAIN_TIMEOUT));
+            });
+            axum_server::from_tcp_rustls(listener, tls_config)
+                .map_err(|e| RunError::Serve(e.to_string()))?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+                .map_err(|e| RunError::Serve(e.to_string()))?;
+        }
+    }
+    tracing::info!("tracevisor stopped");
+    Ok(())
+}
+
+fn prepare_data_dir(config: &Config) -> Result<(), RunError> {
+    let dir = &config.data_dir;
+    let fail = |e: std::io::Error| RunError::DataDir { path: dir.display().to_string(), message: e.to_string() };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    Ok(())
+}
+
+/// The REST token in force: configured, else generated when the address is not loopback.
+fn rest_token(config: &Config) -> Result<Option<String>, RunError> {
+    if let Some(token) = &config.token {
+        return Ok(Some(token.clone()));
+    }
+    if config.is_loopback() {
+        return Ok(None);
+    }
+    if config.insecure_no_auth {
+        tracing::warn!(address = %config.listen, "serving WITHOUT authentication on a non-loopback address (--insecure-no-auth)");
+        return Ok(None);
+    }
+    let token = secrets::load_or_create_token(&config.data_dir, secrets::REST_TOKEN_FILE)?;
+    tracing::info!(file = %config.data_dir.join(secrets::REST_TOKEN_FILE).display(), "REST API requires the bearer token in this file");
+    Ok(Some(token))
+}

@@ -1,0 +1,107 @@
+//! The `tracevisor` binary: parses flags, sets up logging and calls the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracevisor::config::{Config, ServeArgs};
+
+#[derive(Parser)]
+#[command(name = "tracevisor", version, about = "Control plane for LTTng tracing across a fleet of Linux hosts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator (REST API, agent hub, embedded database)
+    Serve(ServeArgs),
+    /// Print the enrollment token agents present (generated on first use)
+    AgentToken(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,surrealdb=warn,surrealkv=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::AgentToken(args) => agent_token(&args),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match Config::load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tracevisor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match std::net::TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tracevisor: cannot listen on {}: {e}", config.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tracevisor: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    runtime.spawn(stop_on_signal(shutdown.clone()));
+    match runtime.block_on(tracevisor::run(listener, config, shutdown)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracevisor: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+    shutdown.cancel();
+}
+
+fn agent_token(args: &ServeArgs) -> ExitCode {
+    let config = match Config::load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tracevisor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(token) = &config.agent_token {
+        println!("{token}");
+        return ExitCode::SUCCESS;
+    }
+    match tracevisor::secrets::load_or_create_token(&config.data_dir, tracevisor::secrets::AGENT_TOKEN_FILE) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tracevisor: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
