@@ -147,8 +147,13 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| err(format!("config file {}: {e}", path.display())))?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| err(format!("config file {}: {}", path.display(), e.to_string().trim())))?
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    err(format!(
+                        "config file {}: {}",
+                        path.display(),
+                        e.to_string().trim()
+                    ))
+                })?
             }
             None => FileConfig::default(),
         };
@@ -157,9 +162,11 @@ impl Config {
             .clone()
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen = listen_text
-            .parse::<SocketAddr>()
-            .map_err(|_| err(format!("listen: {listen_text:?} is not an address:port such as 127.0.0.1:5000")))?;
+        let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
+            err(format!(
+                "listen: {listen_text:?} is not an address:port such as 127.0.0.1:5000"
+            ))
+        })?;
         let data_dir = match args.data_dir.clone().or(file.data_dir) {
             Some(dir) => dir,
             None => default_data_dir()?,
@@ -173,11 +180,22 @@ impl Config {
         config.agent_token = args.agent_token.clone().or(file.agent_token);
         config.insecure_no_auth = args.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);
         config.local_agent = !args.no_local_agent && file.local_agent.unwrap_or(true);
-        config.tls = match (args.tls_cert.clone().or(file.tls_cert), args.tls_key.clone().or(file.tls_key)) {
+        config.tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
-            (Some(_), None) => return Err(err("tls_key: missing (tls_cert is set; give both or neither)")),
-            (None, Some(_)) => return Err(err("tls_cert: missing (tls_key is set; give both or neither)")),
+            (Some(_), None) => {
+                return Err(err(
+                    "tls_key: missing (tls_cert is set; give both or neither)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "tls_cert: missing (tls_key is set; give both or neither)",
+                ))
+            }
         };
         if let Some(origins) = file.cors_allow_origins {
             config.cors_allow_origins = origins;
@@ -203,7 +221,10 @@ impl Config {
                     .kernel_events
                     .or_else(|| base.as_ref().map(|b| b.kernel_events.clone()))
                     .unwrap_or_default(),
-                syscalls: fp.syscalls.or(base.as_ref().map(|b| b.syscalls)).unwrap_or(false),
+                syscalls: fp
+                    .syscalls
+                    .or(base.as_ref().map(|b| b.syscalls))
+                    .unwrap_or(false),
                 userspace_events: fp
                     .userspace_events
                     .or_else(|| base.as_ref().map(|b| b.userspace_events.clone()))
@@ -212,7 +233,10 @@ impl Config {
                     .commands
                     .or_else(|| base.as_ref().map(|b| b.commands.clone()))
                     .unwrap_or_default(),
-                summary: fp.summary.or(base.as_ref().map(|b| b.summary)).unwrap_or(Summary::Lami),
+                summary: fp
+                    .summary
+                    .or(base.as_ref().map(|b| b.summary))
+                    .unwrap_or(Summary::Lami),
             };
             config.profiles.insert(name, profile);
         }
@@ -223,7 +247,9 @@ impl Config {
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let scheme = self.db.split("://").next().unwrap_or_default();
-        if !matches!(scheme, "surrealkv" | "mem" | "memory" | "ws" | "wss") || !self.db.contains("://") {
+        if !matches!(scheme, "surrealkv" | "mem" | "memory" | "ws" | "wss")
+            || !self.db.contains("://")
+        {
             return Err(err(format!(
                 "db: {:?} is not a supported database URL (surrealkv://PATH, mem://, ws://HOST:PORT, wss://HOST:PORT)",
                 self.db
@@ -241,7 +267,10 @@ impl Config {
         if let Some(tls) = &self.tls {
             for (key, path) in [("tls_cert", &tls.cert), ("tls_key", &tls.key)] {
                 if !path.is_file() {
-                    return Err(err(format!("{key}: {} is not a readable file", path.display())));
+                    return Err(err(format!(
+                        "{key}: {} is not a readable file",
+                        path.display()
+                    )));
                 }
             }
         }
@@ -259,7 +288,9 @@ impl Config {
         }
         let hb = self.heartbeat_interval.as_secs();
         if !(1..=300).contains(&hb) {
-            return Err(err(format!("heartbeat_interval_secs: {hb} is outside 1..=300")));
+            return Err(err(format!(
+                "heartbeat_interval_secs: {hb} is outside 1..=300"
+            )));
         }
         for origin in &self.cors_allow_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -292,7 +323,9 @@ fn default_data_dir() -> Result<PathBuf, ConfigError> {
     }
     match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
         Some(home) => Ok(PathBuf::from(home).join(".local/share/tracevisor")),
-        None => Err(err("data_dir: not set and neither XDG_DATA_HOME nor HOME is set")),
+        None => Err(err(
+            "data_dir: not set and neither XDG_DATA_HOME nor HOME is set",
+        )),
     }
 }
 
@@ -302,7 +335,8 @@ mod tests {
     use super::*;
 
     fn load_toml(text: &str) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("tv-config-{}-{}", std::process::id(), text.len()));
+        let dir =
+            std::env::temp_dir().join(format!("tv-config-{}-{}", std::process::id(), text.len()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, text).unwrap();
@@ -324,7 +358,10 @@ mod tests {
             ("token = \"short\"", "token"),
             ("bogus = 1", "bogus"),
             ("tls_cert = \"/nonexistent\"", "tls_key"),
-            ("[analyses.x]\nkernel_events = [\"a;b\"]\ncommands=[[\"c\"]]", "analyses.x"),
+            (
+                "[analyses.x]\nkernel_events = [\"a;b\"]\ncommands=[[\"c\"]]",
+                "analyses.x",
+            ),
         ];
         for (text, key) in cases {
             let e = load_toml(text).unwrap_err().to_string();
@@ -340,7 +377,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.profiles["io"].commands[0][0], "my-io");
-        assert!(c.profiles["io"].syscalls, "unset keys keep the built-in value");
+        assert!(
+            c.profiles["io"].syscalls,
+            "unset keys keep the built-in value"
+        );
         assert_eq!(c.profiles["net"].kernel_events, ["net_dev_xmit"]);
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
     }

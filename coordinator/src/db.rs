@@ -58,7 +58,10 @@ const CONFLICT_RETRIES: u32 = 20;
 pub enum StoreError {
     /// The hostname is already registered for this kind.
     #[error("{kind} hostname {hostname:?} is already registered")]
-    Duplicate { kind: &'static str, hostname: String },
+    Duplicate {
+        kind: &'static str,
+        hostname: String,
+    },
     /// The database could not be opened.
     #[error("cannot open database {url}: {message}")]
     Open { url: String, message: String },
@@ -98,11 +101,17 @@ impl Store {
         }
         let db = surrealdb::engine::any::connect(url)
             .await
-            .map_err(|e| StoreError::Open { url: url.to_owned(), message: e.to_string() })?;
+            .map_err(|e| StoreError::Open {
+                url: url.to_owned(),
+                message: e.to_string(),
+            })?;
         db.use_ns(NAMESPACE)
             .use_db(DATABASE)
             .await
-            .map_err(|e| StoreError::Open { url: url.to_owned(), message: e.to_string() })?;
+            .map_err(|e| StoreError::Open {
+                url: url.to_owned(),
+                message: e.to_string(),
+            })?;
         let store = Store { db };
         store.migrate().await?;
         Ok(store)
@@ -110,16 +119,22 @@ impl Store {
 
     /// The schema version of the open database.
     pub async fn schema_version(&self) -> Result<u64, StoreError> {
-        let rows = self.query("SELECT VALUE version FROM meta:schema", json!({})).await?;
+        let rows = self
+            .query("SELECT VALUE version FROM meta:schema", json!({}))
+            .await?;
         Ok(rows.first().and_then(Json::as_u64).unwrap_or(0))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        self.query("DEFINE TABLE IF NOT EXISTS meta SCHEMALESS", json!({})).await?;
+        self.query("DEFINE TABLE IF NOT EXISTS meta SCHEMALESS", json!({}))
+            .await?;
         let current = self.schema_version().await?;
         let supported = MIGRATIONS.len() as u64;
         if current > supported {
-            return Err(StoreError::TooNew { found: current, supported });
+            return Err(StoreError::TooNew {
+                found: current,
+                supported,
+            });
         }
         for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let version = index as u64 + 1;
@@ -150,7 +165,9 @@ impl Store {
         let mut attempt = 0;
         loop {
             match self.query(sql, vars.clone()).await {
-                Err(StoreError::Db(message)) if is_conflict(&message) && attempt < CONFLICT_RETRIES => {
+                Err(StoreError::Db(message))
+                    if is_conflict(&message) && attempt < CONFLICT_RETRIES =>
+                {
                     attempt += 1;
                     let jitter = rand::random::<u64>() % (1 << attempt.min(6));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
@@ -163,9 +180,14 @@ impl Store {
     /// Lists the records of a kind in id order.
     pub async fn list(&self, kind: Kind) -> Result<Vec<HostRecord>, StoreError> {
         let rows = self
-            .query("SELECT * FROM type::table($tb) ORDER BY id", json!({ "tb": kind.table() }))
+            .query(
+                "SELECT * FROM type::table($tb) ORDER BY id",
+                json!({ "tb": kind.table() }),
+            )
             .await?;
-        rows.into_iter().map(|r| HostRecord::from_row(kind, r)).collect()
+        rows.into_iter()
+            .map(|r| HostRecord::from_row(kind, r))
+            .collect()
     }
 
     /// One record by id.
@@ -176,18 +198,28 @@ impl Store {
                 json!({ "tb": kind.table(), "id": id }),
             )
             .await?;
-        rows.into_iter().next().map(|r| HostRecord::from_row(kind, r)).transpose()
+        rows.into_iter()
+            .next()
+            .map(|r| HostRecord::from_row(kind, r))
+            .transpose()
     }
 
     /// One record by hostname.
-    pub async fn find_by_hostname(&self, kind: Kind, hostname: &str) -> Result<Option<HostRecord>, StoreError> {
+    pub async fn find_by_hostname(
+        &self,
+        kind: Kind,
+        hostname: &str,
+    ) -> Result<Option<HostRecord>, StoreError> {
         let rows = self
             .query(
                 "SELECT * FROM type::table($tb) WHERE hostname = $hostname LIMIT 1",
                 json!({ "tb": kind.table(), "hostname": hostname }),
             )
             .await?;
-        rows.into_iter().next().map(|r| HostRecord::from_row(kind, r)).transpose()
+        rows.into_iter()
+            .next()
+            .map(|r| HostRecord::from_row(kind, r))
+            .transpose()
     }
 
     /// Creates a record with the next id of its kind; ids are never reused.
@@ -212,7 +244,12 @@ impl Store {
     }
 
     /// Replaces the fields of an existing record; `None` when the id is unknown.
-    pub async fn replace(&self, kind: Kind, id: u64, record: &HostRecord) -> Result<Option<HostRecord>, StoreError> {
+    pub async fn replace(
+        &self,
+        kind: Kind,
+        id: u64,
+        record: &HostRecord,
+    ) -> Result<Option<HostRecord>, StoreError> {
         let vars = json!({ "tb": kind.table(), "id": id, "data": record.content(kind) });
         let rows = self
             .write(
@@ -221,7 +258,10 @@ impl Store {
             )
             .await
             .map_err(|e| duplicate(e, kind, &record.hostname))?;
-        rows.into_iter().next().map(|r| HostRecord::from_row(kind, r)).transpose()
+        rows.into_iter()
+            .next()
+            .map(|r| HostRecord::from_row(kind, r))
+            .transpose()
     }
 
     /// Deletes a record; `false` when the id is unknown.
@@ -253,7 +293,9 @@ fn duplicate(error: StoreError, kind: Kind, hostname: &str) -> StoreError {
 
 /// Parses the integer key out of a record id rendered as JSON (`"relay:5"`).
 pub fn record_key(value: &Json) -> Result<u64, StoreError> {
-    let text = value.as_str().ok_or_else(|| StoreError::Corrupt(format!("id {value} is not a record id")))?;
+    let text = value
+        .as_str()
+        .ok_or_else(|| StoreError::Corrupt(format!("id {value} is not a record id")))?;
     text.rsplit_once(':')
         .and_then(|(_, key)| key.parse::<u64>().ok())
         .ok_or_else(|| StoreError::Corrupt(format!("id {text:?} has no integer key")))
@@ -271,7 +313,10 @@ mod tests {
     #[tokio::test]
     async fn crud_ids_and_duplicates() {
         let store = Store::open("mem://").await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.len() as u64);
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            MIGRATIONS.len() as u64
+        );
         let a = store.create(Kind::Relays, &relay("a")).await.unwrap();
         let b = store.create(Kind::Relays, &relay("b")).await.unwrap();
         assert_eq!((a.id, b.id), (1, 2));
@@ -282,14 +327,20 @@ mod tests {
         ));
         // A client may share a relay's hostname: uniqueness is per kind.
         let c = store
-            .create(Kind::Clients, &HostRecord::new(Kind::Clients, "a".into(), None, Some("::1".into())))
+            .create(
+                Kind::Clients,
+                &HostRecord::new(Kind::Clients, "a".into(), None, Some("::1".into())),
+            )
             .await
             .unwrap();
         assert_eq!(c.id, 1);
         assert!(store.delete(Kind::Relays, 2).await.unwrap());
         assert!(!store.delete(Kind::Relays, 2).await.unwrap());
         let d = store.create(Kind::Relays, &relay("d")).await.unwrap();
-        assert_eq!(d.id, 4, "ids are not reused after a delete (3 went to the failed duplicate)");
+        assert_eq!(
+            d.id, 4,
+            "ids are not reused after a delete (3 went to the failed duplicate)"
+        );
         let mut changed = a.clone();
         changed.hostname = "d".into();
         assert!(matches!(
@@ -297,11 +348,32 @@ mod tests {
             Err(StoreError::Duplicate { .. })
         ));
         changed.hostname = "a2".into();
-        assert_eq!(store.replace(Kind::Relays, 1, &changed).await.unwrap().unwrap().hostname, "a2");
-        assert!(store.replace(Kind::Relays, 99, &changed).await.unwrap().is_none());
-        let list: Vec<u64> = store.list(Kind::Relays).await.unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(
+            store
+                .replace(Kind::Relays, 1, &changed)
+                .await
+                .unwrap()
+                .unwrap()
+                .hostname,
+            "a2"
+        );
+        assert!(store
+            .replace(Kind::Relays, 99, &changed)
+            .await
+            .unwrap()
+            .is_none());
+        let list: Vec<u64> = store
+            .list(Kind::Relays)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(list, [1, 4]);
-        assert_eq!(store.get(Kind::Relays, 4).await.unwrap().unwrap().hostname, "d");
+        assert_eq!(
+            store.get(Kind::Relays, 4).await.unwrap().unwrap().hostname,
+            "d"
+        );
         assert!(store.get(Kind::Relays, 2).await.unwrap().is_none());
     }
 }

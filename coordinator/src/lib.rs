@@ -43,15 +43,26 @@ pub enum RunError {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
-pub async fn run(listener: std::net::TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    listener: std::net::TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     config.validate()?;
     prepare_data_dir(&config)?;
     let store = db::Store::open(&config.db).await?;
     let ssh = secrets::load_or_create_ssh_key(&config.data_dir)?;
     let rest_token = rest_token(&config)?;
-    let local_addr = listener.local_addr().map_err(|e| RunError::Serve(e.to_string()))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| RunError::Serve(e.to_string()))?;
     let config = Arc::new(config);
-    let state = Arc::new(api::AppState { config: config.clone(), store, ssh, rest_token });
+    let state = Arc::new(api::AppState {
+        config: config.clone(),
+        store,
+        ssh,
+        rest_token,
+    });
     let app = api::router(state);
     tracing::info!(
         address = %local_addr,
@@ -60,10 +71,13 @@ pub async fn run(listener: std::net::TcpListener, config: Config, shutdown: Canc
         db = %config.db,
         "tracevisor listening"
     );
-    listener.set_nonblocking(true).map_err(|e| RunError::Serve(e.to_string()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| RunError::Serve(e.to_string()))?;
     match &config.tls {
         None => {
-            let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| RunError::Serve(e.to_string()))?;
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| RunError::Serve(e.to_string()))?;
             let stop = shutdown.clone();
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -72,9 +86,16 @@ pub async fn run(listener: std::net::TcpListener, config: Config, shutdown: Canc
         }
         Some(tls) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                .await
-                .map_err(|e| RunError::Tls(format!("{} / {}: {e}", tls.cert.display(), tls.key.display())))?;
+            let tls_config =
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                    .await
+                    .map_err(|e| {
+                        RunError::Tls(format!(
+                            "{} / {}: {e}",
+                            tls.cert.display(),
+                            tls.key.display()
+                        ))
+                    })?;
             let handle = axum_server::Handle::new();
             let stopper = handle.clone();
             let stop = shutdown.clone();
@@ -96,7 +117,10 @@ pub async fn run(listener: std::net::TcpListener, config: Config, shutdown: Canc
 
 fn prepare_data_dir(config: &Config) -> Result<(), RunError> {
     let dir = &config.data_dir;
-    let fail = |e: std::io::Error| RunError::DataDir { path: dir.display().to_string(), message: e.to_string() };
+    let fail = |e: std::io::Error| RunError::DataDir {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    };
     std::fs::create_dir_all(dir).map_err(fail)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
     Ok(())

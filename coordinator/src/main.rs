@@ -7,7 +7,11 @@ use tokio_util::sync::CancellationToken;
 use tracevisor::config::{Config, ServeArgs};
 
 #[derive(Parser)]
-#[command(name = "tracevisor", version, about = "Control plane for LTTng tracing across a fleet of Linux hosts")]
+#[command(
+    name = "tracevisor",
+    version,
+    about = "Control plane for LTTng tracing across a fleet of Linux hosts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,8 +29,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,surrealdb=warn,surrealkv=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,surrealdb=warn,surrealkv=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -72,7 +77,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
 
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -95,7 +103,10 @@ fn agent_token(args: &ServeArgs) -> ExitCode {
         println!("{token}");
         return ExitCode::SUCCESS;
     }
-    match tracevisor::secrets::load_or_create_token(&config.data_dir, tracevisor::secrets::AGENT_TOKEN_FILE) {
+    match tracevisor::secrets::load_or_create_token(
+        &config.data_dir,
+        tracevisor::secrets::AGENT_TOKEN_FILE,
+    ) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

@@ -53,7 +53,9 @@ impl Profile {
             event_name(event).map_err(|e| format!("{key}: event {event:?} {e}"))?;
         }
         if !self.needs_kernel() && self.userspace_events.is_empty() {
-            return Err(format!("{key}: enables no events (set kernel_events, syscalls or userspace_events)"));
+            return Err(format!(
+                "{key}: enables no events (set kernel_events, syscalls or userspace_events)"
+            ));
         }
         if self.summary == Summary::Lami && self.commands.is_empty() {
             return Err(format!("{key}: a lami profile needs at least one command"));
@@ -63,7 +65,9 @@ impl Profile {
                 return Err(format!("{key}: a command is empty"));
             };
             if program.starts_with('{') {
-                return Err(format!("{key}: a command must start with a program name, not {program:?}"));
+                return Err(format!(
+                    "{key}: a command must start with a program name, not {program:?}"
+                ));
             }
             for arg in argv {
                 if arg.contains('{') && !PLACEHOLDERS.contains(&arg.as_str()) {
@@ -73,7 +77,9 @@ impl Profile {
                     ));
                 }
                 if arg.chars().any(|c| c.is_control()) {
-                    return Err(format!("{key}: argument {arg:?} contains a control character"));
+                    return Err(format!(
+                        "{key}: argument {arg:?} contains a control character"
+                    ));
                 }
             }
         }
@@ -102,7 +108,13 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
 
-fn lami(name: &str, description: &str, events: &[&str], syscalls: bool, commands: &[&str]) -> Profile {
+fn lami(
+    name: &str,
+    description: &str,
+    events: &[&str],
+    syscalls: bool,
+    commands: &[&str],
+) -> Profile {
     Profile {
         analysis: name.to_owned(),
         description: description.to_owned(),
@@ -128,7 +140,11 @@ const PROCESS_EVENTS: [&str; 4] = [
 /// The built-in profiles: `cpu`, `io` (the original's event lists), `irq`, `mem`, `sched`, `ust`.
 pub fn builtin() -> BTreeMap<String, Profile> {
     let with_process = |extra: &[&'static str]| -> Vec<&'static str> {
-        PROCESS_EVENTS.iter().copied().chain(extra.iter().copied()).collect()
+        PROCESS_EVENTS
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect()
     };
     let profiles = [
         lami(
@@ -191,7 +207,10 @@ pub fn builtin() -> BTreeMap<String, Profile> {
             summary: Summary::Ust,
         },
     ];
-    profiles.into_iter().map(|p| (p.analysis.clone(), p)).collect()
+    profiles
+        .into_iter()
+        .map(|p| (p.analysis.clone(), p))
+        .collect()
 }
 
 #[cfg(test)]
@@ -201,7 +220,10 @@ mod tests {
     #[test]
     fn builtins_are_valid() {
         let all = builtin();
-        assert_eq!(all.keys().collect::<Vec<_>>(), ["cpu", "io", "irq", "mem", "sched", "ust"]);
+        assert_eq!(
+            all.keys().collect::<Vec<_>>(),
+            ["cpu", "io", "irq", "mem", "sched", "ust"]
+        );
         for (name, p) in &all {
             p.validate(name).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -212,10 +234,17 @@ mod tests {
     fn rejects_bad_commands() {
         let mut p = builtin()["cpu"].clone();
         p.commands = vec![vec!["script".into(), "--x={trace}".into()]];
-        assert!(p.validate("analyses.cpu").unwrap_err().contains("unknown placeholder"));
+        assert!(p
+            .validate("analyses.cpu")
+            .unwrap_err()
+            .contains("unknown placeholder"));
         p.commands = vec![vec!["{trace}".into()]];
         assert!(p.validate("analyses.cpu").is_err());
-        p.commands = vec![vec!["script".into(), "{mongohost}".into(), "{trace}".into()]];
+        p.commands = vec![vec![
+            "script".into(),
+            "{mongohost}".into(),
+            "{trace}".into(),
+        ]];
         assert!(p.validate("analyses.cpu").is_ok());
         p.kernel_events = vec!["a;b".into()];
         assert!(p.validate("analyses.cpu").unwrap_err().contains("event"));

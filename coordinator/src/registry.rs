@@ -85,7 +85,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: &str, message: impl Into<String>) -> Self {
-        FieldError { field: field.to_owned(), message: message.into() }
+        FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
@@ -118,8 +121,10 @@ impl HostRecord {
     /// Applies the fields present in a PUT body, then checks the whole record.
     pub fn apply(&mut self, kind: Kind, body: &Map<String, Json>) -> Result<(), FieldError> {
         if let Some(v) = body.get("hostname") {
-            let name = string(v, "hostname")?.ok_or_else(|| FieldError::new("hostname", "must not be null"))?;
-            validate::hostname(&name).map_err(|e| FieldError::new("hostname", format!("{name:?} {e}")))?;
+            let name = string(v, "hostname")?
+                .ok_or_else(|| FieldError::new("hostname", "must not be null"))?;
+            validate::hostname(&name)
+                .map_err(|e| FieldError::new("hostname", format!("{name:?} {e}")))?;
             self.hostname = name;
         }
         if let Some(v) = body.get("ipv4") {
@@ -134,12 +139,16 @@ impl HostRecord {
                 .transpose()
                 .map_err(|e| FieldError::new("ipv6", e))?;
         }
-        let ports: &[&str] = if kind.has_ssh() { &["sshport"] } else { &["ctrlport", "dataport"] };
+        let ports: &[&str] = if kind.has_ssh() {
+            &["sshport"]
+        } else {
+            &["ctrlport", "dataport"]
+        };
         for &field in ports {
             if let Some(v) = body.get(field) {
-                let n = v
-                    .as_i64()
-                    .ok_or_else(|| FieldError::new(field, format!("must be an integer port (1-65535), got {v}")))?;
+                let n = v.as_i64().ok_or_else(|| {
+                    FieldError::new(field, format!("must be an integer port (1-65535), got {v}"))
+                })?;
                 let port = validate::port(n).map_err(|e| FieldError::new(field, e))?;
                 match field {
                     "sshport" => self.sshport = Some(port),
@@ -150,13 +159,18 @@ impl HostRecord {
         }
         if kind.has_ssh() {
             if let Some(v) = body.get("sshuser") {
-                let user = string(v, "sshuser")?.ok_or_else(|| FieldError::new("sshuser", "must not be null"))?;
-                validate::username(&user).map_err(|e| FieldError::new("sshuser", format!("{user:?} {e}")))?;
+                let user = string(v, "sshuser")?
+                    .ok_or_else(|| FieldError::new("sshuser", "must not be null"))?;
+                validate::username(&user)
+                    .map_err(|e| FieldError::new("sshuser", format!("{user:?} {e}")))?;
                 self.sshuser = Some(user);
             }
         }
         if self.ipv4.is_none() && self.ipv6.is_none() {
-            return Err(FieldError::new("ipv4", "at least one of ipv4 and ipv6 is required"));
+            return Err(FieldError::new(
+                "ipv4",
+                "at least one of ipv4 and ipv6 is required",
+            ));
         }
         Ok(())
     }
@@ -172,27 +186,45 @@ impl HostRecord {
             map.insert("ipv6".into(), Json::from(v.clone()));
         }
         if kind.has_ssh() {
-            map.insert("sshport".into(), Json::from(self.sshport.unwrap_or(DEFAULT_SSHPORT)));
+            map.insert(
+                "sshport".into(),
+                Json::from(self.sshport.unwrap_or(DEFAULT_SSHPORT)),
+            );
             map.insert(
                 "sshuser".into(),
-                Json::from(self.sshuser.clone().unwrap_or_else(|| DEFAULT_SSHUSER.into())),
+                Json::from(
+                    self.sshuser
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_SSHUSER.into()),
+                ),
             );
         } else {
-            map.insert("ctrlport".into(), Json::from(self.ctrlport.unwrap_or(DEFAULT_CTRLPORT)));
-            map.insert("dataport".into(), Json::from(self.dataport.unwrap_or(DEFAULT_DATAPORT)));
+            map.insert(
+                "ctrlport".into(),
+                Json::from(self.ctrlport.unwrap_or(DEFAULT_CTRLPORT)),
+            );
+            map.insert(
+                "dataport".into(),
+                Json::from(self.dataport.unwrap_or(DEFAULT_DATAPORT)),
+            );
         }
         Json::Object(map)
     }
 
     /// Reads a stored row back.
     pub fn from_row(kind: Kind, row: Json) -> Result<Self, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("{} record: {what}", kind.singular()));
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("{} record: {what}", kind.singular()));
         let id = record_key(row.get("id").unwrap_or(&Json::Null))?;
         let text = |key: &str| row.get(key).and_then(Json::as_str).map(str::to_owned);
         let port = |key: &str| -> Result<Option<u16>, StoreError> {
             row.get(key)
                 .filter(|v| !v.is_null())
-                .map(|v| v.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or_else(|| corrupt(key)))
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|n| u16::try_from(n).ok())
+                        .ok_or_else(|| corrupt(key))
+                })
                 .transpose()
         };
         Ok(HostRecord {
@@ -220,7 +252,10 @@ fn string(value: &Json, field: &str) -> Result<Option<String>, FieldError> {
     match value {
         Json::Null => Ok(None),
         Json::String(s) => Ok(Some(s.clone())),
-        other => Err(FieldError::new(field, format!("must be a string, got {other}"))),
+        other => Err(FieldError::new(
+            field,
+            format!("must be a string, got {other}"),
+        )),
     }
 }
 
@@ -236,8 +271,15 @@ mod tests {
 
     #[test]
     fn seed_relay_gets_defaults() {
-        let r = post(Kind::Relays, json!({"hostname": "myrelayhostname", "ipv6": "fe80::1", "extra": 1})).unwrap();
-        assert_eq!((r.ctrlport, r.dataport, r.sshport), (Some(5342), Some(5343), None));
+        let r = post(
+            Kind::Relays,
+            json!({"hostname": "myrelayhostname", "ipv6": "fe80::1", "extra": 1}),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.ctrlport, r.dataport, r.sshport),
+            (Some(5342), Some(5343), None)
+        );
         let c = post(Kind::Clients, json!({"hostname": "h", "ipv4": "10.0.0.2"})).unwrap();
         assert_eq!((c.sshport, c.sshuser.as_deref()), (Some(22), Some("root")));
     }
@@ -250,15 +292,32 @@ mod tests {
             (json!({"hostname": "h;rm", "ipv4": "1.2.3.4"}), "hostname"),
             (json!({"hostname": "h", "ipv4": "1.2.3.400"}), "ipv4"),
             (json!({"hostname": "h", "ipv6": "$(id)"}), "ipv6"),
-            (json!({"hostname": "h", "ipv4": "1.2.3.4", "sshport": 0}), "sshport"),
-            (json!({"hostname": "h", "ipv4": "1.2.3.4", "sshport": "22"}), "sshport"),
-            (json!({"hostname": "h", "ipv4": "1.2.3.4", "sshuser": "root`id`"}), "sshuser"),
+            (
+                json!({"hostname": "h", "ipv4": "1.2.3.4", "sshport": 0}),
+                "sshport",
+            ),
+            (
+                json!({"hostname": "h", "ipv4": "1.2.3.4", "sshport": "22"}),
+                "sshport",
+            ),
+            (
+                json!({"hostname": "h", "ipv4": "1.2.3.4", "sshuser": "root`id`"}),
+                "sshuser",
+            ),
             (json!({"hostname": 5, "ipv4": "1.2.3.4"}), "hostname"),
         ];
         for (body, field) in cases {
-            assert_eq!(post(Kind::Clients, body.clone()).unwrap_err().field, field, "{body}");
+            assert_eq!(
+                post(Kind::Clients, body.clone()).unwrap_err().field,
+                field,
+                "{body}"
+            );
         }
-        let e = post(Kind::Relays, json!({"hostname": "h", "ipv4": "1.2.3.4", "dataport": 70000})).unwrap_err();
+        let e = post(
+            Kind::Relays,
+            json!({"hostname": "h", "ipv4": "1.2.3.4", "dataport": 70000}),
+        )
+        .unwrap_err();
         assert_eq!(e.field, "dataport");
     }
 }

@@ -25,7 +25,10 @@ pub struct SecretError {
 }
 
 fn secret_err(path: &Path, message: impl std::fmt::Display) -> SecretError {
-    SecretError { path: path.display().to_string(), message: message.to_string() }
+    SecretError {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// Writes `contents` to `path` with the given mode, atomically.
@@ -41,7 +44,8 @@ pub fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), Secr
         .mode(mode)
         .open(&tmp)
         .map_err(|e| secret_err(&tmp, e))?;
-    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| secret_err(&tmp, e))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| secret_err(&tmp, e))?;
     file.write_all(contents).map_err(|e| secret_err(&tmp, e))?;
     file.sync_all().map_err(|e| secret_err(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| secret_err(path, e))?;
@@ -63,7 +67,10 @@ pub fn load_or_create_token(data_dir: &Path, name: &str) -> Result<String, Secre
             check_private(&path)?;
             let token = text.trim().to_owned();
             if token.len() < 16 {
-                return Err(secret_err(&path, "token is shorter than 16 characters; delete the file to regenerate it"));
+                return Err(secret_err(
+                    &path,
+                    "token is shorter than 16 characters; delete the file to regenerate it",
+                ));
             }
             Ok(token)
         }
@@ -87,9 +94,18 @@ pub fn read_token(data_dir: &Path, name: &str) -> Result<String, SecretError> {
 
 /// Refuses a secret file that others can read.
 fn check_private(path: &Path) -> Result<(), SecretError> {
-    let mode = fs::metadata(path).map_err(|e| secret_err(path, e))?.permissions().mode();
+    let mode = fs::metadata(path)
+        .map_err(|e| secret_err(path, e))?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
-        return Err(secret_err(path, format!("mode {:o} lets other users read it; chmod 600 it", mode & 0o777)));
+        return Err(secret_err(
+            path,
+            format!(
+                "mode {:o} lets other users read it; chmod 600 it",
+                mode & 0o777
+            ),
+        ));
     }
     Ok(())
 }
@@ -109,19 +125,34 @@ pub fn load_or_create_ssh_key(data_dir: &Path) -> Result<SshIdentity, SecretErro
     let public_path = private_path.with_extension("pub");
     if private_path.exists() {
         check_private(&private_path)?;
-        let key = PrivateKey::read_openssh_file(&private_path).map_err(|e| secret_err(&private_path, e))?;
-        let public_key = key.public_key().to_openssh().map_err(|e| secret_err(&private_path, e))?;
-        return Ok(SshIdentity { private_key: private_path, public_key });
+        let key = PrivateKey::read_openssh_file(&private_path)
+            .map_err(|e| secret_err(&private_path, e))?;
+        let public_key = key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| secret_err(&private_path, e))?;
+        return Ok(SshIdentity {
+            private_key: private_path,
+            public_key,
+        });
     }
     let mut key = PrivateKey::random(&mut ssh_key::rand_core::OsRng, Algorithm::Ed25519)
         .map_err(|e| secret_err(&private_path, e))?;
     key.set_comment(format!("tracevisor@{}", local_hostname()));
-    let private = key.to_openssh(LineEnding::LF).map_err(|e| secret_err(&private_path, e))?;
-    let public_key = key.public_key().to_openssh().map_err(|e| secret_err(&public_path, e))?;
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| secret_err(&private_path, e))?;
+    let public_key = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| secret_err(&public_path, e))?;
     write_private(&private_path, private.as_bytes(), 0o600)?;
     write_private(&public_path, format!("{public_key}\n").as_bytes(), 0o644)?;
     tracing::info!(path = %private_path.display(), "generated the coordinator ssh key");
-    Ok(SshIdentity { private_key: private_path, public_key })
+    Ok(SshIdentity {
+        private_key: private_path,
+        public_key,
+    })
 }
 
 /// This machine's host name.
@@ -150,13 +181,29 @@ mod tests {
         let t1 = load_or_create_token(&dir, AGENT_TOKEN_FILE).unwrap();
         let t2 = load_or_create_token(&dir, AGENT_TOKEN_FILE).unwrap();
         assert_eq!(t1, t2);
-        assert_eq!(fs::metadata(dir.join(AGENT_TOKEN_FILE)).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(dir.join(AGENT_TOKEN_FILE))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         let k1 = load_or_create_ssh_key(&dir).unwrap();
         let k2 = load_or_create_ssh_key(&dir).unwrap();
         assert_eq!(k1.public_key, k2.public_key);
-        assert!(k1.public_key.starts_with("ssh-ed25519 ") && k1.public_key.contains(" tracevisor@"));
-        assert_eq!(fs::metadata(&k1.private_key).unwrap().permissions().mode() & 0o777, 0o600);
-        fs::set_permissions(dir.join(AGENT_TOKEN_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            k1.public_key.starts_with("ssh-ed25519 ") && k1.public_key.contains(" tracevisor@")
+        );
+        assert_eq!(
+            fs::metadata(&k1.private_key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        fs::set_permissions(
+            dir.join(AGENT_TOKEN_FILE),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         assert!(load_or_create_token(&dir, AGENT_TOKEN_FILE).is_err());
         assert!(secret_eq("abc", "abc") && !secret_eq("abc", "abd") && !secret_eq("abc", "ab"));
         fs::remove_dir_all(dir).unwrap();

@@ -39,7 +39,9 @@ pub fn dns_name(value: &str) -> Result<(), String> {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
         {
-            return Err(format!("contains the character {c:?}; only letters, digits, '-', '_' and '.' are allowed"));
+            return Err(format!(
+                "contains the character {c:?}; only letters, digits, '-', '_' and '.' are allowed"
+            ));
         }
     }
     Ok(())
@@ -102,7 +104,10 @@ pub fn identifier(value: &str) -> Result<(), String> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
     {
-        return Err("must be lowercase letters, digits, '_' and '-', starting with a letter or digit".into());
+        return Err(
+            "must be lowercase letters, digits, '_' and '-', starting with a letter or digit"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -113,12 +118,32 @@ mod tests {
 
     #[test]
     fn hostnames() {
-        for ok in ["localhost", "a.b-c.example", "host_1", "10.0.0.1", "fe80::1", "x.", "A1"] {
+        for ok in [
+            "localhost",
+            "a.b-c.example",
+            "host_1",
+            "10.0.0.1",
+            "fe80::1",
+            "x.",
+            "A1",
+        ] {
             assert!(hostname(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "-x", "x-", "a..b", "a b", "a;b", "$(id)", "`id`", "a\nb", "localhost; touch x #",
-            "a/b", "ü.de", &"a".repeat(64), &"a.".repeat(130),
+            "",
+            "-x",
+            "x-",
+            "a..b",
+            "a b",
+            "a;b",
+            "$(id)",
+            "`id`",
+            "a\nb",
+            "localhost; touch x #",
+            "a/b",
+            "ü.de",
+            &"a".repeat(64),
+            &"a.".repeat(130),
         ] {
             assert!(hostname(bad).is_err(), "{bad:?}");
         }
@@ -129,7 +154,17 @@ mod tests {
         for ok in ["root", "_svc", "a-b_c9", "machine$"] {
             assert!(username(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Root", "9a", "-a", "a b", "a;b", "$(id)", "a$b", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "Root",
+            "9a",
+            "-a",
+            "a b",
+            "a;b",
+            "$(id)",
+            "a$b",
+            &"a".repeat(33),
+        ] {
             assert!(username(bad).is_err(), "{bad:?}");
         }
     }

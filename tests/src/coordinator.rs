@@ -11,14 +11,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use reqwest::StatusCode;
 use serde_json::Value as Json;
 
-/// The target directory the test binaries run from (`.../target/debug`).
+/// The profile directory the running test or benchmark comes from (`.../target/debug` or `release`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/debug/deps/test-binary -> target/debug
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Test binaries live in target/PROFILE/deps, `cargo run` binaries in target/PROFILE.
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
 }
 
 /// Path of a workspace binary built next to the tests (`cargo build --workspace --bins` first).
@@ -53,7 +55,12 @@ impl Coordinator {
     }
 
     /// Starts with a given listen address, extra flags and extra environment.
-    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Coordinator> {
+    pub fn start_with(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Coordinator> {
         let mut cmd = Command::new(binary("tracevisor")?);
         cmd.arg("serve")
             .arg("--listen")
@@ -107,7 +114,14 @@ impl Coordinator {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()?;
-        Ok(Coordinator { child, addr, data_dir: data_dir.to_path_buf(), token: None, logs, http })
+        Ok(Coordinator {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            token: None,
+            logs,
+            http,
+        })
     }
 
     /// `http://ADDR` + path.
@@ -152,7 +166,12 @@ impl Coordinator {
     }
 
     /// Sends a request and returns the status and the JSON body (Null when empty).
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Json>) -> Result<(StatusCode, Json)> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Json>,
+    ) -> Result<(StatusCode, Json)> {
         let mut rb = self.request(method, path);
         if let Some(b) = body {
             rb = rb.json(b);
@@ -160,7 +179,12 @@ impl Coordinator {
         let resp = rb.send().await?;
         let status = resp.status();
         let text = resp.text().await?;
-        let json = if text.is_empty() { Json::Null } else { serde_json::from_str(&text).with_context(|| format!("non-JSON answer {status}: {text}"))? };
+        let json = if text.is_empty() {
+            Json::Null
+        } else {
+            serde_json::from_str(&text)
+                .with_context(|| format!("non-JSON answer {status}: {text}"))?
+        };
         Ok((status, json))
     }
 
@@ -189,7 +213,10 @@ impl Coordinator {
 
     /// SIGTERM, then waits for a clean exit and returns its status code.
     pub fn terminate(&mut self) -> Result<Option<i32>> {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }

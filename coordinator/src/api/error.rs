@@ -18,7 +18,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), details: Json::Null }
+        ApiError {
+            status,
+            message: message.into(),
+            details: Json::Null,
+        }
     }
 
     pub fn with(mut self, details: Json) -> Self {
@@ -35,8 +39,11 @@ impl ApiError {
     }
 
     pub fn unprocessable(field: &str, message: impl std::fmt::Display) -> Self {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid {field}: {message}"))
-            .with(json!({ "field": field }))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid {field}: {message}"),
+        )
+        .with(json!({ "field": field }))
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -57,9 +64,8 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Duplicate { .. } => {
-                ApiError::new(StatusCode::CONFLICT, e.to_string()).with(json!({ "field": "hostname" }))
-            }
+            StoreError::Duplicate { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string())
+                .with(json!({ "field": "hostname" })),
             other => {
                 tracing::error!(error = %other, "store failure");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string())

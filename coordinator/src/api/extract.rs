@@ -19,22 +19,39 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json")) {
+        let mime = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if mime != "application/json"
+            && !(mime.starts_with("application/") && mime.ends_with("+json"))
+        {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!(
                     "expected Content-Type: application/json, got {}",
-                    if content_type.is_empty() { "none".to_owned() } else { format!("{content_type:?}") }
+                    if content_type.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        format!("{content_type:?}")
+                    }
                 ),
             ));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, "request body is larger than the configured limit (max_body_bytes)")
+                ApiError::new(
+                    status,
+                    "request body is larger than the configured limit (max_body_bytes)",
+                )
             } else {
-                ApiError::new(status, format!("cannot read request body: {}", rejection.body_text()))
+                ApiError::new(
+                    status,
+                    format!("cannot read request body: {}", rejection.body_text()),
+                )
             }
         })?;
         match serde_json::from_slice::<Json>(&bytes) {

@@ -20,7 +20,11 @@ pub struct ServerInfo {
 
 #[utoipa::path(get, path = "/", tag = "server", responses((status = 200, body = ServerInfo)))]
 pub async fn root() -> Json<ServerInfo> {
-    Json(ServerInfo { name: "tracevisor", version: env!("CARGO_PKG_VERSION"), api: super::API_BASE })
+    Json(ServerInfo {
+        name: "tracevisor",
+        version: env!("CARGO_PKG_VERSION"),
+        api: super::API_BASE,
+    })
 }
 
 /// `GET /ssh`: the public keys the SSH fallback uses.
@@ -32,7 +36,9 @@ pub struct SshKeys {
 #[utoipa::path(get, path = "/trace/api/v1.0/ssh", tag = "server",
     responses((status = 200, description = "authorize one of these keys on hosts driven over SSH", body = SshKeys)))]
 pub async fn ssh(State(state): State<Arc<AppState>>) -> Json<SshKeys> {
-    Json(SshKeys { keys: vec![state.ssh.public_key.clone()] })
+    Json(SshKeys {
+        keys: vec![state.ssh.public_key.clone()],
+    })
 }
 
 #[utoipa::path(get, path = "/trace/api/v1.0/analyses", tag = "analyses",
@@ -50,5 +56,7 @@ pub struct SessionList {
 #[utoipa::path(get, path = "/trace/api/v1.0/list", tag = "analyses",
     responses((status = 200, description = "running trace sessions", body = SessionList)))]
 pub async fn list() -> Json<SessionList> {
-    Json(SessionList { sessions: Vec::new() })
+    Json(SessionList {
+        sessions: Vec::new(),
+    })
 }

@@ -75,15 +75,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/analyses", get(misc::analyses))
         .route("/list", get(misc::list))
         .route("/openapi.json", get(openapi))
-        .route("/relays", get(registry::relays::list).post(registry::relays::create))
+        .route(
+            "/relays",
+            get(registry::relays::list).post(registry::relays::create),
+        )
         .route(
             "/relays/{id}",
-            get(registry::relays::get).put(registry::relays::update).delete(registry::relays::delete),
+            get(registry::relays::get)
+                .put(registry::relays::update)
+                .delete(registry::relays::delete),
         )
-        .route("/clients", get(registry::clients::list).post(registry::clients::create))
+        .route(
+            "/clients",
+            get(registry::clients::list).post(registry::clients::create),
+        )
         .route(
             "/clients/{id}",
-            get(registry::clients::get).put(registry::clients::update).delete(registry::clients::delete),
+            get(registry::clients::get)
+                .put(registry::clients::update)
+                .delete(registry::clients::delete),
         )
         .route(
             "/analyses_servers",
@@ -120,7 +130,13 @@ fn cors_layer(config: &Config) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(origins)
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
         .expose_headers([header::LOCATION])
 }
@@ -132,13 +148,21 @@ async fn not_found(request: Request) -> ApiError {
 async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("method {} is not allowed on {}", request.method(), request.uri().path()),
+        format!(
+            "method {} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
     )
 }
 
 /// Checks `Authorization: Bearer TOKEN` when a token is configured. The token is compared in
 /// constant time and never logged. CORS preflights pass so browsers can ask first.
-async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(expected) = &state.rest_token else {
         return next.run(request).await;
     };
@@ -149,7 +173,10 @@ async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     match given {
         Some(token) if secret_eq(token.trim(), expected) => next.run(request).await,
         Some(_) => {

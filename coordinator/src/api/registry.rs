@@ -24,7 +24,11 @@ pub async fn list(state: &AppState, kind: Kind) -> Result<Json<Vec<HostRecord>>,
     Ok(Json(state.store.list(kind).await?))
 }
 
-pub async fn create(state: &AppState, kind: Kind, body: JsonObject) -> Result<impl IntoResponse, ApiError> {
+pub async fn create(
+    state: &AppState,
+    kind: Kind,
+    body: JsonObject,
+) -> Result<impl IntoResponse, ApiError> {
     let record = HostRecord::from_post(kind, &body.0)?;
     let created = state.store.create(kind, &record).await?;
     let location = format!("{API_BASE}/{}/{}", kind.path(), created.id);
@@ -46,16 +50,29 @@ pub async fn get(state: &AppState, kind: Kind, raw: &str) -> Result<Json<HostRec
         .ok_or_else(|| ApiError::not_found(format!("{} {id}", kind.singular())))
 }
 
-pub async fn update(state: &AppState, kind: Kind, raw: &str, body: JsonObject) -> Result<Json<HostRecord>, ApiError> {
+pub async fn update(
+    state: &AppState,
+    kind: Kind,
+    raw: &str,
+    body: JsonObject,
+) -> Result<Json<HostRecord>, ApiError> {
     let id = parse_id(kind, raw)?;
     let not_found = || ApiError::not_found(format!("{} {id}", kind.singular()));
     let mut record = state.store.get(kind, id).await?.ok_or_else(not_found)?;
     record.apply(kind, &body.0)?;
-    let updated = state.store.replace(kind, id, &record).await?.ok_or_else(not_found)?;
+    let updated = state
+        .store
+        .replace(kind, id, &record)
+        .await?
+        .ok_or_else(not_found)?;
     Ok(Json(updated))
 }
 
-pub async fn delete(state: &AppState, kind: Kind, raw: &str) -> Result<impl IntoResponse, ApiError> {
+pub async fn delete(
+    state: &AppState,
+    kind: Kind,
+    raw: &str,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(kind, raw)?;
     if state.store.delete(kind, id).await? {
         tracing::info!(kind = kind.singular(), id, "deleted");
@@ -112,8 +129,20 @@ macro_rules! registry_handlers {
     };
 }
 
-registry_handlers!(relays, Kind::Relays, "relays", "/trace/api/v1.0/relays", "/trace/api/v1.0/relays/{id}");
-registry_handlers!(clients, Kind::Clients, "clients", "/trace/api/v1.0/clients", "/trace/api/v1.0/clients/{id}");
+registry_handlers!(
+    relays,
+    Kind::Relays,
+    "relays",
+    "/trace/api/v1.0/relays",
+    "/trace/api/v1.0/relays/{id}"
+);
+registry_handlers!(
+    clients,
+    Kind::Clients,
+    "clients",
+    "/trace/api/v1.0/clients",
+    "/trace/api/v1.0/clients/{id}"
+);
 registry_handlers!(
     analyses_servers,
     Kind::AnalysesServers,

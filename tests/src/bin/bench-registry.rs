@@ -1,0 +1,210 @@
+//! Registry benchmark: 64 concurrent HTTP clients against the real coordinator, read and write mixes.
+//!
+//! Run: `cargo run --release -p tracevisor-tests --bin bench-registry -- [--seconds N] [--clients N]`
+//! (build the release binaries first: `cargo build --release --workspace --bins`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tracevisor_tests::coordinator::Coordinator;
+
+struct Mix {
+    name: &'static str,
+    /// Picks the request for iteration `i` of client `c`.
+    pick: fn(
+        client: u64,
+        i: u64,
+        seeded: u64,
+    ) -> (Method, String, Option<serde_json::Value>, StatusCode),
+}
+
+fn read_mix(
+    _c: u64,
+    i: u64,
+    seeded: u64,
+) -> (Method, String, Option<serde_json::Value>, StatusCode) {
+    match i % 4 {
+        0 => (Method::GET, "/relays".into(), None, StatusCode::OK),
+        1 => (Method::GET, "/clients".into(), None, StatusCode::OK),
+        _ => (
+            Method::GET,
+            format!("/clients/{}", 1 + (i * 7919) % seeded),
+            None,
+            StatusCode::OK,
+        ),
+    }
+}
+
+fn write_mix(
+    c: u64,
+    i: u64,
+    _seeded: u64,
+) -> (Method, String, Option<serde_json::Value>, StatusCode) {
+    // Each client cycles POST, PUT, DELETE on its own hostnames; the id is filled in at run time.
+    let host = format!("w{c}-{}", i / 3);
+    match i % 3 {
+        0 => (
+            Method::POST,
+            "/relays".into(),
+            Some(json!({"hostname": host, "ipv4": "10.9.0.1"})),
+            StatusCode::CREATED,
+        ),
+        1 => (
+            Method::PUT,
+            "/relays/{id}".into(),
+            Some(json!({"ipv4": "10.9.0.2", "ctrlport": 6000})),
+            StatusCode::OK,
+        ),
+        _ => (Method::DELETE, "/relays/{id}".into(), None, StatusCode::OK),
+    }
+}
+
+struct Figures {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+async fn run_mix(c: &Coordinator, mix: &Mix, clients: u64, seconds: u64, seeded: u64) -> Figures {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients as usize)
+        .build()
+        .unwrap_or_default();
+    let base = c.api("");
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let http = http.clone();
+        let base = base.clone();
+        let errors = errors.clone();
+        let pick = mix.pick;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut last_id = 0u64;
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let (method, path, body, expected) = pick(client, i, seeded);
+                let path = path.replace("{id}", &last_id.to_string());
+                let mut rb = http.request(method, format!("{base}{path}"));
+                if let Some(b) = &body {
+                    rb = rb.json(b);
+                }
+                let t0 = Instant::now();
+                let ok = match rb.send().await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let text = resp.bytes().await.unwrap_or_default();
+                        if status == StatusCode::CREATED {
+                            last_id = serde_json::from_slice::<serde_json::Value>(&text)
+                                .ok()
+                                .and_then(|v| v["id"].as_u64())
+                                .unwrap_or(0);
+                        }
+                        if status != expected {
+                            eprintln!("unexpected {status}: {}", String::from_utf8_lossy(&text));
+                        }
+                        status == expected
+                    }
+                    Err(e) => {
+                        eprintln!("request error: {e}");
+                        false
+                    }
+                };
+                latencies.push(t0.elapsed());
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Figures {
+        requests: all.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: all.last().copied().unwrap_or_default(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str, default: u64| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let seconds = flag("--seconds", 10);
+    let clients = flag("--clients", 64);
+    let dir = tempfile::Builder::new().prefix("tv-bench-").tempdir()?;
+    let c = Coordinator::start(dir.path(), &[])?;
+    let seeded = 200u64;
+    for i in 0..seeded {
+        c.post(
+            "/clients",
+            &json!({"hostname": format!("seed-{i}"), "ipv4": "10.0.0.1"}),
+        )
+        .await?;
+    }
+    for i in 0..20 {
+        c.post(
+            "/relays",
+            &json!({"hostname": format!("relay-{i}"), "ipv4": "10.0.0.2"}),
+        )
+        .await?;
+    }
+    println!(
+        "registry benchmark: {clients} concurrent clients, {seconds} s per mix, coordinator {}",
+        c.addr
+    );
+    println!("| mix | requests | req/s | p50 ms | p99 ms | max ms | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    for mix in [
+        Mix {
+            name: "read (GET lists and records)",
+            pick: read_mix,
+        },
+        Mix {
+            name: "write (POST/PUT/DELETE)",
+            pick: write_mix,
+        },
+    ] {
+        let f = run_mix(&c, &mix, clients, seconds, seeded).await;
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            mix.name,
+            f.requests,
+            f.requests as f64 / f.elapsed.as_secs_f64(),
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3,
+            f.max.as_secs_f64() * 1e3,
+            f.errors
+        );
+    }
+    Ok(())
+}
