@@ -66,6 +66,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     local_agent: Option<bool>,
+    local_agent_hostname: Option<String>,
     cors_allow_origins: Option<Vec<String>>,
     max_body_bytes: Option<usize>,
     max_duration_secs: Option<u64>,
@@ -104,6 +105,8 @@ pub struct Config {
     pub insecure_no_auth: bool,
     pub tls: Option<TlsFiles>,
     pub local_agent: bool,
+    /// Hostname the built-in agent registers under (the seed's examples use `localhost`).
+    pub local_agent_hostname: String,
     pub cors_allow_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub max_duration_secs: u64,
@@ -133,6 +136,7 @@ impl Config {
             insecure_no_auth: false,
             tls: None,
             local_agent: false,
+            local_agent_hostname: "localhost".into(),
             cors_allow_origins: vec!["*".into()],
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_duration_secs: DEFAULT_MAX_DURATION_SECS,
@@ -197,6 +201,9 @@ impl Config {
                 ))
             }
         };
+        if let Some(name) = file.local_agent_hostname {
+            config.local_agent_hostname = name;
+        }
         if let Some(origins) = file.cors_allow_origins {
             config.cors_allow_origins = origins;
         }
@@ -292,6 +299,8 @@ impl Config {
                 "heartbeat_interval_secs: {hb} is outside 1..=300"
             )));
         }
+        crate::validate::dns_name(&self.local_agent_hostname)
+            .map_err(|e| err(format!("local_agent_hostname: {:?} {e}", self.local_agent_hostname)))?;
         for origin in &self.cors_allow_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(err(format!(

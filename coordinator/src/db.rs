@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[&str] = &[
     DEFINE INDEX analyses_server_hostname ON analyses_server FIELDS hostname UNIQUE;
     DEFINE SEQUENCE analyses_server_id BATCH 1 START 1;
     "#,
+    // 2: agents' last known state, keyed by their client id.
+    r#"
+    DEFINE TABLE agent SCHEMALESS;
+    DEFINE INDEX agent_hostname ON agent FIELDS hostname UNIQUE;
+    "#,
 ];
 
 /// How many times a write that lost an optimistic-concurrency race is retried.

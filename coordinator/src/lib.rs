@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod hub;
 pub mod profiles;
 pub mod registry;
 pub mod secrets;
@@ -53,17 +54,37 @@ pub async fn run(
     let store = db::Store::open(&config.db).await?;
     let ssh = secrets::load_or_create_ssh_key(&config.data_dir)?;
     let rest_token = rest_token(&config)?;
+    let agent_token = match &config.agent_token {
+        Some(t) => t.clone(),
+        None => secrets::load_or_create_token(&config.data_dir, secrets::AGENT_TOKEN_FILE)?,
+    };
     let local_addr = listener
         .local_addr()
         .map_err(|e| RunError::Serve(e.to_string()))?;
     let config = Arc::new(config);
+    let (hub, mut agent_events) = hub::Hub::new(
+        store.clone(),
+        agent_token.clone(),
+        config.heartbeat_interval,
+        shutdown.clone(),
+    );
+    // Until the job engine consumes them, agent events are only logged.
+    tokio::spawn(async move {
+        while let Some(event) = agent_events.recv().await {
+            tracing::debug!(hostname = %event.hostname, kind = event.message.kind(), "agent event");
+        }
+    });
     let state = Arc::new(api::AppState {
         config: config.clone(),
+        hub,
         store,
         ssh,
         rest_token,
     });
-    let app = api::router(state);
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    if config.local_agent {
+        spawn_local_agent(&config, local_addr, &agent_token, shutdown.clone())?;
+    }
     tracing::info!(
         address = %local_addr,
         tls = config.tls.is_some(),
@@ -106,12 +127,36 @@ pub async fn run(
             axum_server::from_tcp_rustls(listener, tls_config)
                 .map_err(|e| RunError::Serve(e.to_string()))?
                 .handle(handle)
-                .serve(app.into_make_service())
+                .serve(app)
                 .await
                 .map_err(|e| RunError::Serve(e.to_string()))?;
         }
     }
     tracing::info!("tracevisor stopped");
+    Ok(())
+}
+
+/// Starts the built-in agent for this host, dialling this coordinator through the same hub path
+/// as any other agent.
+fn spawn_local_agent(config: &Config, addr: SocketAddr, token: &str, shutdown: CancellationToken) -> Result<(), RunError> {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(if target.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+    let url = format!("{scheme}://{target}{}", tracevisor_protocol::HUB_PATH);
+    let mut agent = tracesd::AgentConfig::new(&url, token, &config.local_agent_hostname)
+        .map_err(|e| RunError::Serve(format!("local agent: {e}")))?;
+    if let Some(tls) = &config.tls {
+        // The coordinator's own certificate is the trust anchor for its local agent.
+        agent.ca_cert = Some(tls.cert.clone());
+    }
+    tracing::info!(hostname = %config.local_agent_hostname, %url, "starting the built-in local agent");
+    tokio::spawn(async move {
+        if let Err(error) = tracesd::run(agent, shutdown).await {
+            tracing::error!(%error, "the built-in local agent stopped");
+        }
+    });
     Ok(())
 }
 

@@ -27,6 +27,7 @@ pub const API_BASE: &str = "/trace/api/v1.0";
 /// What every handler can reach.
 pub struct AppState {
     pub config: Arc<Config>,
+    pub hub: Arc<crate::hub::Hub>,
     pub store: Store,
     pub ssh: SshIdentity,
     /// The REST bearer token, when authentication is on.
@@ -75,6 +76,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/analyses", get(misc::analyses))
         .route("/list", get(misc::list))
         .route("/openapi.json", get(openapi))
+        .route("/agents", get(crate::hub::upgrade))
         .route(
             "/relays",
             get(registry::relays::list).post(registry::relays::create),
@@ -166,7 +168,9 @@ async fn authenticate(
     let Some(expected) = &state.rest_token else {
         return next.run(request).await;
     };
-    if request.method() == Method::OPTIONS || request.uri().path() == "/" {
+    // The hub checks the separate agent enrollment token itself.
+    let path = request.uri().path();
+    if request.method() == Method::OPTIONS || path == "/" || path == tracevisor_protocol::HUB_PATH {
         return next.run(request).await;
     }
     let given = request

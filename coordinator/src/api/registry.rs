@@ -6,10 +6,12 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
+use serde::Serialize;
 
 use super::error::ApiError;
 use super::extract::JsonObject;
 use super::{AppState, API_BASE};
+use crate::hub::AgentStatus;
 use crate::registry::{HostRecord, Kind};
 
 /// Parses the `{id}` path segment.
@@ -20,8 +22,33 @@ pub fn parse_id(kind: Kind, raw: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("{} {raw:?}", kind.singular())))
 }
 
-pub async fn list(state: &AppState, kind: Kind) -> Result<Json<Vec<HostRecord>>, ApiError> {
-    Ok(Json(state.store.list(kind).await?))
+/// A record as the API shows it: clients also say whether an agent runs on the host.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecordView {
+    #[serde(flatten)]
+    pub record: HostRecord,
+    /// Clients only: `null` when no agent ever connected for this hostname.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Option<AgentStatus>>,
+}
+
+async fn views(state: &AppState, kind: Kind, records: Vec<HostRecord>) -> Result<Vec<RecordView>, ApiError> {
+    if kind != Kind::Clients {
+        return Ok(records.into_iter().map(|record| RecordView { record, agent: None }).collect());
+    }
+    let mut statuses = state.hub.statuses().await?;
+    Ok(records
+        .into_iter()
+        .map(|record| {
+            let agent = Some(statuses.remove(&record.hostname));
+            RecordView { record, agent }
+        })
+        .collect())
+}
+
+pub async fn list(state: &AppState, kind: Kind) -> Result<Json<Vec<RecordView>>, ApiError> {
+    let records = state.store.list(kind).await?;
+    Ok(Json(views(state, kind, records).await?))
 }
 
 pub async fn create(
@@ -40,14 +67,15 @@ pub async fn create(
     Ok((StatusCode::CREATED, headers, Json(created)))
 }
 
-pub async fn get(state: &AppState, kind: Kind, raw: &str) -> Result<Json<HostRecord>, ApiError> {
+pub async fn get(state: &AppState, kind: Kind, raw: &str) -> Result<Json<RecordView>, ApiError> {
     let id = parse_id(kind, raw)?;
-    state
+    let record = state
         .store
         .get(kind, id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("{} {id}", kind.singular())))
+        .ok_or_else(|| ApiError::not_found(format!("{} {id}", kind.singular())))?;
+    let mut views = views(state, kind, vec![record]).await?;
+    views.pop().map(Json).ok_or_else(|| ApiError::internal("record view missing"))
 }
 
 pub async fn update(
@@ -89,8 +117,8 @@ macro_rules! registry_handlers {
             use super::*;
 
             #[utoipa::path(get, path = $collection, tag = $tag,
-                responses((status = 200, description = "all records in id order", body = [HostRecord])))]
-            pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Vec<HostRecord>>, ApiError> {
+                responses((status = 200, description = "all records in id order", body = [RecordView])))]
+            pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Vec<RecordView>>, ApiError> {
                 super::list(&state, $kind).await
             }
 
@@ -106,8 +134,8 @@ macro_rules! registry_handlers {
             }
 
             #[utoipa::path(get, path = $item, tag = $tag, params(("id" = u64, Path, description = "record id")),
-                responses((status = 200, body = HostRecord), (status = 404, description = "unknown id")))]
-            pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<HostRecord>, ApiError> {
+                responses((status = 200, body = RecordView), (status = 404, description = "unknown id")))]
+            pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<RecordView>, ApiError> {
                 super::get(&state, $kind, &id).await
             }
 

@@ -1,0 +1,324 @@
+//! Wire types and frame codec of the agent link: the only definition of what crosses it.
+//!
+//! # The link
+//!
+//! Each traced host runs the agent `tracesd`, which dials **out** to the coordinator's hub at
+//! [`HUB_PATH`] (`ws://` on loopback, `wss://` otherwise) and keeps one WebSocket open. The
+//! coordinator never connects to agents.
+//!
+//! - **Authentication** happens in the HTTP upgrade request: `Authorization: Bearer <token>`
+//!   (the agent enrollment token). The coordinator answers `401` before the upgrade when the
+//!   token is missing or wrong.
+//! - **Version**: the agent also sends [`PROTOCOL_VERSION_HEADER`] with its [`PROTOCOL_VERSION`]
+//!   in the upgrade request, so a coordinator may refuse a version it does not speak before
+//!   the upgrade, with a plain-text reason. Every frame carries the version too (see [`Frame`]).
+//! - **Frames**: one WebSocket *binary* message holds exactly one [`Frame`], encoded with
+//!   [`codec::encode`] and decoded with [`codec::decode`] (postcard). Text messages are not part
+//!   of the protocol. A frame larger than [`MAX_FRAME_BYTES`], truncated, with trailing bytes,
+//!   of another version or otherwise malformed is a [`CodecError`]: the receiver sends
+//!   [`Message::Close`] with [`CloseReason::ProtocolError`] (or
+//!   [`CloseReason::UnsupportedVersion`]) and closes the link. Both sides set the WebSocket
+//!   `max_message_size` and `max_frame_size` to [`MAX_FRAME_BYTES`].
+//!
+//! # Messages: who sends each, and when
+//!
+//! | message | sender | when |
+//! |---|---|---|
+//! | [`Message::Hello`] | agent | first frame after the upgrade, exactly once per link |
+//! | [`Message::HelloAck`] | coordinator | answer to `Hello` once the agent is registered; the agent sends nothing but `Hello`, `HeartbeatAck` and `Close` before it |
+//! | [`Message::Heartbeat`] | both | every heartbeat interval (from `HelloAck`), after `HelloAck` |
+//! | [`Message::HeartbeatAck`] | both | at once, in answer to each `Heartbeat`, echoing its `seq` |
+//! | [`Message::Close`] | both | just before the sender closes the WebSocket, saying why |
+//! | [`Message::StartJob`] | coordinator | to run a trace job on the agent's host |
+//! | [`Message::CancelJob`] | coordinator | to stop a job that has not finished |
+//! | [`Message::JobProgress`] | agent | when a job changes status (started, trace running, analysis running) |
+//! | [`Message::JobResult`] | agent | when a job ends, and again after every reconnect until acknowledged |
+//! | [`Message::ResultAck`] | coordinator | once a `JobResult` is stored; the agent then forgets that result |
+//!
+//! # Heartbeats and liveness
+//!
+//! After `HelloAck`, each side sends `Heartbeat { seq }` every `heartbeat_interval_ms` (with
+//! `seq` counting up from 0 on each link) and answers every `Heartbeat` it receives with
+//! `HeartbeatAck { seq }`. *Any* frame received counts as a sign of life: a side that has
+//! received nothing for [`DEAD_AFTER_INTERVALS`] intervals considers the link dead and drops
+//! it. The agent then reconnects with capped exponential backoff and full jitter.
+//!
+//! # Jobs and exactly-once results
+//!
+//! The agent answers `StartJob` with `JobProgress` messages and one `JobResult`. The agent
+//! keeps each result until the coordinator sends `ResultAck` for its job id, and sends it
+//! again after every reconnect (after `HelloAck`) until then; a `StartJob` for a job id whose
+//! result the agent still holds is answered with that result instead of running again. The
+//! coordinator stores a result once per job id and acknowledges duplicates again. `Hello`
+//! lists the jobs still running so the coordinator can keep waiting for them.
+//!
+//! # Evolving the format
+//!
+//! postcard encodes structs as their fields in order and enums by variant index: **only ever
+//! append** variants to the enums here, never reorder or remove them, and bump
+//! [`PROTOCOL_VERSION`] for any other change (new struct fields included). The golden-bytes
+//! tests in `codec` break when the encoding drifts.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub mod codec;
+
+pub use codec::{decode, encode, CodecError, MAX_FRAME_BYTES};
+
+/// The version of this protocol, carried in every [`Frame`] and in [`Message::Hello`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Path of the coordinator's agent hub (the WebSocket endpoint agents dial).
+pub const HUB_PATH: &str = "/trace/api/v1.0/agents";
+
+/// Request header in which the agent states its [`PROTOCOL_VERSION`] during the upgrade.
+pub const PROTOCOL_VERSION_HEADER: &str = "x-tracevisor-protocol";
+
+/// A side that has received nothing for this many heartbeat intervals considers the link dead.
+pub const DEAD_AFTER_INTERVALS: u32 = 3;
+
+/// Job status: the job was accepted and is being set up (as in the REST API's `/list`).
+pub const JOB_STATUS_STARTED: i8 = 1;
+/// Job status: the trace is being recorded.
+pub const JOB_STATUS_TRACE_RUNNING: i8 = 2;
+/// Job status: the analysis runs on the recorded trace.
+pub const JOB_STATUS_ANALYSIS_RUNNING: i8 = 3;
+
+/// The envelope of every frame: the protocol version, then one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Protocol version of the sender; always [`PROTOCOL_VERSION`] for frames built here.
+    pub version: u16,
+    /// The message.
+    pub body: Message,
+}
+
+impl Frame {
+    /// A frame of the current [`PROTOCOL_VERSION`] holding `body`.
+    pub fn new(body: Message) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            body,
+        }
+    }
+}
+
+impl From<Message> for Frame {
+    fn from(body: Message) -> Self {
+        Self::new(body)
+    }
+}
+
+/// Everything that can cross the link. Only ever append variants (see the crate docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Agent → coordinator, first frame of every link: who the agent is and what it can do.
+    Hello(Hello),
+    /// Coordinator → agent, answer to [`Message::Hello`].
+    HelloAck {
+        /// The coordinator's id for this agent's host (its client record id).
+        agent_id: u64,
+        /// How often each side sends [`Message::Heartbeat`], in milliseconds.
+        heartbeat_interval_ms: u32,
+    },
+    /// Both ways, every heartbeat interval.
+    Heartbeat {
+        /// Counts up from 0 on each link.
+        seq: u64,
+    },
+    /// Both ways, in answer to a [`Message::Heartbeat`].
+    HeartbeatAck {
+        /// The `seq` of the heartbeat answered.
+        seq: u64,
+    },
+    /// Both ways, just before the sender closes the link.
+    Close {
+        /// Why the link is closed.
+        reason: CloseReason,
+        /// Human-readable detail, for logs.
+        message: String,
+    },
+    /// Coordinator → agent: run a trace job.
+    StartJob {
+        /// The coordinator's job id, unique across the fleet.
+        job_id: u64,
+        /// What to trace and analyse.
+        spec: JobSpec,
+    },
+    /// Coordinator → agent: stop a job that has not finished; the agent still sends its result.
+    CancelJob {
+        /// The job to cancel.
+        job_id: u64,
+    },
+    /// Coordinator → agent: the result of this job is stored; the agent may forget it.
+    ResultAck {
+        /// The job whose result was stored.
+        job_id: u64,
+    },
+    /// Agent → coordinator: a job changed status.
+    JobProgress {
+        /// The job.
+        job_id: u64,
+        /// [`JOB_STATUS_STARTED`], [`JOB_STATUS_TRACE_RUNNING`] or [`JOB_STATUS_ANALYSIS_RUNNING`].
+        status: i8,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// Agent → coordinator: a job ended. Sent again after each reconnect until acknowledged.
+    JobResult {
+        /// The job.
+        job_id: u64,
+        /// Its result or the step that failed.
+        outcome: JobOutcome,
+    },
+}
+
+impl Message {
+    /// A short name of the message kind, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::HelloAck { .. } => "hello-ack",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::HeartbeatAck { .. } => "heartbeat-ack",
+            Message::Close { .. } => "close",
+            Message::StartJob { .. } => "start-job",
+            Message::CancelJob { .. } => "cancel-job",
+            Message::ResultAck { .. } => "result-ack",
+            Message::JobProgress { .. } => "job-progress",
+            Message::JobResult { .. } => "job-result",
+        }
+    }
+}
+
+/// The first frame of every link, sent by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the agent speaks ([`PROTOCOL_VERSION`]).
+    pub protocol_version: u16,
+    /// The host's name (a DNS name), the key under which the coordinator registers it.
+    pub hostname: String,
+    /// The host's non-loopback IP addresses.
+    pub addresses: Vec<IpAddr>,
+    /// The agent's version (its crate version, e.g. `0.1.0`).
+    pub agent_version: String,
+    /// What the host can trace and analyse, detected when the link opens.
+    pub capabilities: Capabilities,
+    /// Jobs the agent is still running (after a reconnect); empty on a fresh start.
+    pub running_jobs: Vec<u64>,
+}
+
+/// What a host can trace and analyse, as detected by the agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The `lttng` command's version (e.g. `2.13.9`), `None` when `lttng` is not installed.
+    pub lttng_version: Option<String>,
+    /// Whether an `lttng-sessiond` answered.
+    pub sessiond_running: bool,
+    /// Whether kernel tracing is available (needs lttng-modules).
+    pub kernel_tracer: bool,
+    /// Why kernel tracing is not available, when it is not.
+    pub kernel_tracer_error: Option<String>,
+    /// Whether userspace tracing (lttng-ust) is available.
+    pub userspace_tracer: bool,
+    /// Why userspace tracing is not available, when it is not.
+    pub userspace_tracer_error: Option<String>,
+    /// Whether `babeltrace2` is in the agent's `PATH`.
+    pub babeltrace2: bool,
+    /// The LAMI analysis commands (`lttng-*-mi`, e.g. `lttng-cputop-mi`) in the agent's `PATH`,
+    /// sorted.
+    pub analyses: Vec<String>,
+}
+
+/// Why a link is closed, carried by [`Message::Close`]. Only ever append variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CloseReason {
+    /// The sender is shutting down.
+    Shutdown,
+    /// A newer link for the same hostname replaced this one (coordinator → agent).
+    Replaced,
+    /// The sender received a frame it could not decode or did not expect.
+    ProtocolError,
+    /// The sender does not speak the peer's protocol version.
+    UnsupportedVersion,
+    /// The agent is not (or no longer) allowed to connect (coordinator → agent).
+    Unauthorized,
+    /// The sender received nothing for [`DEAD_AFTER_INTERVALS`] heartbeat intervals.
+    HeartbeatTimeout,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Replaced => "replaced",
+            CloseReason::ProtocolError => "protocol error",
+            CloseReason::UnsupportedVersion => "unsupported version",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::HeartbeatTimeout => "heartbeat timeout",
+        })
+    }
+}
+
+/// What a trace job does, sent with [`Message::StartJob`]. The agent validates it again
+/// before running anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The LTTng session name (the coordinator names sessions so an agent can find and
+    /// destroy the ones it owns after a crash).
+    pub session_name: String,
+    /// The analysis type name as in the REST API (e.g. `cputop`), for logs and results.
+    pub analysis: String,
+    /// Kernel events to enable (empty: no kernel channel).
+    pub kernel_events: Vec<String>,
+    /// Whether to enable all system calls in the kernel domain.
+    pub syscalls: bool,
+    /// Userspace (lttng-ust) events to enable (empty: no userspace channel).
+    pub userspace_events: Vec<String>,
+    /// How long to record, in milliseconds.
+    pub duration_ms: u64,
+    /// Where the trace is written.
+    pub output: TraceOutput,
+    /// Analysis commands as argv templates, run one after the other on the trace; the
+    /// argument `{trace}` (or any argument containing it) is replaced by the trace path.
+    pub analysis_commands: Vec<Vec<String>>,
+    /// Whether the agent runs the analysis itself (false when another host analyses the
+    /// trace, e.g. on the relay).
+    pub run_analysis: bool,
+}
+
+/// Where a trace is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TraceOutput {
+    /// On the traced host, in a directory the agent chooses.
+    Local,
+    /// Streamed to an `lttng-relayd` (`net://host:ctrl_port:data_port`).
+    Relay {
+        /// The relay's hostname or IP address.
+        host: String,
+        /// Its control port (LTTng's default is 5342).
+        ctrl_port: u16,
+        /// Its data port (LTTng's default is 5343).
+        data_port: u16,
+    },
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobOutcome {
+    /// The job completed; `result_json` is the analysis output (LAMI JSON for kernel analyses,
+    /// an event summary for userspace traces) as one JSON document.
+    Ok {
+        /// The result, as JSON text.
+        result_json: String,
+    },
+    /// The job failed at `step` (e.g. `create`, `enable-event`, `start`, `analysis`).
+    Err {
+        /// The step that failed.
+        step: String,
+        /// Why, including the failing command's stderr where there is one.
+        message: String,
+    },
+}

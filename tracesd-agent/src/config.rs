@@ -1,0 +1,528 @@
+//! The agent's configuration: command-line flags, `TRACESD_*` environment variables and a
+//! TOML file (flags win over the environment, which wins over the file), validated with
+//! errors that name the key.
+//!
+//! The file takes the same keys as the flags:
+//!
+//! ```toml
+//! coordinator = "wss://coordinator.example:5000"
+//! token = "the agent enrollment token"
+//! hostname = "web-1"            # default: the system's hostname
+//! ca_cert = "/etc/tracesd/ca.pem" # default: the system's root certificates
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::http::Uri;
+use tracevisor_protocol::HUB_PATH;
+
+use crate::link::LinkSettings;
+
+/// Command-line flags of `tracesd`, each also read from its `TRACESD_*` variable.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(
+    name = "tracesd",
+    version,
+    about = "Tracevisor agent: keeps an outbound link to the coordinator and runs LTTng on this host"
+)]
+pub struct Cli {
+    /// Coordinator URL: ws(s)://host:port[/path]; http(s):// is accepted, and with no path the
+    /// hub path /trace/api/v1.0/agents is used.
+    #[arg(long, env = "TRACESD_COORDINATOR", value_name = "URL")]
+    pub coordinator: Option<String>,
+    /// Agent enrollment token (prefer the environment or the config file: flags are visible
+    /// to other users in the process list).
+    #[arg(
+        long,
+        env = "TRACESD_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Name this host registers under [default: the system's hostname].
+    #[arg(long, env = "TRACESD_HOSTNAME", value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// PEM file of the CA certificates to trust for wss:// [default: the system's roots].
+    #[arg(long, env = "TRACESD_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// TOML configuration file with the same keys (coordinator, token, hostname, ca_cert).
+    #[arg(long, env = "TRACESD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The keys of the TOML configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`Cli::coordinator`].
+    pub coordinator: Option<String>,
+    /// See [`Cli::token`].
+    pub token: Option<String>,
+    /// See [`Cli::hostname`].
+    pub hostname: Option<String>,
+    /// See [`Cli::ca_cert`]; a relative path is relative to the file's directory.
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// An invalid or missing setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key has no value or an invalid one.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key (as in the config file; flags and variables use the same name).
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The config file could not be read or parsed.
+    #[error("config file {}: {message}", .path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The enrollment token; its `Debug` output does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Validates a token: non-empty printable ASCII without spaces (it goes in an HTTP header).
+    pub fn new(token: impl Into<String>) -> Result<Self, ConfigError> {
+        let token = token.into();
+        if token.trim().is_empty() {
+            return Err(invalid("token", "must not be empty"));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid("token", "must be printable ASCII without spaces"));
+        }
+        Ok(Self(token))
+    }
+
+    /// The token itself, for the `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Everything the agent needs to run, validated.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// The full WebSocket URL of the coordinator's hub (`ws://` or `wss://`).
+    pub coordinator: Uri,
+    /// The agent enrollment token, sent as `Authorization: Bearer <token>`.
+    pub token: Token,
+    /// The name this host registers under (a lowercase DNS name).
+    pub hostname: String,
+    /// CA certificates to trust for `wss://` instead of the system roots.
+    pub ca_cert: Option<PathBuf>,
+    /// A ready TLS client configuration, used instead of `ca_cert` and the system roots when
+    /// set (for agents embedded in other programs, and tests).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Timeouts, backoff and other link tuning.
+    pub link: LinkSettings,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("coordinator", &self.coordinator.to_string())
+            .field("token", &self.token)
+            .field("hostname", &self.hostname)
+            .field("ca_cert", &self.ca_cert)
+            .field("tls", &self.tls.as_ref().map(|_| "<client config>"))
+            .field("link", &self.link)
+            .finish()
+    }
+}
+
+impl AgentConfig {
+    /// A validated configuration with default link settings and the system roots; for
+    /// programs that embed an agent (the coordinator's local agent, tests).
+    pub fn new(coordinator: &str, token: &str, hostname: &str) -> Result<Self, ConfigError> {
+        Ok(Self {
+            coordinator: hub_url(coordinator)?,
+            token: Token::new(token)?,
+            hostname: validate_hostname(hostname)?,
+            ca_cert: None,
+            tls: None,
+            link: LinkSettings::default(),
+        })
+    }
+
+    /// Reads the config file named by `cli.config` (if any) and merges it under the flags.
+    pub fn load(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(cli, file)
+    }
+
+    /// Merges flags (and environment, already folded into `cli` by clap) over the file, then
+    /// validates.
+    pub fn merge(cli: Cli, file: FileConfig) -> Result<Self, ConfigError> {
+        let coordinator = cli.coordinator.or(file.coordinator).ok_or_else(|| {
+            invalid(
+                "coordinator",
+                "missing (set --coordinator, TRACESD_COORDINATOR or `coordinator` in the config file)",
+            )
+        })?;
+        let token = cli.token.or(file.token).ok_or_else(|| {
+            invalid(
+                "token",
+                "missing (set TRACESD_TOKEN, `token` in the config file or --token)",
+            )
+        })?;
+        let hostname = match cli.hostname.or(file.hostname) {
+            Some(name) => name,
+            None => crate::host::system_hostname().ok_or_else(|| {
+                invalid(
+                    "hostname",
+                    "the system has no hostname: set --hostname or TRACESD_HOSTNAME",
+                )
+            })?,
+        };
+        let ca_cert = cli.ca_cert.or(file.ca_cert);
+        if let Some(path) = &ca_cert {
+            crate::tls::load_ca_file(path)
+                .map_err(|error| invalid("ca_cert", error.to_string()))?;
+        }
+        Ok(Self {
+            coordinator: hub_url(&coordinator)?,
+            token: Token::new(token)?,
+            hostname: validate_hostname(&hostname)?,
+            ca_cert,
+            tls: None,
+            link: LinkSettings::default(),
+        })
+    }
+
+    /// Whether the link uses TLS (`wss://`).
+    pub fn is_secure(&self) -> bool {
+        self.coordinator.scheme_str() == Some("wss")
+    }
+}
+
+/// Parses a TOML config file; a relative `ca_cert` is taken relative to the file's directory.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let file_error = |message: String| ConfigError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| file_error(format!("cannot read: {error}")))?;
+    let mut file: FileConfig =
+        toml::from_str(&text).map_err(|error| file_error(error.message().to_owned()))?;
+    if let (Some(ca_cert), Some(dir)) = (&file.ca_cert, path.parent()) {
+        if ca_cert.is_relative() {
+            file.ca_cert = Some(dir.join(ca_cert));
+        }
+    }
+    Ok(file)
+}
+
+/// The hub's WebSocket URL from what the user gave: `http`/`https` become `ws`/`wss`, and an
+/// empty path becomes [`HUB_PATH`].
+pub fn hub_url(input: &str) -> Result<Uri, ConfigError> {
+    let key = "coordinator";
+    let uri: Uri = input
+        .trim()
+        .parse()
+        .map_err(|error| invalid(key, format!("`{input}` is not a valid URL: {error}")))?;
+    let scheme = match uri.scheme_str() {
+        Some("ws" | "http") => "ws",
+        Some("wss" | "https") => "wss",
+        Some(other) => {
+            return Err(invalid(
+                key,
+                format!("unsupported scheme `{other}` in `{input}` (use ws:// or wss://)"),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                key,
+                format!("`{input}` has no scheme (use ws://host:port or wss://host:port)"),
+            ))
+        }
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| invalid(key, format!("`{input}` has no host")))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid(
+            key,
+            "credentials in the URL are not supported (use the token)",
+        ));
+    }
+    if authority.host().is_empty() {
+        return Err(invalid(key, format!("`{input}` has no host")));
+    }
+    let path_and_query = match uri.path_and_query().map(|pq| pq.as_str()) {
+        None | Some("" | "/") => HUB_PATH,
+        Some(pq) => pq,
+    };
+    Uri::builder()
+        .scheme(scheme)
+        .authority(authority.as_str())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|error| invalid(key, format!("`{input}` is not a valid URL: {error}")))
+}
+
+/// Checks a DNS hostname (RFC 1123: labels of 1 to 63 letters, digits and inner hyphens, 253
+/// characters at most) and lowercases it.
+pub fn validate_hostname(name: &str) -> Result<String, ConfigError> {
+    let problem = if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > 253 {
+        Some("is longer than 253 characters")
+    } else if name.split('.').any(|label| {
+        label.is_empty()
+            || label.len() > 63
+            || label.starts_with('-')
+            || label.ends_with('-')
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    }) {
+        Some("is not a valid DNS name (dot-separated labels of 1 to 63 letters, digits and inner hyphens)")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(invalid("hostname", format!("`{name}` {problem}"))),
+        None => Ok(name.to_ascii_lowercase()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn cli(coordinator: &str, token: &str) -> Cli {
+        Cli {
+            coordinator: Some(coordinator.into()),
+            token: Some(token.into()),
+            hostname: Some("web-1".into()),
+            ..Cli::default()
+        }
+    }
+
+    #[test]
+    fn hub_url_forms() {
+        let cases = [
+            (
+                "ws://127.0.0.1:5000",
+                "ws://127.0.0.1:5000/trace/api/v1.0/agents",
+            ),
+            (
+                "ws://127.0.0.1:5000/",
+                "ws://127.0.0.1:5000/trace/api/v1.0/agents",
+            ),
+            ("http://h:5000", "ws://h:5000/trace/api/v1.0/agents"),
+            ("https://h", "wss://h/trace/api/v1.0/agents"),
+            ("wss://h:443/custom/hub", "wss://h:443/custom/hub"),
+            (
+                "ws://127.0.0.1:5000/trace/api/v1.0/agents",
+                "ws://127.0.0.1:5000/trace/api/v1.0/agents",
+            ),
+            ("ws://[::1]:5000", "ws://[::1]:5000/trace/api/v1.0/agents"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(hub_url(input).unwrap().to_string(), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn hub_url_errors_name_the_key() {
+        for input in [
+            "ftp://h",
+            "h:5000",
+            "/path",
+            "ws://user:pw@h",
+            "not a url",
+            "",
+        ] {
+            let error = hub_url(input).unwrap_err().to_string();
+            assert!(error.starts_with("coordinator: "), "{input}: {error}");
+        }
+        assert_eq!(
+            hub_url("ftp://h").unwrap_err().to_string(),
+            "coordinator: unsupported scheme `ftp` in `ftp://h` (use ws:// or wss://)"
+        );
+    }
+
+    #[test]
+    fn hostnames() {
+        assert_eq!(
+            validate_hostname("Web-1.Example.org").unwrap(),
+            "web-1.example.org"
+        );
+        assert_eq!(validate_hostname("localhost").unwrap(), "localhost");
+        assert_eq!(validate_hostname("10").unwrap(), "10");
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a_b",
+            "a b",
+            "a.",
+            &"a".repeat(64),
+            "é",
+        ] {
+            let error = validate_hostname(bad).unwrap_err().to_string();
+            assert!(error.starts_with("hostname: "), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(Token::new("s3cr3t-._~").is_ok());
+        assert_eq!(
+            Token::new("  ").unwrap_err().to_string(),
+            "token: must not be empty"
+        );
+        assert_eq!(
+            Token::new("a b").unwrap_err().to_string(),
+            "token: must be printable ASCII without spaces"
+        );
+        assert_eq!(
+            format!("{:?}", Token::new("s3cr3t").unwrap()),
+            "Token(<redacted>)"
+        );
+    }
+
+    #[test]
+    fn token_is_not_in_debug_output() {
+        let config = AgentConfig::merge(cli("ws://h:1", "s3cr3t"), FileConfig::default()).unwrap();
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = FileConfig {
+            coordinator: Some("ws://file:1".into()),
+            token: Some("file-token".into()),
+            hostname: Some("file-host".into()),
+            ca_cert: None,
+        };
+        let config = AgentConfig::merge(cli("ws://flag:2", "flag-token"), file.clone()).unwrap();
+        assert_eq!(
+            config.coordinator.to_string(),
+            "ws://flag:2/trace/api/v1.0/agents"
+        );
+        assert_eq!(config.token.expose(), "flag-token");
+        assert_eq!(config.hostname, "web-1");
+
+        let config = AgentConfig::merge(Cli::default(), file).unwrap();
+        assert_eq!(
+            config.coordinator.to_string(),
+            "ws://file:1/trace/api/v1.0/agents"
+        );
+        assert_eq!(config.token.expose(), "file-token");
+        assert_eq!(config.hostname, "file-host");
+    }
+
+    #[test]
+    fn missing_keys_are_named() {
+        let error = AgentConfig::merge(Cli::default(), FileConfig::default()).unwrap_err();
+        assert!(
+            error.to_string().starts_with("coordinator: missing"),
+            "{error}"
+        );
+        let only_url = Cli {
+            coordinator: Some("ws://h:1".into()),
+            ..Cli::default()
+        };
+        let error = AgentConfig::merge(only_url, FileConfig::default()).unwrap_err();
+        assert!(error.to_string().starts_with("token: missing"), "{error}");
+    }
+
+    #[test]
+    fn default_hostname_is_the_system_one() {
+        let mut cli = cli("ws://h:1", "t");
+        cli.hostname = None;
+        let config = AgentConfig::merge(cli, FileConfig::default()).unwrap();
+        assert_eq!(
+            config.hostname,
+            crate::host::system_hostname().unwrap().to_ascii_lowercase()
+        );
+    }
+
+    #[test]
+    fn bad_ca_cert_is_named() {
+        let mut cli = cli("wss://h:1", "t");
+        cli.ca_cert = Some("/nonexistent/ca.pem".into());
+        let error = AgentConfig::merge(cli, FileConfig::default()).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("ca_cert: cannot read /nonexistent/ca.pem"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tracesd.toml");
+        std::fs::write(
+            &path,
+            "coordinator = \"https://c:5000\"\ntoken = \"t\"\nhostname = \"h\"\nca_cert = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let file = read_file(&path).unwrap();
+        assert_eq!(file.ca_cert, Some(dir.path().join("ca.pem")));
+        assert_eq!(file.coordinator.as_deref(), Some("https://c:5000"));
+
+        std::fs::write(&path, "coordinator = \"ws://c\"\ntokn = \"t\"\n").unwrap();
+        let error = read_file(&path).unwrap_err().to_string();
+        assert!(error.starts_with("config file "), "{error}");
+        assert!(error.contains("unknown field `tokn`"), "{error}");
+
+        let error = read_file(&dir.path().join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cannot read"), "{error}");
+    }
+
+    /// The only test that reads the process environment (clap folds `TRACESD_*` into `Cli`);
+    /// it uses variables no other test reads.
+    #[test]
+    fn environment_is_read_and_flags_win() {
+        std::env::set_var("TRACESD_COORDINATOR", "ws://from-env:1");
+        std::env::set_var("TRACESD_TOKEN", "env-token");
+        let from_env = Cli::try_parse_from(["tracesd"]).unwrap();
+        let with_flag =
+            Cli::try_parse_from(["tracesd", "--coordinator", "ws://from-flag:2"]).unwrap();
+        std::env::remove_var("TRACESD_COORDINATOR");
+        std::env::remove_var("TRACESD_TOKEN");
+        assert_eq!(from_env.coordinator.as_deref(), Some("ws://from-env:1"));
+        assert_eq!(from_env.token.as_deref(), Some("env-token"));
+        assert_eq!(with_flag.coordinator.as_deref(), Some("ws://from-flag:2"));
+        assert_eq!(with_flag.token.as_deref(), Some("env-token"));
+    }
+}

@@ -1,0 +1,25 @@
+//! The tracesd agent: keeps one outbound link to the coordinator, reports what this host can
+//! trace, and runs LTTng and the analyses for it.
+//!
+//! Code map:
+//! - [`config`]: flags, `TRACESD_*` variables and the TOML file, validated.
+//! - [`link`]: dial out, hello, heartbeats, reconnect with backoff ([`link::run`] is the entry
+//!   point); [`link::drive`] runs one link over any WebSocket stream.
+//! - [`jobs`]: where job commands from the coordinator land.
+//! - [`capabilities`]: what the host can trace, asked from the real tools.
+//! - [`runner`]: the one way to run external commands (also used by the coordinator).
+//! - [`tls`]: the rustls client configuration.
+//! - [`host`]: hostname and addresses.
+//!
+//! Architecture invariant: the agent never listens on a port; it only dials out.
+
+pub mod capabilities;
+pub mod config;
+pub mod host;
+pub mod jobs;
+pub mod link;
+pub mod runner;
+pub mod tls;
+
+pub use config::{AgentConfig, Cli};
+pub use link::{run, LinkError, LinkSettings};
