@@ -287,6 +287,33 @@ pub struct JobSpec {
     /// Whether the agent runs the analysis itself (false when another host analyses the
     /// trace, e.g. on the relay).
     pub run_analysis: bool,
+    /// How the result is produced from the trace.
+    pub summary: Summary,
+    /// When set, nothing is traced: the agent finds the trace recorded by another host's job
+    /// (on a relay, or at a path) and only analyses it.
+    pub analysis_only: Option<TraceLocator>,
+}
+
+/// How a job's result is produced. Only ever append variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Summary {
+    /// Run `analysis_commands`; each prints LAMI 1.0 JSON.
+    Lami,
+    /// Summarise a userspace trace with babeltrace2: events per name and per process.
+    Ust,
+}
+
+/// Where an analysis-only job finds its trace. Only ever append variants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TraceLocator {
+    /// A trace directory on the analysing host.
+    Path(String),
+    /// The directory an `lttng-relayd` wrote for the job's session, searched as
+    /// `ROOT/<traced host>/<session name>-<date>` under each root (the relayd `--output`).
+    RelaySession {
+        /// The relay's output directories to search.
+        roots: Vec<String>,
+    },
 }
 
 /// Where a trace is written.

@@ -1,18 +1,16 @@
-//! Where the coordinator's job commands land: starts, cancels and result acknowledgements,
-//! and the results kept until acknowledged (they outlive a link, so they are sent again after
-//! a reconnect, exactly once per job id as far as the coordinator stores them).
-//!
-//! Trace jobs are not run by this version: `StartJob` is answered with a `JobResult` error at
-//! the `start` step. The trace-job work plugs in here: [`Jobs::handle`] starts a task per job,
-//! the task reports `JobProgress` and its outcome through a channel the link's loop selects
-//! on, and [`Jobs::finish`] stores the outcome like the refusal below.
+//! Where the coordinator's job commands land: each `StartJob` runs the trace lifecycle in its
+//! own task; progress and outcomes come back through a channel the link's loop selects on;
+//! results are kept until acknowledged (they outlive a link, so they are sent again after a
+//! reconnect, exactly once per job id as far as the coordinator stores them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracevisor_protocol::{encode, Frame, JobOutcome, JobSpec, Message};
 
-/// The message a job refusal carries until trace jobs are implemented.
-pub const NOT_SUPPORTED: &str = "trace jobs not supported by this agent version";
+use crate::lifecycle::{self, LocalExecutor};
 
 /// Results kept at most while waiting for their acknowledgement; beyond it the oldest are
 /// dropped (a coordinator that never acknowledges must not grow the agent without bound).
@@ -55,23 +53,82 @@ impl JobCommand {
     }
 }
 
+/// What a job task reports to the link loop.
+#[derive(Debug)]
+pub enum JobEvent {
+    /// The job changed status.
+    Progress {
+        /// The job.
+        job_id: u64,
+        /// Its new status.
+        status: i8,
+        /// Detail.
+        message: String,
+    },
+    /// The job ended.
+    Done {
+        /// The job.
+        job_id: u64,
+        /// How.
+        outcome: JobOutcome,
+    },
+}
+
 /// The agent's jobs: those running and the results not yet acknowledged. Lives as long as
 /// the agent, across links.
-#[derive(Debug, Default)]
 pub struct Jobs {
+    executor: Arc<LocalExecutor>,
+    running: HashMap<u64, CancellationToken>,
     /// Outcomes by job id, in order of job id, kept until [`JobCommand::ResultAck`].
     unacked: BTreeMap<u64, JobOutcome>,
+    events_tx: mpsc::UnboundedSender<JobEvent>,
+    events_rx: mpsc::UnboundedReceiver<JobEvent>,
+}
+
+impl std::fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jobs")
+            .field("running", &self.running.keys().collect::<Vec<_>>())
+            .field("unacked", &self.unacked.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Jobs {
-    /// No jobs.
-    pub fn new() -> Self {
-        Self::default()
+    /// No jobs; jobs run on this host through `executor`.
+    pub fn new(executor: LocalExecutor) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Jobs {
+            executor: Arc::new(executor),
+            running: HashMap::new(),
+            unacked: BTreeMap::new(),
+            events_tx,
+            events_rx,
+        }
+    }
+
+    /// Destroys the sessions a previous run of this agent left behind and records their jobs
+    /// as failed, to be reported after the next `HelloAck`.
+    pub async fn recover(&mut self) {
+        let hostname = self.executor.hostname.clone();
+        for job_id in lifecycle::destroy_orphans(self.executor.as_ref(), &hostname).await {
+            self.finish(
+                job_id,
+                JobOutcome::Err {
+                    step: "agent-restart".to_owned(),
+                    message: format!(
+                        "host {hostname}: the agent restarted during the job; its session was destroyed"
+                    ),
+                },
+            );
+        }
     }
 
     /// The jobs still running, for [`tracevisor_protocol::Hello::running_jobs`].
     pub fn running(&self) -> Vec<u64> {
-        Vec::new()
+        let mut ids: Vec<u64> = self.running.keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// The results to send (again) after `HelloAck`.
@@ -83,6 +140,30 @@ impl Jobs {
                 outcome: outcome.clone(),
             })
             .collect()
+    }
+
+    /// The next progress or outcome of a running job.
+    pub async fn next_event(&mut self) -> Option<JobEvent> {
+        self.events_rx.recv().await
+    }
+
+    /// Turns a job event into the message to send (storing outcomes until acknowledged).
+    pub fn on_event(&mut self, event: JobEvent) -> Message {
+        match event {
+            JobEvent::Progress {
+                job_id,
+                status,
+                message,
+            } => Message::JobProgress {
+                job_id,
+                status,
+                message,
+            },
+            JobEvent::Done { job_id, outcome } => {
+                self.running.remove(&job_id);
+                self.finish(job_id, outcome)
+            }
+        }
     }
 
     /// Handles a command; returns the messages to send at once.
@@ -97,20 +178,61 @@ impl Jobs {
                         outcome: outcome.clone(),
                     }];
                 }
-                tracing::warn!(
-                    job_id,
-                    session = %spec.session_name,
-                    analysis = %spec.analysis,
-                    "refusing trace job: {NOT_SUPPORTED}"
-                );
-                let outcome = JobOutcome::Err {
-                    step: "start".to_owned(),
-                    message: NOT_SUPPORTED.to_owned(),
-                };
-                vec![self.finish(job_id, outcome)]
+                if self.running.contains_key(&job_id) {
+                    tracing::info!(job_id, "job already running");
+                    return Vec::new();
+                }
+                if let Err(message) = lifecycle::validate_spec(&spec) {
+                    tracing::warn!(job_id, %message, "refusing an invalid job");
+                    let outcome = JobOutcome::Err {
+                        step: "validate".to_owned(),
+                        message,
+                    };
+                    return vec![self.finish(job_id, outcome)];
+                }
+                tracing::info!(job_id, session = %spec.session_name, analysis = %spec.analysis, "job started");
+                let cancel = CancellationToken::new();
+                self.running.insert(job_id, cancel.clone());
+                let executor = self.executor.clone();
+                let events = self.events_tx.clone();
+                tokio::spawn(async move {
+                    let progress_events = events.clone();
+                    let progress = move |status: i8, message: &str| {
+                        let _ = progress_events.send(JobEvent::Progress {
+                            job_id,
+                            status,
+                            message: message.to_owned(),
+                        });
+                    };
+                    let outcome =
+                        match lifecycle::run_job(executor.as_ref(), &spec, progress, &cancel).await
+                        {
+                            Ok(result) => {
+                                tracing::info!(job_id, "job complete");
+                                JobOutcome::Ok {
+                                    result_json: result.to_string(),
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(job_id, %error, "job failed");
+                                JobOutcome::Err {
+                                    step: error.step.clone(),
+                                    message: error.to_string(),
+                                }
+                            }
+                        };
+                    let _ = events.send(JobEvent::Done { job_id, outcome });
+                });
+                Vec::new()
             }
             JobCommand::Cancel { job_id } => {
-                tracing::debug!(job_id, "cancel for a job that is not running");
+                match self.running.get(&job_id) {
+                    Some(cancel) => {
+                        tracing::info!(job_id, "cancelling job");
+                        cancel.cancel();
+                    }
+                    None => tracing::debug!(job_id, "cancel for a job that is not running"),
+                }
                 Vec::new()
             }
             JobCommand::ResultAck { job_id } => {
@@ -159,46 +281,52 @@ mod tests {
 
     use super::*;
 
-    fn spec() -> Box<JobSpec> {
+    fn jobs() -> Jobs {
+        Jobs::new(LocalExecutor {
+            hostname: "h".into(),
+            trace_root: std::env::temp_dir(),
+        })
+    }
+
+    fn spec(session: &str) -> Box<JobSpec> {
         Box::new(JobSpec {
-            session_name: "s".into(),
-            analysis: "cputop".into(),
+            session_name: session.into(),
+            analysis: "ust".into(),
             kernel_events: vec![],
             syscalls: false,
-            userspace_events: vec![],
+            userspace_events: vec!["*".into()],
             duration_ms: 1,
             output: TraceOutput::Local,
             analysis_commands: vec![],
             run_analysis: false,
+            summary: tracevisor_protocol::Summary::Ust,
+            analysis_only: None,
         })
     }
 
-    fn refusal(job_id: u64) -> Message {
-        Message::JobResult {
-            job_id,
-            outcome: JobOutcome::Err {
-                step: "start".into(),
-                message: NOT_SUPPORTED.into(),
-            },
-        }
-    }
-
-    #[test]
-    fn start_is_refused_and_kept_until_acknowledged() {
-        let mut jobs = Jobs::new();
+    #[tokio::test]
+    async fn invalid_spec_is_refused_and_kept_until_acknowledged() {
+        let mut jobs = jobs();
         let replies = jobs.handle(JobCommand::Start {
             job_id: 7,
-            spec: spec(),
+            spec: spec("bad name;rm"),
         });
-        assert_eq!(replies, vec![refusal(7)]);
-        assert_eq!(jobs.pending_results(), vec![refusal(7)]);
+        let [Message::JobResult {
+            job_id: 7,
+            outcome: JobOutcome::Err { step, .. },
+        }] = replies.as_slice()
+        else {
+            panic!("{replies:?}");
+        };
+        assert_eq!(step, "validate");
+        assert_eq!(jobs.pending_results(), replies);
         // A repeated start gets the same result, not a second run.
         assert_eq!(
             jobs.handle(JobCommand::Start {
                 job_id: 7,
-                spec: spec()
+                spec: spec("bad name;rm")
             }),
-            vec![refusal(7)]
+            replies
         );
         assert!(jobs.handle(JobCommand::ResultAck { job_id: 7 }).is_empty());
         assert!(jobs.pending_results().is_empty());
@@ -207,14 +335,14 @@ mod tests {
 
     #[test]
     fn cancel_and_unknown_ack_send_nothing() {
-        let mut jobs = Jobs::new();
+        let mut jobs = jobs();
         assert!(jobs.handle(JobCommand::Cancel { job_id: 1 }).is_empty());
         assert!(jobs.handle(JobCommand::ResultAck { job_id: 1 }).is_empty());
     }
 
     #[test]
     fn oversized_result_becomes_an_error() {
-        let mut jobs = Jobs::new();
+        let mut jobs = jobs();
         let message = jobs.finish(
             1,
             JobOutcome::Ok {
@@ -234,7 +362,7 @@ mod tests {
 
     #[test]
     fn unacknowledged_results_are_bounded() {
-        let mut jobs = Jobs::new();
+        let mut jobs = jobs();
         for job_id in 0..(MAX_UNACKED_RESULTS as u64 + 5) {
             jobs.finish(
                 job_id,

@@ -17,6 +17,7 @@ pub mod capabilities;
 pub mod config;
 pub mod host;
 pub mod jobs;
+pub mod lifecycle;
 pub mod link;
 pub mod runner;
 pub mod tls;

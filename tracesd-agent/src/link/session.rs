@@ -15,7 +15,7 @@ use tracevisor_protocol::{
 };
 
 use super::{LinkError, LinkSettings};
-use crate::jobs::{JobCommand, Jobs};
+use crate::jobs::{JobCommand, JobEvent, Jobs};
 
 /// What the session loop waits on.
 enum Event {
@@ -23,6 +23,7 @@ enum Event {
     Received(Option<Result<WsMessage, WsError>>),
     Deadline,
     HeartbeatDue,
+    Job(Option<JobEvent>),
 }
 
 /// Drives one link over an upgraded WebSocket `ws`: sends `hello`, waits for `HelloAck`,
@@ -66,6 +67,8 @@ where
             _ = shutdown.cancelled() => Event::Shutdown,
             _ = next_tick(&mut session.heartbeat) => Event::HeartbeatDue,
             received = session.ws.next() => Event::Received(received),
+            // Job reports wait for HelloAck, so they follow the re-sent results in order.
+            event = jobs.next_event(), if session.heartbeat.is_some() => Event::Job(event),
             _ = tokio::time::sleep_until(deadline) => Event::Deadline,
         };
         match event {
@@ -89,6 +92,11 @@ where
                     .await;
                 return Err(error);
             }
+            Event::Job(Some(event)) => {
+                let message = jobs.on_event(event);
+                session.send(message).await?;
+            }
+            Event::Job(None) => {}
             Event::HeartbeatDue => {
                 let seq = session.next_seq;
                 session.next_seq += 1;

@@ -21,7 +21,6 @@ use tracevisor_protocol::{
 };
 
 use super::*;
-use crate::jobs::NOT_SUPPORTED;
 
 const TOKEN: &str = "s3cr3t-token";
 const STEP: Duration = Duration::from_secs(5);
@@ -509,7 +508,8 @@ async fn connection_refused_is_retried_and_shutdown_is_prompt() {
 
 fn spec() -> JobSpec {
     JobSpec {
-        session_name: "tracevisor-job-9".into(),
+        // Invalid on purpose: the job is refused at once with a deterministic result.
+        session_name: "not a session".into(),
         analysis: "cputop".into(),
         kernel_events: vec!["sched_switch".into()],
         syscalls: false,
@@ -518,6 +518,8 @@ fn spec() -> JobSpec {
         output: TraceOutput::Local,
         analysis_commands: vec![vec!["lttng-cputop-mi".into(), "{trace}".into()]],
         run_analysis: true,
+        summary: tracevisor_protocol::Summary::Lami,
+        analysis_only: None,
     }
 }
 
@@ -526,8 +528,8 @@ async fn job_results_are_resent_until_acknowledged() {
     let refusal = Message::JobResult {
         job_id: 9,
         outcome: JobOutcome::Err {
-            step: "start".into(),
-            message: NOT_SUPPORTED.into(),
+            step: "validate".into(),
+            message: "invalid session name \"not a session\"".into(),
         },
     };
     let hub = Hub::start().await;
@@ -604,7 +606,10 @@ async fn drive_works_over_an_in_memory_stream() {
         running_jobs: vec![4],
     };
     let shutdown = CancellationToken::new();
-    let mut jobs = crate::jobs::Jobs::new();
+    let mut jobs = crate::jobs::Jobs::new(crate::lifecycle::LocalExecutor {
+        hostname: "in-memory".into(),
+        trace_root: std::env::temp_dir(),
+    });
     let mut established = None;
     let settings = fast_settings();
     let result = drive(

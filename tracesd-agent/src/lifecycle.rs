@@ -1,0 +1,555 @@
+//! The trace job lifecycle, the same code on an agent and over SSH: create the session, enable
+//! events, start, wait, stop, destroy, then analyse (LAMI commands or a userspace summary).
+//!
+//! Commands run through an [`Executor`]: [`LocalExecutor`] uses the [`runner`](crate::runner)
+//! on this host; the coordinator's SSH driver implements the same trait over one multiplexed
+//! SSH connection. Every value that reaches a command line is checked by [`validate_spec`]
+//! first, and every command is an argv, never a shell string.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+use tokio_util::sync::CancellationToken;
+use tracevisor_protocol::{
+    JobSpec, Summary, TraceLocator, TraceOutput, JOB_STATUS_ANALYSIS_RUNNING,
+    JOB_STATUS_TRACE_RUNNING,
+};
+
+use crate::runner::{Cmd, Output, RunError};
+
+/// Prefix of every session Tracevisor creates: `tracevisor-<job id>-<hostname>`.
+pub const SESSION_PREFIX: &str = "tracevisor-";
+/// Timeout of one `lttng` control command.
+pub const LTTNG_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of one analysis command.
+pub const ANALYSIS_TIMEOUT: Duration = Duration::from_secs(900);
+/// Largest babeltrace2 output read for a userspace summary.
+pub const MAX_SUMMARY_INPUT: usize = 512 * 1024 * 1024;
+
+/// Runs commands on one host.
+pub trait Executor: Send + Sync {
+    /// The host the commands run on, for error messages.
+    fn host(&self) -> &str;
+    /// Where local traces go on that host (a directory the session's owner can create).
+    fn trace_root(&self) -> String;
+    /// Runs `argv` (program first) with a timeout; a non-zero exit is an error.
+    fn run(
+        &self,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Output, RunError>> + Send;
+}
+
+/// Runs commands on this host through the runner.
+#[derive(Debug, Clone)]
+pub struct LocalExecutor {
+    /// This host's name as registered.
+    pub hostname: String,
+    /// Directory for local traces.
+    pub trace_root: PathBuf,
+}
+
+impl LocalExecutor {
+    /// An executor with the default trace directory: `/var/lib/tracesd/traces` when it can be
+    /// created, else `$TMPDIR/tracesd-traces`.
+    pub fn new(hostname: &str) -> Self {
+        let system = PathBuf::from("/var/lib/tracesd/traces");
+        let trace_root = if std::fs::create_dir_all(&system).is_ok() {
+            system
+        } else {
+            std::env::temp_dir().join("tracesd-traces")
+        };
+        LocalExecutor {
+            hostname: hostname.to_owned(),
+            trace_root,
+        }
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn host(&self) -> &str {
+        &self.hostname
+    }
+
+    fn trace_root(&self) -> String {
+        self.trace_root.display().to_string()
+    }
+
+    fn run(
+        &self,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Output, RunError>> + Send {
+        let cmd = argv.split_first().map(|(program, args)| {
+            Cmd::new(program)
+                .args(args)
+                .timeout(timeout)
+                .max_stdout(MAX_SUMMARY_INPUT)
+        });
+        async move {
+            match cmd {
+                Some(cmd) => cmd.run().await,
+                None => Err(RunError::NotFound {
+                    program: String::new(),
+                }),
+            }
+        }
+    }
+}
+
+/// A failed job: the step, the host and the tool's own message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("host {host}: {step} failed: {message}")]
+pub struct StepError {
+    pub step: String,
+    pub host: String,
+    pub message: String,
+}
+
+fn step_err(exec: &impl Executor, step: &str, message: impl std::fmt::Display) -> StepError {
+    StepError {
+        step: step.to_owned(),
+        host: exec.host().to_owned(),
+        message: message.to_string(),
+    }
+}
+
+/// The session name of a job.
+pub fn session_name(job_id: u64, hostname: &str) -> String {
+    format!("{SESSION_PREFIX}{job_id}-{hostname}")
+}
+
+/// The job id of a session this host owns (`tracevisor-<id>-<hostname>`), else `None`.
+pub fn owned_job(session: &str, hostname: &str) -> Option<u64> {
+    let rest = session.strip_prefix(SESSION_PREFIX)?;
+    let (id, host) = rest.split_once('-')?;
+    (host == hostname).then(|| id.parse().ok()).flatten()
+}
+
+/// Checks every value of a spec that reaches a command line.
+pub fn validate_spec(spec: &JobSpec) -> Result<(), String> {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 200
+            && !s.starts_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if !name_ok(&spec.session_name) || !spec.session_name.starts_with(SESSION_PREFIX) {
+        return Err(format!("invalid session name {:?}", spec.session_name));
+    }
+    for event in spec.kernel_events.iter().chain(&spec.userspace_events) {
+        if event.is_empty()
+            || event.starts_with('-')
+            || !event
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '*' | '.'))
+        {
+            return Err(format!("invalid event name {event:?}"));
+        }
+    }
+    if let TraceOutput::Relay {
+        host,
+        ctrl_port,
+        data_port,
+    } = &spec.output
+    {
+        if !name_ok(host) && host.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("invalid relay host {host:?}"));
+        }
+        if *ctrl_port == 0 || *data_port == 0 {
+            return Err("relay ports must be 1-65535".into());
+        }
+    }
+    for argv in &spec.analysis_commands {
+        let Some(program) = argv.first() else {
+            return Err("empty analysis command".into());
+        };
+        if program.is_empty() || program.starts_with('-') {
+            return Err(format!("invalid analysis program {program:?}"));
+        }
+        if argv.iter().any(|a| a.chars().any(char::is_control)) {
+            return Err("analysis argument with a control character".into());
+        }
+    }
+    if let Some(TraceLocator::RelaySession { roots }) = &spec.analysis_only {
+        if roots
+            .iter()
+            .any(|r| !r.starts_with('/') || r.contains("..") || r.chars().any(char::is_control))
+        {
+            return Err("relay output roots must be absolute paths".into());
+        }
+    }
+    Ok(())
+}
+
+fn lttng(args: &[&str]) -> Vec<String> {
+    std::iter::once("lttng")
+        .chain(args.iter().copied())
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn lttng_step(exec: &impl Executor, step: &str, args: &[&str]) -> Result<Output, StepError> {
+    exec.run(lttng(args), LTTNG_TIMEOUT)
+        .await
+        .map_err(|e| step_err(exec, step, e))
+}
+
+/// Runs a whole job and returns its result JSON. `progress` is told each status change.
+pub async fn run_job(
+    exec: &impl Executor,
+    spec: &JobSpec,
+    progress: impl Fn(i8, &str) + Send + Sync,
+    cancel: &CancellationToken,
+) -> Result<Json, StepError> {
+    validate_spec(spec).map_err(|e| step_err(exec, "validate", e))?;
+    if let Some(locator) = &spec.analysis_only {
+        progress(JOB_STATUS_ANALYSIS_RUNNING, "analysing the trace");
+        let trace = locate(exec, spec, locator).await?;
+        return analyse(exec, spec, &trace).await;
+    }
+    let trace = record(exec, spec, &progress, cancel).await?;
+    if !spec.run_analysis {
+        return Ok(json!({ "kind": "trace", "trace": trace, "host": exec.host() }));
+    }
+    progress(JOB_STATUS_ANALYSIS_RUNNING, "analysing the trace");
+    analyse(exec, spec, &trace).await
+}
+
+/// Records the trace; returns where it is (a path on this host, or `net://...` for a relay).
+async fn record(
+    exec: &impl Executor,
+    spec: &JobSpec,
+    progress: &(impl Fn(i8, &str) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<String, StepError> {
+    let name = spec.session_name.as_str();
+    let (location, output_args) = match &spec.output {
+        TraceOutput::Local => {
+            let dir = format!("{}/{name}", exec.trace_root().trim_end_matches('/'));
+            (dir.clone(), vec!["--output".to_owned(), dir])
+        }
+        TraceOutput::Relay {
+            host,
+            ctrl_port,
+            data_port,
+        } => {
+            let url = format!("net://{}:{ctrl_port}:{data_port}", bracket(host));
+            (url.clone(), vec!["--set-url".to_owned(), url])
+        }
+    };
+    let mut create = vec!["create", name];
+    create.extend(output_args.iter().map(String::as_str));
+    lttng_step(exec, "create", &create).await?;
+    let result = traced(exec, spec, progress, cancel).await;
+    // Whatever happened, the session is stopped and destroyed (destroy flushes the trace).
+    let _ = exec.run(lttng(&["stop", name]), LTTNG_TIMEOUT).await;
+    let destroyed = lttng_step(exec, "destroy", &["destroy", name]).await;
+    result?;
+    destroyed?;
+    Ok(location)
+}
+
+async fn traced(
+    exec: &impl Executor,
+    spec: &JobSpec,
+    progress: &(impl Fn(i8, &str) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<(), StepError> {
+    let name = spec.session_name.as_str();
+    if !spec.kernel_events.is_empty() {
+        let events = spec.kernel_events.join(",");
+        lttng_step(
+            exec,
+            "enable-event",
+            &["enable-event", "-s", name, "-k", &events],
+        )
+        .await?;
+    }
+    if spec.syscalls {
+        lttng_step(
+            exec,
+            "enable-event",
+            &["enable-event", "-s", name, "-k", "--syscall", "-a"],
+        )
+        .await?;
+    }
+    if !spec.userspace_events.is_empty() {
+        let events = spec.userspace_events.join(",");
+        lttng_step(
+            exec,
+            "enable-event",
+            &["enable-event", "-s", name, "-u", &events],
+        )
+        .await?;
+        lttng_step(
+            exec,
+            "add-context",
+            &[
+                "add-context",
+                "-s",
+                name,
+                "-u",
+                "-t",
+                "vpid",
+                "-t",
+                "procname",
+            ],
+        )
+        .await?;
+    }
+    lttng_step(exec, "start", &["start", name]).await?;
+    progress(JOB_STATUS_TRACE_RUNNING, "tracing");
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(spec.duration_ms)) => Ok(()),
+        _ = cancel.cancelled() => Err(step_err(exec, "cancelled", "cancelled")),
+    }
+}
+
+/// Finds the trace directory a relay wrote for this session.
+async fn locate(
+    exec: &impl Executor,
+    spec: &JobSpec,
+    locator: &TraceLocator,
+) -> Result<String, StepError> {
+    match locator {
+        TraceLocator::Path(path) => Ok(path.clone()),
+        TraceLocator::RelaySession { roots } => {
+            let pattern = format!("{}-*", spec.session_name);
+            for root in roots {
+                // The relay groups traces as ROOT/<traced host>/<session>-<date>.
+                let argv: Vec<String> = [
+                    "find",
+                    root,
+                    "-mindepth",
+                    "2",
+                    "-maxdepth",
+                    "2",
+                    "-type",
+                    "d",
+                    "-name",
+                    &pattern,
+                ]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+                if let Ok(out) = exec.run(argv, LTTNG_TIMEOUT).await {
+                    if let Some(found) = out
+                        .stdout_lossy()
+                        .lines()
+                        .map(str::trim)
+                        .find(|l| !l.is_empty())
+                    {
+                        return Ok(found.to_owned());
+                    }
+                }
+            }
+            Err(step_err(
+                exec,
+                "locate-trace",
+                format!(
+                    "no trace of session {} under {}",
+                    spec.session_name,
+                    roots.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// Runs the analysis on a recorded trace.
+async fn analyse(exec: &impl Executor, spec: &JobSpec, trace: &str) -> Result<Json, StepError> {
+    match spec.summary {
+        Summary::Ust => {
+            let argv = vec![
+                "babeltrace2".to_owned(),
+                "--clock-seconds".to_owned(),
+                "--no-delta".to_owned(),
+                trace.to_owned(),
+            ];
+            let out = exec
+                .run(argv, ANALYSIS_TIMEOUT)
+                .await
+                .map_err(|e| step_err(exec, "analysis", e))?;
+            let mut summary = summarize_text(&out.stdout_lossy());
+            summary["trace"] = json!(trace);
+            summary["host"] = json!(exec.host());
+            Ok(summary)
+        }
+        Summary::Lami => {
+            let mut analyses = Vec::new();
+            for template in &spec.analysis_commands {
+                let argv: Vec<String> = template
+                    .iter()
+                    .map(|a| {
+                        if a == "{trace}" {
+                            trace.to_owned()
+                        } else {
+                            a.clone()
+                        }
+                    })
+                    .collect();
+                let out = exec
+                    .run(argv, ANALYSIS_TIMEOUT)
+                    .await
+                    .map_err(|e| step_err(exec, "analysis", e))?;
+                let lami: Json = serde_json::from_slice(&out.stdout).map_err(|e| {
+                    step_err(
+                        exec,
+                        "analysis",
+                        format!("{} did not print JSON: {e}", template[0]),
+                    )
+                })?;
+                analyses.push(json!({ "command": template[0], "result": lami }));
+            }
+            Ok(json!({ "kind": "lami", "trace": trace, "host": exec.host(), "analyses": analyses }))
+        }
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// Summarises babeltrace2 text output (`--clock-seconds --no-delta`): events per name and per
+/// process, the time range and the total.
+pub fn summarize_text(text: &str) -> Json {
+    let mut per_event: BTreeMap<String, u64> = BTreeMap::new();
+    let mut per_process: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    let (mut first, mut last): (Option<String>, Option<String>) = (None, None);
+    let mut total = 0u64;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix('[') else {
+            continue;
+        };
+        let Some((stamp, rest)) = rest.split_once(']') else {
+            continue;
+        };
+        let Some(name) = rest
+            .split_whitespace()
+            .find(|t| t.ends_with(':'))
+            .map(|t| t.trim_end_matches(':'))
+        else {
+            continue;
+        };
+        total += 1;
+        *per_event.entry(name.to_owned()).or_default() += 1;
+        let procname = field(rest, "procname = \"")
+            .map(|v| v.split('"').next().unwrap_or_default().to_owned());
+        let vpid = field(rest, "vpid = ").and_then(|v| {
+            v.split(|c: char| !c.is_ascii_digit() && c != '-')
+                .next()?
+                .parse()
+                .ok()
+        });
+        if procname.is_some() || vpid.is_some() {
+            *per_process
+                .entry((procname.unwrap_or_default(), vpid.unwrap_or(-1)))
+                .or_default() += 1;
+        }
+        if first.is_none() {
+            first = Some(stamp.to_owned());
+        }
+        last = Some(stamp.to_owned());
+    }
+    let processes: Vec<Json> = per_process
+        .into_iter()
+        .map(|((procname, vpid), events)| json!({ "procname": procname, "vpid": vpid, "events": events }))
+        .collect();
+    json!({
+        "kind": "ust",
+        "total": total,
+        "events": per_event,
+        "processes": processes,
+        "begin": first,
+        "end": last,
+    })
+}
+
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.find(key).map(|i| &text[i + key.len()..])
+}
+
+/// Lists the sessions of the root session daemon (`lttng --mi xml list`).
+pub async fn list_sessions(exec: &impl Executor) -> Result<Vec<String>, StepError> {
+    let out = lttng_step(exec, "list", &["--mi", "xml", "list"]).await?;
+    let xml = out.stdout_lossy();
+    let mut names = Vec::new();
+    let mut rest = xml.as_str();
+    while let Some(i) = rest.find("<session>") {
+        rest = &rest[i + "<session>".len()..];
+        if let Some(n) = rest.find("<name>") {
+            let after = &rest[n + "<name>".len()..];
+            if let Some(end) = after.find("</name>") {
+                names.push(after[..end].to_owned());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Destroys the sessions this host owns that no job runs any more (after an agent restart);
+/// returns the job ids they belonged to.
+pub async fn destroy_orphans(exec: &impl Executor, hostname: &str) -> Vec<u64> {
+    let Ok(sessions) = list_sessions(exec).await else {
+        return Vec::new();
+    };
+    let mut jobs = Vec::new();
+    for session in sessions {
+        if let Some(job) = owned_job(&session, hostname) {
+            match exec.run(lttng(&["destroy", &session]), LTTNG_TIMEOUT).await {
+                Ok(_) => {
+                    tracing::warn!(%session, job, "destroyed a session left by a previous run")
+                }
+                Err(error) => {
+                    tracing::error!(%session, %error, "cannot destroy a leftover session")
+                }
+            }
+            jobs.push(job);
+        }
+    }
+    jobs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_names_round_trip() {
+        let name = session_name(42, "web-1.example");
+        assert_eq!(name, "tracevisor-42-web-1.example");
+        assert_eq!(owned_job(&name, "web-1.example"), Some(42));
+        assert_eq!(owned_job(&name, "web-1"), None);
+        assert_eq!(owned_job("tracevisor-x-web", "web"), None);
+        assert_eq!(owned_job("other-1-web", "web"), None);
+    }
+
+    #[test]
+    fn summary_counts_events_and_processes() {
+        let text = "\
+[1732520463.000000001] vm tracevisor_test:tick: { cpu_id = 0 }, { vpid = 1234, procname = \"app\" }, { n = 0 }
+[1732520463.000000002] vm tracevisor_test:tick: { cpu_id = 1 }, { vpid = 1234, procname = \"app\" }, { n = 1 }
+[1732520463.500000000] vm tracevisor_test:done: { cpu_id = 1 }, { vpid = 99, procname = \"other\" }, { }
+garbage line
+";
+        let s = summarize_text(text);
+        assert_eq!(s["total"], 3);
+        assert_eq!(s["events"]["tracevisor_test:tick"], 2);
+        assert_eq!(s["events"]["tracevisor_test:done"], 1);
+        assert_eq!(
+            s["processes"][0],
+            json!({"procname": "app", "vpid": 1234, "events": 2})
+        );
+        assert_eq!(s["begin"], "1732520463.000000001");
+        assert_eq!(s["end"], "1732520463.500000000");
+    }
+}
