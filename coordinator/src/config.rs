@@ -71,6 +71,9 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_duration_secs: Option<u64>,
     heartbeat_interval_secs: Option<u64>,
+    relay_output_dirs: Option<Vec<String>>,
+    ssh_host_key_policy: Option<crate::ssh::HostKeyPolicy>,
+    ssh_connect_timeout_secs: Option<u64>,
     #[serde(default)]
     analyses: BTreeMap<String, FileProfile>,
 }
@@ -112,6 +115,12 @@ pub struct Config {
     pub max_duration_secs: u64,
     pub heartbeat_interval: Duration,
     pub profiles: BTreeMap<String, Profile>,
+    /// Where relays write traces, searched by analyses when a relay record has no `output_dir`.
+    pub relay_output_dirs: Vec<String>,
+    /// How SSH host keys are checked.
+    pub ssh_host_key_policy: crate::ssh::HostKeyPolicy,
+    /// SSH connection timeout.
+    pub ssh_connect_timeout: Duration,
 }
 
 /// A configuration error; the message names the key.
@@ -142,6 +151,9 @@ impl Config {
             max_duration_secs: DEFAULT_MAX_DURATION_SECS,
             heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
             profiles: profiles::builtin(),
+            relay_output_dirs: vec!["/var/lib/lttng-relayd".into(), "/root/lttng-traces".into()],
+            ssh_host_key_policy: crate::ssh::HostKeyPolicy::Tofu,
+            ssh_connect_timeout: Duration::from_secs(10),
         }
     }
 
@@ -215,6 +227,15 @@ impl Config {
         }
         if let Some(v) = file.heartbeat_interval_secs {
             config.heartbeat_interval = Duration::from_secs(v);
+        }
+        if let Some(v) = file.relay_output_dirs {
+            config.relay_output_dirs = v;
+        }
+        if let Some(v) = file.ssh_host_key_policy {
+            config.ssh_host_key_policy = v;
+        }
+        if let Some(v) = file.ssh_connect_timeout_secs {
+            config.ssh_connect_timeout = Duration::from_secs(v);
         }
         for (name, fp) in file.analyses {
             let base = config.profiles.get(&name).cloned();
@@ -299,14 +320,28 @@ impl Config {
                 "heartbeat_interval_secs: {hb} is outside 1..=300"
             )));
         }
-        crate::validate::dns_name(&self.local_agent_hostname)
-            .map_err(|e| err(format!("local_agent_hostname: {:?} {e}", self.local_agent_hostname)))?;
+        crate::validate::dns_name(&self.local_agent_hostname).map_err(|e| {
+            err(format!(
+                "local_agent_hostname: {:?} {e}",
+                self.local_agent_hostname
+            ))
+        })?;
         for origin in &self.cors_allow_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(err(format!(
                     "cors_allow_origins: {origin:?} is neither \"*\" nor an http(s):// origin"
                 )));
             }
+        }
+        for dir in &self.relay_output_dirs {
+            crate::validate::abs_path(dir)
+                .map_err(|e| err(format!("relay_output_dirs: {dir:?} {e}")))?;
+        }
+        let ssh_timeout = self.ssh_connect_timeout.as_secs();
+        if !(1..=300).contains(&ssh_timeout) {
+            return Err(err(format!(
+                "ssh_connect_timeout_secs: {ssh_timeout} is outside 1..=300"
+            )));
         }
         for (name, profile) in &self.profiles {
             profile.validate(&format!("analyses.{name}")).map_err(err)?;

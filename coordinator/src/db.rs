@@ -53,6 +53,13 @@ pub const MIGRATIONS: &[&str] = &[
     DEFINE TABLE agent SCHEMALESS;
     DEFINE INDEX agent_hostname ON agent FIELDS hostname UNIQUE;
     "#,
+    // 3: trace jobs and their results; relays may say where relayd writes traces.
+    r#"
+    DEFINE FIELD output_dir ON relay TYPE option<string>;
+    DEFINE TABLE job SCHEMALESS;
+    DEFINE INDEX job_status ON job FIELDS status;
+    DEFINE SEQUENCE job_id BATCH 1 START 1;
+    "#,
 ];
 
 /// How many times a write that lost an optimistic-concurrency race is retried.

@@ -71,6 +71,7 @@ struct LiveLink {
     /// Unix milliseconds of the last frame received.
     last_seen: Arc<AtomicI64>,
     capabilities: Capabilities,
+    addresses: Vec<IpAddr>,
 }
 
 enum Outgoing {
@@ -135,6 +136,19 @@ impl Hub {
         self.links().get(hostname).map(|l| l.capabilities.clone())
     }
 
+    /// The hostname of the connected agent whose hostname or one of whose addresses is `host`.
+    pub fn find(&self, host: &str) -> Option<String> {
+        let links = self.links();
+        if links.contains_key(host) {
+            return Some(host.to_owned());
+        }
+        let ip = host.parse::<IpAddr>().ok()?;
+        links
+            .iter()
+            .find(|(_, l)| l.addresses.contains(&ip))
+            .map(|(name, _)| name.clone())
+    }
+
     /// The client id of the connected agent of `hostname`.
     pub fn client_id(&self, hostname: &str) -> Option<u64> {
         self.links().get(hostname).map(|l| l.client_id)
@@ -162,8 +176,15 @@ impl Hub {
         let rows = self.store.query("SELECT * FROM agent", json!({})).await?;
         let mut map = HashMap::with_capacity(rows.len());
         for row in rows {
-            let Some(hostname) = row.get("hostname").and_then(Json::as_str) else { continue };
-            let text = |k: &str| row.get(k).and_then(Json::as_str).unwrap_or_default().to_owned();
+            let Some(hostname) = row.get("hostname").and_then(Json::as_str) else {
+                continue;
+            };
+            let text = |k: &str| {
+                row.get(k)
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             map.insert(
                 hostname.to_owned(),
                 AgentStatus {
@@ -191,8 +212,17 @@ impl Hub {
     }
 
     /// Finds or creates the client record of an agent's host, and records the agent.
-    async fn register(&self, hello: &Hello, peer: SocketAddr, now: OffsetDateTime) -> Result<u64, StoreError> {
-        let client = match self.store.find_by_hostname(Kind::Clients, &hello.hostname).await? {
+    async fn register(
+        &self,
+        hello: &Hello,
+        peer: SocketAddr,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let client = match self
+            .store
+            .find_by_hostname(Kind::Clients, &hello.hostname)
+            .await?
+        {
             Some(existing) => existing,
             None => {
                 let (ipv4, ipv6) = addresses(&hello.addresses, peer.ip());
@@ -207,7 +237,9 @@ impl Hub {
                         .store
                         .find_by_hostname(Kind::Clients, &hello.hostname)
                         .await?
-                        .ok_or_else(|| StoreError::Db("client vanished during registration".into()))?,
+                        .ok_or_else(|| {
+                            StoreError::Db("client vanished during registration".into())
+                        })?,
                     Err(e) => return Err(e),
                 }
             }
@@ -266,11 +298,15 @@ pub async fn upgrade(
         }
         None => {
             tracing::warn!(%peer, "agent rejected: no enrollment token");
-            return ApiError::unauthorized("missing Authorization: Bearer AGENT_TOKEN header").into_response();
+            return ApiError::unauthorized("missing Authorization: Bearer AGENT_TOKEN header")
+                .into_response();
         }
     }
     if let Some(version) = headers.get(PROTOCOL_VERSION_HEADER) {
-        let speaks = version.to_str().ok().and_then(|v| v.trim().parse::<u16>().ok());
+        let speaks = version
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u16>().ok());
         if speaks != Some(PROTOCOL_VERSION) {
             let shown = String::from_utf8_lossy(version.as_bytes()).into_owned();
             tracing::warn!(%peer, version = %shown, "agent rejected: unsupported protocol version");
@@ -284,8 +320,11 @@ pub async fn upgrade(
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
-            return ApiError::new(rejection.status(), format!("not a WebSocket upgrade: {}", rejection.body_text()))
-                .into_response()
+            return ApiError::new(
+                rejection.status(),
+                format!("not a WebSocket upgrade: {}", rejection.body_text()),
+            )
+            .into_response()
         }
     };
     ws.max_message_size(MAX_FRAME_BYTES)
@@ -303,7 +342,15 @@ async fn serve_link(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
         }
         Ok(Ok(None)) => return,
         Ok(Err((reason, why))) => return close(socket, reason, &why, peer).await,
-        Err(_) => return close(socket, CloseReason::ProtocolError, "no hello within 10 s", peer).await,
+        Err(_) => {
+            return close(
+                socket,
+                CloseReason::ProtocolError,
+                "no hello within 10 s",
+                peer,
+            )
+            .await
+        }
     };
     if hello.protocol_version != PROTOCOL_VERSION {
         let why = format!(
@@ -321,7 +368,13 @@ async fn serve_link(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
         Ok(id) => id,
         Err(error) => {
             tracing::error!(hostname = %hello.hostname, %error, "agent registration failed");
-            return close(socket, CloseReason::Shutdown, "registration failed; retry later", peer).await;
+            return close(
+                socket,
+                CloseReason::Shutdown,
+                "registration failed; retry later",
+                peer,
+            )
+            .await;
         }
     };
     let link_id = hub.next_link.fetch_add(1, Ordering::Relaxed);
@@ -337,13 +390,15 @@ async fn serve_link(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
             connected_since: now,
             last_seen: last_seen.clone(),
             capabilities: hello.capabilities.clone(),
+            addresses: hello.addresses.clone(),
         },
     );
     if let Some(old) = replaced {
         tracing::warn!(hostname = %hello.hostname, %peer, "agent link replaced by a newer one for the same hostname");
-        let _ = old
-            .tx
-            .try_send(Outgoing::Close(CloseReason::Replaced, "a newer link for this hostname replaced this one".into()));
+        let _ = old.tx.try_send(Outgoing::Close(
+            CloseReason::Replaced,
+            "a newer link for this hostname replaced this one".into(),
+        ));
     }
     tracing::info!(
         hostname = %hello.hostname, %peer, client_id, version = %hello.agent_version,
@@ -363,7 +418,8 @@ async fn serve_link(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
     if send_frame(&mut socket, ack).await.is_err() {
         end = Some((CloseReason::Shutdown, "could not send hello-ack".into()));
     }
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + hub.heartbeat, hub.heartbeat);
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + hub.heartbeat, hub.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dead_after = hub.heartbeat * DEAD_AFTER_INTERVALS;
     let mut seq = 0u64;
@@ -426,7 +482,8 @@ async fn serve_link(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
         }
     };
     if removed {
-        hub.record_disconnect(client_id, last_seen.load(Ordering::Relaxed)).await;
+        hub.record_disconnect(client_id, last_seen.load(Ordering::Relaxed))
+            .await;
     }
     match &end {
         Some((reason, why)) => {
@@ -444,7 +501,9 @@ async fn next_frame(socket: &mut WebSocket) -> Result<Option<Message>, (CloseRea
     loop {
         match socket.recv().await {
             None => return Ok(None),
-            Some(Err(e)) => return Err((CloseReason::ProtocolError, format!("websocket error: {e}"))),
+            Some(Err(e)) => {
+                return Err((CloseReason::ProtocolError, format!("websocket error: {e}")))
+            }
             Some(Ok(WsMessage::Binary(bytes))) => {
                 return match codec::decode(&bytes) {
                     Ok(frame) => Ok(Some(frame.body)),
@@ -452,13 +511,16 @@ async fn next_frame(socket: &mut WebSocket) -> Result<Option<Message>, (CloseRea
                         CloseReason::UnsupportedVersion,
                         format!("frame version is not {PROTOCOL_VERSION}"),
                     )),
-                    Err(e) => Err((CloseReason::ProtocolError, format!("malformed frame: {e}"))),
+                    Err(e) => Err((CloseReason::ProtocolError, e.to_string())),
                 };
             }
             Some(Ok(WsMessage::Close(_))) => return Ok(None),
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
             Some(Ok(WsMessage::Text(_))) => {
-                return Err((CloseReason::ProtocolError, "text messages are not part of the protocol".into()))
+                return Err((
+                    CloseReason::ProtocolError,
+                    "text messages are not part of the protocol".into(),
+                ))
             }
         }
     }
@@ -468,10 +530,13 @@ async fn send_frame(socket: &mut WebSocket, message: Message) -> Result<(), ()> 
     let bytes = codec::encode(&Frame::new(message)).map_err(|e| {
         tracing::error!(error = %e, "cannot encode a frame");
     })?;
-    tokio::time::timeout(Duration::from_secs(10), socket.send(WsMessage::Binary(bytes.into())))
-        .await
-        .map_err(|_| ())?
-        .map_err(|_| ())
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        socket.send(WsMessage::Binary(bytes.into())),
+    )
+    .await
+    .map_err(|_| ())?
+    .map_err(|_| ())
 }
 
 /// Sends `Close` with a reason, then closes the WebSocket.
@@ -479,7 +544,14 @@ async fn close(mut socket: WebSocket, reason: CloseReason, why: &str, peer: Sock
     if !matches!(reason, CloseReason::Shutdown | CloseReason::Replaced) {
         tracing::warn!(%peer, %reason, why, "closing agent link");
     }
-    let _ = send_frame(&mut socket, Message::Close { reason, message: why.to_owned() }).await;
+    let _ = send_frame(
+        &mut socket,
+        Message::Close {
+            reason,
+            message: why.to_owned(),
+        },
+    )
+    .await;
     let code = match reason {
         CloseReason::ProtocolError => 1002,
         CloseReason::Shutdown => 1001,
@@ -488,7 +560,10 @@ async fn close(mut socket: WebSocket, reason: CloseReason, why: &str, peer: Sock
     let reason_text: String = why.chars().take(120).collect();
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
-        socket.send(WsMessage::Close(Some(CloseFrame { code, reason: reason_text.into() }))),
+        socket.send(WsMessage::Close(Some(CloseFrame {
+            code,
+            reason: reason_text.into(),
+        }))),
     )
     .await;
 }
@@ -527,7 +602,8 @@ fn unix_ms(t: OffsetDateTime) -> i64 {
 }
 
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn rfc3339_ms(ms: i64) -> String {

@@ -7,9 +7,11 @@ pub mod api;
 pub mod config;
 pub mod db;
 pub mod hub;
+pub mod jobs;
 pub mod profiles;
 pub mod registry;
 pub mod secrets;
+pub mod ssh;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -62,21 +64,29 @@ pub async fn run(
         .local_addr()
         .map_err(|e| RunError::Serve(e.to_string()))?;
     let config = Arc::new(config);
-    let (hub, mut agent_events) = hub::Hub::new(
+    let (hub, agent_events) = hub::Hub::new(
         store.clone(),
         agent_token.clone(),
         config.heartbeat_interval,
         shutdown.clone(),
     );
-    // Until the job engine consumes them, agent events are only logged.
-    tokio::spawn(async move {
-        while let Some(event) = agent_events.recv().await {
-            tracing::debug!(hostname = %event.hostname, kind = event.message.kind(), "agent event");
-        }
-    });
+    let engine = jobs::Engine::new(
+        store.clone(),
+        hub.clone(),
+        config.clone(),
+        ssh::SshSettings {
+            key_file: ssh.private_key.clone(),
+            known_hosts: ssh::known_hosts(&config.data_dir),
+            policy: config.ssh_host_key_policy,
+            connect_timeout: config.ssh_connect_timeout,
+        },
+    );
+    engine.recover().await?;
+    engine.spawn_event_loop(agent_events);
     let state = Arc::new(api::AppState {
         config: config.clone(),
         hub,
+        engine,
         store,
         ssh,
         rest_token,
@@ -138,10 +148,19 @@ pub async fn run(
 
 /// Starts the built-in agent for this host, dialling this coordinator through the same hub path
 /// as any other agent.
-fn spawn_local_agent(config: &Config, addr: SocketAddr, token: &str, shutdown: CancellationToken) -> Result<(), RunError> {
+fn spawn_local_agent(
+    config: &Config,
+    addr: SocketAddr,
+    token: &str,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let mut target = addr;
     if target.ip().is_unspecified() {
-        target.set_ip(if target.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+        target.set_ip(if target.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
     }
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let url = format!("{scheme}://{target}{}", tracevisor_protocol::HUB_PATH);

@@ -74,6 +74,9 @@ pub struct HostRecord {
     pub sshport: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sshuser: Option<String>,
+    /// Relays only: the `lttng-relayd --output` directory, where analyses find the traces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_dir: Option<String>,
 }
 
 /// A field that failed validation: the 422 answer names it.
@@ -105,6 +108,7 @@ impl HostRecord {
             dataport: (!ssh).then_some(DEFAULT_DATAPORT),
             sshport: ssh.then_some(DEFAULT_SSHPORT),
             sshuser: ssh.then(|| DEFAULT_SSHUSER.to_owned()),
+            output_dir: None,
         }
     }
 
@@ -164,6 +168,14 @@ impl HostRecord {
                 validate::username(&user)
                     .map_err(|e| FieldError::new("sshuser", format!("{user:?} {e}")))?;
                 self.sshuser = Some(user);
+            }
+        }
+        if !kind.has_ssh() {
+            if let Some(v) = body.get("output_dir") {
+                self.output_dir = string(v, "output_dir")?
+                    .map(|d| validate::abs_path(&d).map(|()| d))
+                    .transpose()
+                    .map_err(|e| FieldError::new("output_dir", e))?;
             }
         }
         if self.ipv4.is_none() && self.ipv6.is_none() {
@@ -236,6 +248,7 @@ impl HostRecord {
             dataport: port("dataport")?,
             sshport: port("sshport")?,
             sshuser: text("sshuser"),
+            output_dir: text("output_dir"),
         })
     }
 

@@ -112,6 +112,22 @@ pub fn identifier(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks an absolute path without `..`, control characters or shell metacharacters.
+pub fn abs_path(value: &str) -> Result<(), String> {
+    if !value.starts_with('/') || value.len() > 1024 {
+        return Err("must be an absolute path of at most 1024 characters".into());
+    }
+    if value.split('/').any(|part| part == "..") {
+        return Err("must not contain '..'".into());
+    }
+    if let Some(c) = value.chars().find(|c| {
+        !(c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.' | '+' | '@' | ','))
+    }) {
+        return Err(format!("contains the character {c:?}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +191,9 @@ mod tests {
         assert!(port(0).is_err() && port(65536).is_err() && port(-1).is_err());
         assert!(ipv4("127.0.0.1").is_ok() && ipv4("::1").is_err() && ipv4("1.2.3").is_err());
         assert!(ipv6("fe80::1").is_ok() && ipv6("127.0.0.1").is_err());
+        assert!(abs_path("/var/lib/lttng-relayd").is_ok());
+        for bad in ["rel", "/a/../b", "/a;b", "/a b", "/$(x)"] {
+            assert!(abs_path(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -4,6 +4,10 @@
 //! - `lttng-sessiond --daemonize` starts fine without lttng-modules (no `--no-kernel` needed);
 //!   kernel commands then fail with "Kernel tracer not available" (`lttng list -k`,
 //!   `lttng enable-event -k` exit 1 / 33). It returns once the daemon is ready (~40 ms).
+//!   BUT `lttng enable-event -k` (also `--syscall`) dies of SIGPIPE with an empty stderr in
+//!   about 30% of runs (the daemon closes the socket while the client writes): probe the
+//!   kernel tracer with `lttng list -k` (exit 1, "Kernel tracer not available", every time)
+//!   and report a signal death of `lttng` as an error of its own.
 //! - Userspace events reach only sessions that were STARTED when the app was already
 //!   registered, or apps that register while the session is active. The liblttng-ust
 //!   constructor waits for registration up to `LTTNG_UST_REGISTER_TIMEOUT` ms (default

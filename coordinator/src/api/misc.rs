@@ -46,17 +46,3 @@ pub async fn ssh(State(state): State<Arc<AppState>>) -> Json<SshKeys> {
 pub async fn analyses(State(state): State<Arc<AppState>>) -> Json<Vec<Profile>> {
     Json(state.config.profiles.values().cloned().collect())
 }
-
-/// `GET /list`: trace sessions.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct SessionList {
-    pub sessions: Vec<serde_json::Value>,
-}
-
-#[utoipa::path(get, path = "/trace/api/v1.0/list", tag = "analyses",
-    responses((status = 200, description = "running trace sessions", body = SessionList)))]
-pub async fn list() -> Json<SessionList> {
-    Json(SessionList {
-        sessions: Vec::new(),
-    })
-}

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod jobs;
 pub mod misc;
 pub mod registry;
 
@@ -28,6 +29,7 @@ pub const API_BASE: &str = "/trace/api/v1.0";
 pub struct AppState {
     pub config: Arc<Config>,
     pub hub: Arc<crate::hub::Hub>,
+    pub engine: Arc<crate::jobs::Engine>,
     pub store: Store,
     pub ssh: SshIdentity,
     /// The REST bearer token, when authentication is on.
@@ -38,7 +40,7 @@ pub struct AppState {
 #[openapi(
     info(title = "Tracevisor", description = "Control plane for LTTng tracing across a fleet of Linux hosts"),
     paths(
-        misc::root, misc::ssh, misc::analyses, misc::list,
+        misc::root, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel,
         registry::relays::list, registry::relays::create, registry::relays::get, registry::relays::update, registry::relays::delete,
         registry::clients::list, registry::clients::create, registry::clients::get, registry::clients::update, registry::clients::delete,
         registry::analyses_servers::list, registry::analyses_servers::create, registry::analyses_servers::get,
@@ -73,8 +75,9 @@ pub async fn openapi() -> Response {
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/ssh", get(misc::ssh))
-        .route("/analyses", get(misc::analyses))
-        .route("/list", get(misc::list))
+        .route("/analyses", get(misc::analyses).post(jobs::create))
+        .route("/list", get(jobs::list))
+        .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/openapi.json", get(openapi))
         .route("/agents", get(crate::hub::upgrade))
         .route(

@@ -32,9 +32,19 @@ pub struct RecordView {
     pub agent: Option<Option<AgentStatus>>,
 }
 
-async fn views(state: &AppState, kind: Kind, records: Vec<HostRecord>) -> Result<Vec<RecordView>, ApiError> {
+async fn views(
+    state: &AppState,
+    kind: Kind,
+    records: Vec<HostRecord>,
+) -> Result<Vec<RecordView>, ApiError> {
     if kind != Kind::Clients {
-        return Ok(records.into_iter().map(|record| RecordView { record, agent: None }).collect());
+        return Ok(records
+            .into_iter()
+            .map(|record| RecordView {
+                record,
+                agent: None,
+            })
+            .collect());
     }
     let mut statuses = state.hub.statuses().await?;
     Ok(records
@@ -75,7 +85,10 @@ pub async fn get(state: &AppState, kind: Kind, raw: &str) -> Result<Json<RecordV
         .await?
         .ok_or_else(|| ApiError::not_found(format!("{} {id}", kind.singular())))?;
     let mut views = views(state, kind, vec![record]).await?;
-    views.pop().map(Json).ok_or_else(|| ApiError::internal("record view missing"))
+    views
+        .pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("record view missing"))
 }
 
 pub async fn update(

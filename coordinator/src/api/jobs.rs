@@ -1,0 +1,206 @@
+//! Trace job endpoints: `POST /analyses` (the seed's trace request), `GET /list`,
+//! `GET /jobs/{id}` and `DELETE /jobs/{id}` (cancel).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as Json_};
+
+use super::error::ApiError;
+use super::extract::JsonObject;
+use super::{AppState, API_BASE};
+use crate::jobs::{status_for_step, JobRequest, COMPLETE, FAILED};
+
+/// The seed's trace request.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct AnalysisRequest {
+    /// Host to trace: an agent's hostname or address, a registered client, or an address reached over SSH.
+    host: String,
+    /// Seconds to trace, above 0 and at most `max_duration_secs` (3600).
+    duration: f64,
+    /// Analysis type, one of `GET /analyses`.
+    #[serde(rename = "type")]
+    analysis_type: String,
+    /// User for SSH when the host is neither an agent nor a registered client.
+    username: String,
+    /// Relay to stream the trace to (registered hostname or address).
+    relay: Option<String>,
+    /// Host that runs the analysis (default: the relay, else the traced host).
+    analysis: Option<String>,
+    /// Passed to analysis commands declaring `{mongohost}`.
+    mongohost: Option<String>,
+    /// Passed to analysis commands declaring `{mongoport}`.
+    mongoport: Option<u16>,
+    /// `false` answers 202 at once with the job's Location (also `Prefer: respond-async`).
+    wait: Option<bool>,
+}
+
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+        })
+}
+
+/// The HTTP answer of a job that ended or is still running.
+fn job_response(job: Json_) -> Response {
+    let status = match job["status"].as_i64() {
+        Some(COMPLETE) => StatusCode::OK,
+        Some(FAILED) => {
+            let step = job["error"]["step"].as_str().unwrap_or_default();
+            StatusCode::from_u16(status_for_step(step)).unwrap_or(StatusCode::BAD_GATEWAY)
+        }
+        _ => StatusCode::ACCEPTED,
+    };
+    let mut body = job;
+    if status.is_client_error() || status.is_server_error() {
+        body["error_message"] = body["error"]["message"].clone();
+    }
+    (status, Json(body)).into_response()
+}
+
+#[utoipa::path(post, path = "/trace/api/v1.0/analyses", tag = "analyses", request_body = AnalysisRequest,
+    responses(
+        (status = 200, description = "the completed job with its result"),
+        (status = 202, description = "accepted (wait=false or Prefer: respond-async); Location names the job"),
+        (status = 409, description = "the job was cancelled"),
+        (status = 422, description = "invalid field, unknown type (the known ones are listed), or the host lacks the kernel tracer"),
+        (status = 502, description = "a tracing or analysis command failed on the host; the job names the step"),
+        (status = 503, description = "host unreachable (SSH) or agent lost"),
+    ))]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let mut request = JobRequest::parse(&body.0, &state.config)?;
+    if prefers_async(&headers) {
+        request.wait = false;
+    }
+    let wait = request.wait;
+    let (job_id, mut updates) = state.engine.submit(request).await?;
+    let location = format!("{API_BASE}/jobs/{job_id}");
+    if !wait {
+        let current = updates.borrow().clone();
+        let job = current.unwrap_or_else(|| json!({ "id": job_id, "jobid": job_id }));
+        let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, v);
+        }
+        return Ok(response);
+    }
+    // Wait until the job ends (the sender is dropped after the final view).
+    loop {
+        let done = {
+            let current = updates.borrow_and_update();
+            matches!(
+                current.as_ref().and_then(|j| j["status"].as_i64()),
+                Some(COMPLETE | FAILED)
+            )
+        };
+        if done || updates.changed().await.is_err() {
+            break;
+        }
+    }
+    let last = updates.borrow().clone();
+    let job = match last {
+        Some(job) => job,
+        None => state
+            .engine
+            .get(job_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("job {job_id}")))?,
+    };
+    let mut response = job_response(job);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    Ok(response)
+}
+
+fn parse_job_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::not_found(format!("job {raw:?}")))
+}
+
+#[utoipa::path(get, path = "/trace/api/v1.0/jobs/{id}", tag = "analyses", params(("id" = u64, Path, description = "job id")),
+    responses((status = 200, description = "the job with its status, timings, error and result"), (status = 404, description = "unknown job")))]
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let id = parse_job_id(&raw)?;
+    state
+        .engine
+        .get(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")))
+}
+
+#[utoipa::path(delete, path = "/trace/api/v1.0/jobs/{id}", tag = "analyses", params(("id" = u64, Path, description = "job id")),
+    responses((status = 202, description = "cancellation requested: the session is stopped and destroyed, the job ends with status -1"),
+              (status = 404, description = "unknown job"), (status = 409, description = "the job already ended")))]
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_job_id(&raw)?;
+    let job = state
+        .engine
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
+    if state.engine.cancel(id) {
+        tracing::info!(job_id = id, "job cancellation requested");
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "jobid": id, "cancelling": true })),
+        )
+            .into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("job {id} is not running (status {})", job["status"]),
+        )
+        .with(json!({ "job": job })))
+    }
+}
+
+/// `GET /list` query.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Include finished jobs.
+    #[serde(default)]
+    all: bool,
+}
+
+/// `GET /list`: trace sessions.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SessionList {
+    /// Jobs as `{"jobid", "status", "host", "type", "started", ...}`.
+    #[schema(value_type = Vec<Object>)]
+    pub sessions: Vec<Json_>,
+}
+
+#[utoipa::path(get, path = "/trace/api/v1.0/list", tag = "analyses", params(ListQuery),
+    responses((status = 200, description = "running jobs (all with ?all=true); status 1 started, 2 trace running, 3 analysis running, 4 complete, -1 error", body = SessionList)))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<SessionList>, ApiError> {
+    Ok(Json(SessionList {
+        sessions: state.engine.list(q.all).await?,
+    }))
+}

@@ -1,0 +1,801 @@
+//! The job engine: validates trace requests, resolves the host (agent, registered client over
+//! SSH, or the address over SSH), persists jobs, runs them through the agent link or the SSH
+//! driver with the shared lifecycle, and stores their results.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value as Json};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracesd::lifecycle::{self, StepError};
+use tracevisor_protocol::{
+    JobOutcome, JobSpec, Message, Summary as WireSummary, TraceLocator, TraceOutput,
+};
+
+use crate::config::Config;
+use crate::db::{record_key, Store, StoreError};
+use crate::hub::{rfc3339, AgentEvent, Hub};
+use crate::profiles::{Profile, Summary};
+use crate::registry::{FieldError, HostRecord, Kind, DEFAULT_CTRLPORT, DEFAULT_DATAPORT};
+use crate::ssh::{SshExecutor, SshSettings, SshTarget};
+use crate::validate;
+
+/// Job statuses, as the seed's `/list` shows them.
+pub const STARTED: i64 = 1;
+pub const TRACE_RUNNING: i64 = 2;
+pub const ANALYSIS_RUNNING: i64 = 3;
+pub const COMPLETE: i64 = 4;
+pub const FAILED: i64 = -1;
+
+/// Extra time an agent gets beyond the trace duration before its job is declared lost.
+const AGENT_GRACE: Duration = Duration::from_secs(15 * 60 + 60);
+/// How long a reconnected agent that no longer runs a job has to send its result.
+const RESTART_GRACE: Duration = Duration::from_secs(10);
+
+/// A validated trace request.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    pub host: String,
+    pub duration: f64,
+    pub analysis_type: String,
+    pub username: String,
+    pub relay: Option<String>,
+    pub analysis_host: Option<String>,
+    pub mongohost: Option<String>,
+    pub mongoport: Option<u16>,
+    pub wait: bool,
+}
+
+fn field_str(
+    body: &Map<String, Json>,
+    field: &str,
+    required: bool,
+) -> Result<Option<String>, FieldError> {
+    match body.get(field) {
+        None | Some(Json::Null) if required => Err(FieldError::new(field, "is required")),
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(FieldError::new(
+            field,
+            format!("must be a string, got {other}"),
+        )),
+    }
+}
+
+impl JobRequest {
+    /// Validates a `POST /analyses` body; errors name the field.
+    pub fn parse(body: &Map<String, Json>, config: &Config) -> Result<JobRequest, FieldError> {
+        let host = field_str(body, "host", true)?.unwrap_or_default();
+        validate::hostname(&host).map_err(|e| FieldError::new("host", format!("{host:?} {e}")))?;
+        let duration = match body.get("duration") {
+            None | Some(Json::Null) => return Err(FieldError::new("duration", "is required")),
+            Some(v) => v.as_f64().ok_or_else(|| {
+                FieldError::new("duration", format!("must be a number of seconds, got {v}"))
+            })?,
+        };
+        let max = config.max_duration_secs as f64;
+        if !(duration > 0.0 && duration <= max) {
+            return Err(FieldError::new(
+                "duration",
+                format!("{duration} is not in (0, {max}] seconds"),
+            ));
+        }
+        let analysis_type = field_str(body, "type", true)?.unwrap_or_default();
+        if !config.profiles.contains_key(&analysis_type) {
+            let known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
+            return Err(FieldError::new(
+                "type",
+                format!(
+                    "unknown analysis type {analysis_type:?}; known types: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let username = field_str(body, "username", true)?.unwrap_or_default();
+        validate::username(&username)
+            .map_err(|e| FieldError::new("username", format!("{username:?} {e}")))?;
+        let optional_host = |field: &str| -> Result<Option<String>, FieldError> {
+            let value = field_str(body, field, false)?.filter(|s| !s.is_empty());
+            if let Some(v) = &value {
+                validate::hostname(v).map_err(|e| FieldError::new(field, format!("{v:?} {e}")))?;
+            }
+            Ok(value)
+        };
+        let relay = optional_host("relay")?;
+        let analysis_host = optional_host("analysis")?;
+        let mongohost = optional_host("mongohost")?;
+        let mongoport = match body.get("mongoport") {
+            None | Some(Json::Null) => None,
+            Some(v) => {
+                let n = v
+                    .as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .ok_or_else(|| {
+                        FieldError::new("mongoport", format!("must be a port number, got {v}"))
+                    })?;
+                Some(validate::port(n).map_err(|e| FieldError::new("mongoport", e))?)
+            }
+        };
+        let wait = match body.get("wait") {
+            None | Some(Json::Null) => true,
+            Some(Json::Bool(b)) => *b,
+            Some(other) => {
+                return Err(FieldError::new(
+                    "wait",
+                    format!("must be a boolean, got {other}"),
+                ))
+            }
+        };
+        Ok(JobRequest {
+            host,
+            duration,
+            analysis_type,
+            username,
+            relay,
+            analysis_host,
+            mongohost,
+            mongoport,
+            wait,
+        })
+    }
+}
+
+/// How a host is reached.
+#[derive(Debug, Clone)]
+pub enum Route {
+    Agent { hostname: String },
+    Ssh(SshTarget),
+}
+
+impl Route {
+    fn via(&self) -> &'static str {
+        match self {
+            Route::Agent { .. } => "agent",
+            Route::Ssh(_) => "ssh",
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Route::Agent { hostname } => hostname.clone(),
+            Route::Ssh(t) => t.display.clone(),
+        }
+    }
+}
+
+/// An error of a job run, with the HTTP status its synchronous answer carries.
+#[derive(Debug, Clone)]
+pub struct JobError {
+    pub step: String,
+    pub host: String,
+    pub message: String,
+}
+
+impl From<StepError> for JobError {
+    fn from(e: StepError) -> Self {
+        // The lifecycle's message already names the host and the step.
+        let message = e.to_string();
+        JobError {
+            step: e.step,
+            host: e.host,
+            message,
+        }
+    }
+}
+
+/// HTTP status of a failed job's answer, by the step that failed.
+pub fn status_for_step(step: &str) -> u16 {
+    match step {
+        "ssh-connect" | "agent-lost" | "agent-restart" | "coordinator-restart" => 503,
+        "kernel" | "preflight" | "validate" => 422,
+        "cancelled" => 409,
+        "timeout" => 504,
+        _ => 502,
+    }
+}
+
+struct PendingAgentJob {
+    hostname: String,
+    progress_base: Option<i64>,
+    done: oneshot::Sender<JobOutcome>,
+}
+
+/// The job engine.
+pub struct Engine {
+    store: Store,
+    hub: Arc<Hub>,
+    config: Arc<Config>,
+    ssh: SshSettings,
+    /// Agent phases waiting for their result, by job id.
+    pending: Mutex<HashMap<u64, PendingAgentJob>>,
+    /// Cancellation of running jobs, by job id.
+    cancels: Mutex<HashMap<u64, CancellationToken>>,
+    /// Latest view of running jobs, for waiters.
+    watchers: Mutex<HashMap<u64, watch::Sender<Option<Json>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    pub fn new(store: Store, hub: Arc<Hub>, config: Arc<Config>, ssh: SshSettings) -> Arc<Engine> {
+        Arc::new(Engine {
+            store,
+            hub,
+            config,
+            ssh,
+            pending: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Marks the SSH jobs a previous coordinator process was running as failed.
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        let rows = self
+            .store
+            .query(
+                "UPDATE job SET status = -1, finished = $now, error = { step: 'coordinator-restart', host: host, message: 'coordinator restarted' } WHERE status IN [1, 2, 3] AND via = 'ssh' RETURN AFTER",
+                json!({ "now": rfc3339(OffsetDateTime::now_utc()) }),
+            )
+            .await?;
+        if !rows.is_empty() {
+            tracing::warn!(
+                jobs = rows.len(),
+                "marked SSH jobs of the previous run failed (coordinator restarted)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Consumes agent events (progress, results, hellos) for the engine's life.
+    pub fn spawn_event_loop(self: &Arc<Self>, mut events: mpsc::UnboundedReceiver<AgentEvent>) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                engine.on_agent_event(event).await;
+            }
+        });
+    }
+
+    async fn on_agent_event(self: &Arc<Self>, event: AgentEvent) {
+        match event.message {
+            Message::JobProgress {
+                job_id,
+                status,
+                message,
+            } => {
+                let base = lock(&self.pending).get(&job_id).map(|p| p.progress_base);
+                let Some(base) = base else { return };
+                // An analysis-only phase reports 3 from the start; keep statuses monotonic.
+                let status = i64::from(status).max(base.unwrap_or(0));
+                tracing::debug!(job_id, status, %message, "job progress");
+                let _ = self.set_status(job_id, status).await;
+            }
+            Message::JobResult { job_id, outcome } => {
+                let pending = lock(&self.pending).remove(&job_id);
+                match pending {
+                    Some(p) => {
+                        let _ = p.done.send(outcome);
+                    }
+                    None => self.orphan_result(job_id, &event.hostname, outcome).await,
+                }
+                // Stored (or already stored): the agent may forget it.
+                let _ = self
+                    .hub
+                    .send(&event.hostname, Message::ResultAck { job_id })
+                    .await;
+            }
+            Message::Hello(hello) => {
+                let lost: Vec<u64> = lock(&self.pending)
+                    .iter()
+                    .filter(|(id, p)| {
+                        p.hostname == hello.hostname && !hello.running_jobs.contains(id)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for job_id in lost {
+                    let engine = self.clone();
+                    let hostname = hello.hostname.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RESTART_GRACE).await;
+                        let pending = lock(&engine.pending).remove(&job_id);
+                        if let Some(p) = pending {
+                            let _ = p.done.send(JobOutcome::Err {
+                                step: "agent-restart".into(),
+                                message: format!("host {hostname}: the agent reconnected without this job (it restarted); the job is lost"),
+                            });
+                        }
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A result for a job no task waits for (the coordinator restarted): store it if the job
+    /// is still open and was a single-phase agent job.
+    async fn orphan_result(&self, job_id: u64, hostname: &str, outcome: JobOutcome) {
+        let Ok(Some(job)) = self.get(job_id).await else {
+            return;
+        };
+        let status = job["status"].as_i64().unwrap_or(FAILED);
+        if status == COMPLETE || status == FAILED {
+            tracing::debug!(job_id, "duplicate result ignored");
+            return;
+        }
+        if job["phases"].as_i64() == Some(1) {
+            tracing::info!(job_id, %hostname, "result of a job started before the coordinator restarted");
+            let _ = self.finish(job_id, outcome_to_result(outcome)).await;
+        } else {
+            let error = JobError {
+                step: "coordinator-restart".into(),
+                host: hostname.to_owned(),
+                message: "coordinator restarted between the trace and the analysis".into(),
+            };
+            let _ = self.finish(job_id, Err(error)).await;
+        }
+    }
+
+    /// Resolves how to reach `host`: a connected agent, a registered client, or the address.
+    pub async fn route(&self, host: &str, username: &str) -> Result<Route, StoreError> {
+        if let Some(hostname) = self.hub.find(host) {
+            return Ok(Route::Agent { hostname });
+        }
+        let clients = self.store.list(Kind::Clients).await?;
+        if let Some(c) = clients.iter().find(|c| {
+            c.hostname == host || c.ipv4.as_deref() == Some(host) || c.ipv6.as_deref() == Some(host)
+        }) {
+            return Ok(Route::Ssh(SshTarget {
+                display: host.to_owned(),
+                address: c.address(),
+                port: c.sshport.unwrap_or(22),
+                user: c.sshuser.clone().unwrap_or_else(|| "root".into()),
+            }));
+        }
+        Ok(Route::Ssh(SshTarget {
+            display: host.to_owned(),
+            address: host.to_owned(),
+            port: 22,
+            user: username.to_owned(),
+        }))
+    }
+
+    /// Resolves a host that is only reached to analyse (analyses servers count as clients).
+    async fn analysis_route(&self, host: &str, username: &str) -> Result<Route, StoreError> {
+        if self.hub.find(host).is_none() {
+            if let Some(server) = self
+                .store
+                .find_by_hostname(Kind::AnalysesServers, host)
+                .await?
+            {
+                return Ok(Route::Ssh(SshTarget {
+                    display: host.to_owned(),
+                    address: server.address(),
+                    port: server.sshport.unwrap_or(22),
+                    user: server.sshuser.clone().unwrap_or_else(|| "root".into()),
+                }));
+            }
+        }
+        self.route(host, username).await
+    }
+
+    /// Creates a job from a validated request and starts it; returns the stored job.
+    pub async fn submit(
+        self: &Arc<Self>,
+        req: JobRequest,
+    ) -> Result<(u64, watch::Receiver<Option<Json>>), StoreError> {
+        let profile = self.config.profiles[&req.analysis_type].clone();
+        let route = self.route(&req.host, &req.username).await?;
+        // The relay: registered (ports from the registry) or an address with default ports.
+        let relay = match &req.relay {
+            None => None,
+            Some(name) => Some(
+                match self.store.find_by_hostname(Kind::Relays, name).await? {
+                    Some(r) => r,
+                    None => {
+                        let mut r = HostRecord::new(Kind::Relays, name.clone(), None, None);
+                        r.ctrlport = Some(DEFAULT_CTRLPORT);
+                        r.dataport = Some(DEFAULT_DATAPORT);
+                        r
+                    }
+                },
+            ),
+        };
+        // Where the analysis runs: the analysis host, else the relay, else the traced host.
+        let analysis_host = req
+            .analysis_host
+            .clone()
+            .or_else(|| relay.as_ref().map(|r| r.hostname.clone()));
+        let analysis_route = match &analysis_host {
+            Some(h) if relay.is_some() => Some(self.analysis_route(h, &req.username).await?),
+            _ => None,
+        };
+        let now = rfc3339(OffsetDateTime::now_utc());
+        let job = json!({
+            "host": req.host,
+            "type": req.analysis_type,
+            "username": req.username,
+            "duration": req.duration,
+            "relay": req.relay,
+            "analysis": analysis_host.clone().unwrap_or_else(|| req.host.clone()),
+            "via": route.via(),
+            "analysis_via": analysis_route.as_ref().map(Route::via),
+            "phases": if analysis_route.is_some() { 2 } else { 1 },
+            "status": STARTED,
+            "created": now,
+            "started": now,
+        });
+        let rows = self
+            .store
+            .query(
+                "CREATE type::record('job', sequence::nextval('job_id')) CONTENT $job RETURN AFTER",
+                json!({ "job": job }),
+            )
+            .await?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Db("job create returned nothing".into()))?;
+        let job_id = record_key(&row["id"])?;
+        let view = job_view(row);
+        let (tx, rx) = watch::channel(Some(view));
+        lock(&self.watchers).insert(job_id, tx);
+        let cancel = CancellationToken::new();
+        lock(&self.cancels).insert(job_id, cancel.clone());
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let result = engine
+                .execute(
+                    job_id,
+                    &req,
+                    &profile,
+                    &route,
+                    relay.as_ref(),
+                    analysis_route.as_ref(),
+                    &cancel,
+                )
+                .await;
+            let _ = engine.finish(job_id, result).await;
+        });
+        Ok((job_id, rx))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
+        self: &Arc<Self>,
+        job_id: u64,
+        req: &JobRequest,
+        profile: &Profile,
+        route: &Route,
+        relay: Option<&HostRecord>,
+        analysis_route: Option<&Route>,
+        cancel: &CancellationToken,
+    ) -> Result<Json, JobError> {
+        // Kernel profiles fail before any session exists on hosts without the kernel tracer.
+        if profile.needs_kernel() {
+            if let Route::Agent { hostname } = route {
+                if let Some(caps) = self.hub.capabilities(hostname) {
+                    if !caps.kernel_tracer {
+                        let why = caps.kernel_tracer_error.unwrap_or_else(|| {
+                            "kernel tracer not available (lttng-modules not loaded)".into()
+                        });
+                        return Err(JobError {
+                            step: "kernel".into(),
+                            host: req.host.clone(),
+                            message: format!(
+                                "host {}: {why}; analysis {} needs kernel events",
+                                req.host, profile.analysis
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let session = lifecycle::session_name(job_id, &sanitize(&route.name()));
+        let commands: Vec<Vec<String>> = profile
+            .commands
+            .iter()
+            .map(|argv| {
+                argv.iter()
+                    .map(|a| match a.as_str() {
+                        "{mongohost}" => {
+                            req.mongohost.clone().unwrap_or_else(|| "localhost".into())
+                        }
+                        "{mongoport}" => req.mongoport.unwrap_or(27017).to_string(),
+                        _ => a.clone(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let output = match relay {
+            Some(r) => TraceOutput::Relay {
+                host: r.address(),
+                ctrl_port: r.ctrlport.unwrap_or(DEFAULT_CTRLPORT),
+                data_port: r.dataport.unwrap_or(DEFAULT_DATAPORT),
+            },
+            None => TraceOutput::Local,
+        };
+        let spec = JobSpec {
+            session_name: session,
+            analysis: profile.analysis.clone(),
+            kernel_events: profile.kernel_events.clone(),
+            syscalls: profile.syscalls,
+            userspace_events: profile.userspace_events.clone(),
+            duration_ms: (req.duration * 1000.0).round() as u64,
+            output,
+            analysis_commands: commands,
+            run_analysis: analysis_route.is_none(),
+            summary: match profile.summary {
+                Summary::Lami => WireSummary::Lami,
+                Summary::Ust => WireSummary::Ust,
+            },
+            analysis_only: None,
+        };
+        let traced = self
+            .run_phase(job_id, route, &spec, profile, cancel, None)
+            .await?;
+        let Some(analysis_route) = analysis_route else {
+            return Ok(traced);
+        };
+        let roots = relay
+            .and_then(|r| r.output_dir.clone())
+            .map(|d| vec![d])
+            .unwrap_or_else(|| self.config.relay_output_dirs.clone());
+        let analysis_spec = JobSpec {
+            analysis_only: Some(TraceLocator::RelaySession { roots }),
+            run_analysis: true,
+            ..spec
+        };
+        let mut result = self
+            .run_phase(
+                job_id,
+                analysis_route,
+                &analysis_spec,
+                profile,
+                cancel,
+                Some(ANALYSIS_RUNNING),
+            )
+            .await?;
+        result["recorded_on"] = json!(route.name());
+        Ok(result)
+    }
+
+    async fn run_phase(
+        self: &Arc<Self>,
+        job_id: u64,
+        route: &Route,
+        spec: &JobSpec,
+        profile: &Profile,
+        cancel: &CancellationToken,
+        progress_base: Option<i64>,
+    ) -> Result<Json, JobError> {
+        match route {
+            Route::Agent { hostname } => {
+                let (done_tx, done_rx) = oneshot::channel();
+                lock(&self.pending).insert(
+                    job_id,
+                    PendingAgentJob {
+                        hostname: hostname.clone(),
+                        progress_base,
+                        done: done_tx,
+                    },
+                );
+                if let Some(base) = progress_base {
+                    let _ = self.set_status(job_id, base).await;
+                }
+                if let Err(e) = self
+                    .hub
+                    .send(
+                        hostname,
+                        Message::StartJob {
+                            job_id,
+                            spec: spec.clone(),
+                        },
+                    )
+                    .await
+                {
+                    lock(&self.pending).remove(&job_id);
+                    return Err(JobError {
+                        step: "dispatch".into(),
+                        host: hostname.clone(),
+                        message: e.to_string(),
+                    });
+                }
+                let deadline = Duration::from_millis(spec.duration_ms) + AGENT_GRACE;
+                let mut done_rx = done_rx;
+                let outcome = tokio::select! {
+                    outcome = &mut done_rx => outcome.ok(),
+                    _ = cancel.cancelled() => {
+                        let _ = self.hub.send(hostname, Message::CancelJob { job_id }).await;
+                        // The agent stops and destroys the session, then reports.
+                        tokio::time::timeout(Duration::from_secs(120), done_rx).await.ok().and_then(Result::ok)
+                            .or(Some(JobOutcome::Err { step: "cancelled".into(), message: "cancelled".into() }))
+                    }
+                    _ = tokio::time::sleep(deadline) => None,
+                };
+                lock(&self.pending).remove(&job_id);
+                match outcome {
+                    Some(JobOutcome::Ok { result_json }) => serde_json::from_str(&result_json)
+                        .map_err(|e| JobError {
+                            step: "result".into(),
+                            host: hostname.clone(),
+                            message: format!(
+                                "host {hostname}: the agent sent a result that is not JSON: {e}"
+                            ),
+                        }),
+                    Some(JobOutcome::Err { step, message }) => Err(JobError {
+                        step,
+                        host: hostname.clone(),
+                        message,
+                    }),
+                    None => Err(JobError {
+                        step: "agent-lost".into(),
+                        host: hostname.clone(),
+                        message: format!(
+                            "host {hostname}: no result from the agent within {} s",
+                            deadline.as_secs()
+                        ),
+                    }),
+                }
+            }
+            Route::Ssh(target) => {
+                let exec = SshExecutor::connect(target, &self.ssh).await?;
+                let result = async {
+                    if spec.analysis_only.is_none() {
+                        exec.preflight(profile.needs_kernel(), &profile.analysis)
+                            .await?;
+                    }
+                    let engine = self.clone();
+                    let progress = move |status: i8, _: &str| {
+                        let engine = engine.clone();
+                        let status = i64::from(status).max(progress_base.unwrap_or(0));
+                        tokio::spawn(async move {
+                            let _ = engine.set_status(job_id, status).await;
+                        });
+                    };
+                    lifecycle::run_job(&exec, spec, progress, cancel).await
+                }
+                .await;
+                exec.close().await;
+                Ok(result?)
+            }
+        }
+    }
+
+    async fn set_status(&self, job_id: u64, status: i64) -> Result<(), StoreError> {
+        let rows = self
+            .store
+            .query(
+                "UPDATE type::record('job', $id) SET status = $status WHERE status IN [1, 2, 3] AND status < $status RETURN AFTER",
+                json!({ "id": job_id, "status": status }),
+            )
+            .await?;
+        if let Some(row) = rows.into_iter().next() {
+            if let Some(tx) = lock(&self.watchers).get(&job_id) {
+                let _ = tx.send(Some(job_view(row)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the end of a job (once) and wakes its waiters.
+    async fn finish(&self, job_id: u64, result: Result<Json, JobError>) -> Result<(), StoreError> {
+        let now = rfc3339(OffsetDateTime::now_utc());
+        let (status, result, error) = match result {
+            Ok(r) => (COMPLETE, r, Json::Null),
+            Err(e) => {
+                tracing::warn!(job_id, step = %e.step, host = %e.host, message = %e.message, "job failed");
+                (
+                    FAILED,
+                    Json::Null,
+                    json!({ "step": e.step, "host": e.host, "message": e.message }),
+                )
+            }
+        };
+        if status == COMPLETE {
+            tracing::info!(job_id, "job complete");
+        }
+        let rows = self
+            .store
+            .query(
+                "UPDATE type::record('job', $id) SET status = $status, finished = $now, result = $result, error = $error WHERE status IN [1, 2, 3] RETURN AFTER",
+                json!({ "id": job_id, "status": status, "now": now, "result": result, "error": error }),
+            )
+            .await;
+        lock(&self.cancels).remove(&job_id);
+        let tx = lock(&self.watchers).remove(&job_id);
+        let view = match rows {
+            Ok(rows) => rows.into_iter().next().map(job_view),
+            Err(e) => {
+                tracing::error!(job_id, error = %e, "cannot store the job's end");
+                None
+            }
+        };
+        if let Some(tx) = tx {
+            let view = match view {
+                Some(v) => Some(v),
+                None => self.get(job_id).await.ok().flatten(),
+            };
+            let _ = tx.send(view);
+        }
+        Ok(())
+    }
+
+    /// Cancels a running job; `Ok(false)` when it is not running.
+    pub fn cancel(&self, job_id: u64) -> bool {
+        match lock(&self.cancels).get(&job_id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One job.
+    pub async fn get(&self, job_id: u64) -> Result<Option<Json>, StoreError> {
+        let rows = self
+            .store
+            .query(
+                "SELECT * FROM type::record('job', $id)",
+                json!({ "id": job_id }),
+            )
+            .await?;
+        Ok(rows.into_iter().next().map(job_view))
+    }
+
+    /// Jobs for `/list`: running ones, or all (without their results).
+    pub async fn list(&self, all: bool) -> Result<Vec<Json>, StoreError> {
+        let sql = if all {
+            "SELECT * OMIT result FROM job ORDER BY id"
+        } else {
+            "SELECT * OMIT result FROM job WHERE status IN [1, 2, 3] ORDER BY id"
+        };
+        let rows = self.store.query(sql, json!({})).await?;
+        Ok(rows.into_iter().map(job_view).collect())
+    }
+}
+
+fn outcome_to_result(outcome: JobOutcome) -> Result<Json, JobError> {
+    match outcome {
+        JobOutcome::Ok { result_json } => {
+            serde_json::from_str(&result_json).map_err(|e| JobError {
+                step: "result".into(),
+                host: String::new(),
+                message: format!("result is not JSON: {e}"),
+            })
+        }
+        JobOutcome::Err { step, message } => Err(JobError {
+            step,
+            host: String::new(),
+            message,
+        }),
+    }
+}
+
+/// A stored job as the API shows it: `jobid` (the seed's name) and `id`.
+pub fn job_view(mut row: Json) -> Json {
+    if let Ok(id) = record_key(&row["id"]) {
+        row["id"] = json!(id);
+        row["jobid"] = json!(id);
+    }
+    row
+}
+
+/// A hostname usable inside a session name.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,240 @@
+//! The SSH driver: one multiplexed SSH connection per job (openssh, native mux) with the
+//! coordinator's key, batch mode and a pinned-host-key policy; an [`Executor`] for the shared
+//! trace lifecycle, and the pre-flight checks the original made.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use openssh::{KnownHosts, Session, SessionBuilder};
+use tracesd::lifecycle::{Executor, StepError};
+use tracesd::runner::{Output, RunError};
+
+/// How a changed or unknown host key is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    /// Trust on first use: an unknown key is pinned, a changed one refused (default).
+    Tofu,
+    /// Only keys already pinned in the known-hosts file are accepted.
+    Strict,
+}
+
+/// Where and how to reach a host over SSH.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// The name shown in errors (the `host` of the request).
+    pub display: String,
+    /// The address or DNS name to connect to.
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+}
+
+/// The coordinator's SSH settings.
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    pub key_file: PathBuf,
+    pub known_hosts: PathBuf,
+    pub policy: HostKeyPolicy,
+    pub connect_timeout: Duration,
+}
+
+/// A connected host.
+pub struct SshExecutor {
+    session: Session,
+    display: String,
+}
+
+fn io_err(command: String, message: impl std::fmt::Display) -> RunError {
+    RunError::Io {
+        command,
+        source: std::io::Error::other(message.to_string()),
+    }
+}
+
+impl SshExecutor {
+    /// Opens the connection (the first pre-flight check: SSH reachable, key accepted).
+    pub async fn connect(
+        target: &SshTarget,
+        settings: &SshSettings,
+    ) -> Result<SshExecutor, StepError> {
+        let fail = |message: String| StepError {
+            step: "ssh-connect".into(),
+            host: target.display.clone(),
+            message,
+        };
+        // Unix socket paths are limited to 108 bytes: keep the control directory short.
+        let control = std::env::temp_dir();
+        let mut builder = SessionBuilder::default();
+        builder
+            .user(target.user.clone())
+            .port(target.port)
+            .keyfile(&settings.key_file)
+            .connect_timeout(settings.connect_timeout)
+            .server_alive_interval(Duration::from_secs(15))
+            .user_known_hosts_file(&settings.known_hosts)
+            .control_directory(&control)
+            .known_hosts_check(match settings.policy {
+                HostKeyPolicy::Tofu => KnownHosts::Add,
+                HostKeyPolicy::Strict => KnownHosts::Strict,
+            });
+        let session = builder.connect_mux(&target.address).await.map_err(|e| {
+            let text = e.to_string();
+            let detail = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+            let all = format!("{text} {detail}");
+            if all.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") || all.contains("Host key verification failed") {
+                fail(format!(
+                    "ssh host key of {}:{} does not match the key pinned in {} (host key changed?); refusing to connect",
+                    target.address,
+                    target.port,
+                    settings.known_hosts.display()
+                ))
+            } else {
+                fail(format!("cannot reach {}@{}:{} over ssh: {}", target.user, target.address, target.port, all.trim()))
+            }
+        })?;
+        Ok(SshExecutor {
+            session,
+            display: target.display.clone(),
+        })
+    }
+
+    /// The pre-flight checks of the original: a root lttng-sessiond runs, and the user is root
+    /// or in the `tracing` group.
+    pub async fn preflight(&self, needs_kernel: bool, analysis: &str) -> Result<(), StepError> {
+        let fail = |message: String| StepError {
+            step: "preflight".into(),
+            host: self.display.clone(),
+            message,
+        };
+        let sessiond = self
+            .run(
+                argv(&["pgrep", "-u", "root", "-x", "lttng-sessiond"]),
+                Duration::from_secs(15),
+            )
+            .await;
+        if sessiond.is_err() {
+            return Err(fail("no lttng-sessiond running as root (start it with `lttng-sessiond --daemonize` as root)".into()));
+        }
+        let id = self
+            .run(argv(&["id", "-u"]), Duration::from_secs(15))
+            .await
+            .map_err(|e| fail(format!("cannot check the user: {e}")))?;
+        if id.stdout_lossy().trim() != "0" {
+            let groups = self
+                .run(argv(&["id", "-nG"]), Duration::from_secs(15))
+                .await
+                .map_err(|e| fail(format!("cannot check the user's groups: {e}")))?;
+            if !groups
+                .stdout_lossy()
+                .split_whitespace()
+                .any(|g| g == "tracing")
+            {
+                return Err(fail(
+                    "the ssh user is neither root nor in the tracing group".into(),
+                ));
+            }
+        }
+        if needs_kernel {
+            let modules = self
+                .run(argv(&["cat", "/proc/modules"]), Duration::from_secs(15))
+                .await;
+            let loaded = modules
+                .map(|o| {
+                    o.stdout_lossy()
+                        .lines()
+                        .any(|l| l.starts_with("lttng_tracer "))
+                })
+                .unwrap_or(false);
+            if !loaded {
+                return Err(StepError {
+                    step: "kernel".into(),
+                    host: self.display.clone(),
+                    message: format!("kernel tracer not available (lttng-modules not loaded); analysis {analysis} needs kernel events"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the master connection.
+    pub async fn close(self) {
+        if let Err(error) = self.session.close().await {
+            tracing::debug!(host = %self.display, %error, "closing the ssh connection");
+        }
+    }
+}
+
+fn argv(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+impl Executor for SshExecutor {
+    fn host(&self) -> &str {
+        &self.display
+    }
+
+    fn trace_root(&self) -> String {
+        "/var/tmp/tracevisor-traces".to_owned()
+    }
+
+    async fn run(&self, argv: Vec<String>, timeout: Duration) -> Result<Output, RunError> {
+        let command = argv.join(" ");
+        let Some((program, args)) = argv.split_first() else {
+            return Err(RunError::NotFound {
+                program: String::new(),
+            });
+        };
+        // The remote process is bounded by `timeout` on the host itself: dropping the local
+        // future would not stop it.
+        let secs = timeout.as_secs().max(1).to_string();
+        let mut cmd = self.session.command("timeout");
+        cmd.args(["-k", "5", secs.as_str(), program.as_str()])
+            .args(args);
+        let started = Instant::now();
+        let output =
+            match tokio::time::timeout(timeout + Duration::from_secs(15), cmd.output()).await {
+                Ok(Ok(output)) => output,
+                Ok(Err(e)) => return Err(io_err(command, format!("ssh: {e}"))),
+                Err(_) => {
+                    return Err(RunError::TimedOut {
+                        command,
+                        timeout,
+                        stderr: String::new(),
+                    })
+                }
+            };
+        let stderr = String::from_utf8_lossy(&output.stderr)
+            .trim()
+            .chars()
+            .take(2000)
+            .collect::<String>();
+        match output.status.code() {
+            Some(0) => Ok(Output {
+                status: output.status,
+                stdout: output.stdout,
+                stderr: output.stderr,
+                elapsed: started.elapsed(),
+            }),
+            Some(124) => Err(RunError::TimedOut {
+                command,
+                timeout,
+                stderr,
+            }),
+            Some(127) => Err(RunError::NotFound {
+                program: program.clone(),
+            }),
+            _ => Err(RunError::Failed {
+                command,
+                status: output.status,
+                stderr,
+                stdout: output.stdout,
+            }),
+        }
+    }
+}
+
+/// The known-hosts file in the data directory.
+pub fn known_hosts(data_dir: &Path) -> PathBuf {
+    data_dir.join("ssh/known_hosts")
+}
