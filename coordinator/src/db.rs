@@ -129,6 +129,30 @@ impl Store {
         Ok(store)
     }
 
+    /// The id of this registry, created once: part of every session name, so agents shared by
+    /// several registries (or tests on one machine) never touch each other's sessions.
+    pub async fn instance_id(&self) -> Result<String, StoreError> {
+        for _ in 0..3 {
+            let rows = self
+                .query("SELECT VALUE id_text FROM meta:instance", json!({}))
+                .await?;
+            if let Some(id) = rows.first().and_then(Json::as_str) {
+                return Ok(id.to_owned());
+            }
+            let new = format!("{:08x}", rand::random::<u32>());
+            // CREATE fails if another coordinator created it first; then read theirs.
+            let _ = self
+                .query(
+                    "CREATE meta:instance SET id_text = $id",
+                    json!({ "id": new }),
+                )
+                .await;
+        }
+        Err(StoreError::Db(
+            "cannot create the registry instance id".into(),
+        ))
+    }
+
     /// The schema version of the open database.
     pub async fn schema_version(&self) -> Result<u64, StoreError> {
         let rows = self

@@ -88,6 +88,8 @@ pub struct Hub {
     next_link: AtomicU64,
     events: mpsc::UnboundedSender<AgentEvent>,
     shutdown: CancellationToken,
+    /// The registry's instance id, sent in `HelloAck`.
+    instance: String,
 }
 
 /// Why a message could not be sent to an agent.
@@ -106,6 +108,7 @@ impl Hub {
         agent_token: String,
         heartbeat: Duration,
         shutdown: CancellationToken,
+        instance: String,
     ) -> (Arc<Hub>, mpsc::UnboundedReceiver<AgentEvent>) {
         let (events, rx) = mpsc::unbounded_channel();
         let hub = Hub {
@@ -116,6 +119,7 @@ impl Hub {
             next_link: AtomicU64::new(1),
             events,
             shutdown,
+            instance,
         };
         (Arc::new(hub), rx)
     }
@@ -413,6 +417,7 @@ async fn serve_link(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
     let ack = Message::HelloAck {
         agent_id: client_id,
         heartbeat_interval_ms: u32::try_from(hub.heartbeat.as_millis()).unwrap_or(u32::MAX),
+        coordinator_id: hub.instance.clone(),
     };
     let mut end: Option<(CloseReason, String)> = None;
     if send_frame(&mut socket, ack).await.is_err() {

@@ -209,6 +209,8 @@ pub struct Engine {
     hub: Arc<Hub>,
     config: Arc<Config>,
     ssh: SshSettings,
+    /// The registry's instance id, part of session names.
+    instance: String,
     /// Agent phases waiting for their result, by job id.
     pending: Mutex<HashMap<u64, PendingAgentJob>>,
     /// Cancellation of running jobs, by job id.
@@ -222,12 +224,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Engine {
-    pub fn new(store: Store, hub: Arc<Hub>, config: Arc<Config>, ssh: SshSettings) -> Arc<Engine> {
+    pub fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        config: Arc<Config>,
+        ssh: SshSettings,
+        instance: String,
+    ) -> Arc<Engine> {
         Arc::new(Engine {
             store,
             hub,
             config,
             ssh,
+            instance,
             pending: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
@@ -496,7 +505,7 @@ impl Engine {
                 }
             }
         }
-        let session = lifecycle::session_name(job_id, &sanitize(&route.name()));
+        let session = lifecycle::session_name(&self.instance, job_id, &sanitize(&route.name()));
         let commands: Vec<Vec<String>> = profile
             .commands
             .iter()

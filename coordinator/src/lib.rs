@@ -54,6 +54,7 @@ pub async fn run(
     config.validate()?;
     prepare_data_dir(&config)?;
     let store = db::Store::open(&config.db).await?;
+    let instance = store.instance_id().await?;
     let ssh = secrets::load_or_create_ssh_key(&config.data_dir)?;
     let rest_token = rest_token(&config)?;
     let agent_token = match &config.agent_token {
@@ -69,6 +70,7 @@ pub async fn run(
         agent_token.clone(),
         config.heartbeat_interval,
         shutdown.clone(),
+        instance.clone(),
     );
     let engine = jobs::Engine::new(
         store.clone(),
@@ -80,6 +82,7 @@ pub async fn run(
             policy: config.ssh_host_key_policy,
             connect_timeout: config.ssh_connect_timeout,
         },
+        instance,
     );
     engine.recover().await?;
     engine.spawn_event_loop(agent_events);

@@ -198,6 +198,7 @@ mod tests {
             Message::HelloAck {
                 agent_id: 7,
                 heartbeat_interval_ms: 5_000,
+                coordinator_id: "c0ffee00".into(),
             },
             Message::Heartbeat { seq: 0 },
             Message::Heartbeat { seq: u64::MAX },
@@ -418,8 +419,9 @@ mod tests {
                 Message::HelloAck {
                     agent_id: 7,
                     heartbeat_interval_ms: 5_000,
+                    coordinator_id: "c0ffee00".into(),
                 },
-                "01 01 07 88 27",
+                "01 01 07 88 27 08 63 30 66 66 65 65 30 30",
             ),
             (Message::Heartbeat { seq: 300 }, "01 02 ac 02"),
             (Message::HeartbeatAck { seq: 0 }, "01 03 00"),

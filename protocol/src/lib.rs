@@ -122,6 +122,10 @@ pub enum Message {
         agent_id: u64,
         /// How often each side sends [`Message::Heartbeat`], in milliseconds.
         heartbeat_interval_ms: u32,
+        /// The coordinator's instance id: part of the names of the sessions it has the agent
+        /// create (`tracevisor-<instance>-<job>-<host>`), so after a restart the agent destroys
+        /// only the sessions of this coordinator's jobs.
+        coordinator_id: String,
     },
     /// Both ways, every heartbeat interval.
     Heartbeat {

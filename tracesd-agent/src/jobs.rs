@@ -83,6 +83,8 @@ pub struct Jobs {
     unacked: BTreeMap<u64, JobOutcome>,
     events_tx: mpsc::UnboundedSender<JobEvent>,
     events_rx: mpsc::UnboundedReceiver<JobEvent>,
+    /// Coordinators whose leftover sessions were already recovered.
+    recovered: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Jobs {
@@ -104,15 +106,26 @@ impl Jobs {
             unacked: BTreeMap::new(),
             events_tx,
             events_rx,
+            recovered: std::collections::HashSet::new(),
         }
     }
 
-    /// Destroys the sessions a previous run of this agent left behind and records their jobs
-    /// as failed, to be reported after the next `HelloAck`.
-    pub async fn recover(&mut self) {
+    /// Once per agent process and coordinator (at the first `HelloAck`): destroys the sessions
+    /// of that coordinator's jobs a previous run of this agent left behind, and records those
+    /// jobs as failed; returns the `JobResult`s to send.
+    pub async fn recover(&mut self, coordinator: &str) -> Vec<Message> {
+        if !self.recovered.insert(coordinator.to_owned()) {
+            return Vec::new();
+        }
         let hostname = self.executor.hostname.clone();
-        for job_id in lifecycle::destroy_orphans(self.executor.as_ref(), &hostname).await {
-            self.finish(
+        let mut results = Vec::new();
+        for job_id in
+            lifecycle::destroy_orphans(self.executor.as_ref(), coordinator, &hostname).await
+        {
+            if self.running.contains_key(&job_id) || self.unacked.contains_key(&job_id) {
+                continue;
+            }
+            results.push(self.finish(
                 job_id,
                 JobOutcome::Err {
                     step: "agent-restart".to_owned(),
@@ -120,8 +133,9 @@ impl Jobs {
                         "host {hostname}: the agent restarted during the job; its session was destroyed"
                     ),
                 },
-            );
+            ));
         }
+        results
     }
 
     /// The jobs still running, for [`tracevisor_protocol::Hello::running_jobs`].

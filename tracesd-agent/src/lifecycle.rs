@@ -20,7 +20,7 @@ use tracevisor_protocol::{
 
 use crate::runner::{Cmd, Output, RunError};
 
-/// Prefix of every session Tracevisor creates: `tracevisor-<job id>-<hostname>`.
+/// Prefix of every session Tracevisor creates: `tracevisor-<coordinator>-<job id>-<hostname>`.
 pub const SESSION_PREFIX: &str = "tracevisor-";
 /// Timeout of one `lttng` control command.
 pub const LTTNG_TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,14 +117,18 @@ fn step_err(exec: &impl Executor, step: &str, message: impl std::fmt::Display) -
     }
 }
 
-/// The session name of a job.
-pub fn session_name(job_id: u64, hostname: &str) -> String {
-    format!("{SESSION_PREFIX}{job_id}-{hostname}")
+/// The session name of job `job_id` of coordinator `coordinator` on `hostname`.
+pub fn session_name(coordinator: &str, job_id: u64, hostname: &str) -> String {
+    format!("{SESSION_PREFIX}{coordinator}-{job_id}-{hostname}")
 }
 
-/// The job id of a session this host owns (`tracevisor-<id>-<hostname>`), else `None`.
-pub fn owned_job(session: &str, hostname: &str) -> Option<u64> {
-    let rest = session.strip_prefix(SESSION_PREFIX)?;
+/// The job id of a session of `coordinator`'s jobs on this host
+/// (`tracevisor-<coordinator>-<id>-<hostname>`), else `None`.
+pub fn owned_job(session: &str, coordinator: &str, hostname: &str) -> Option<u64> {
+    let rest = session
+        .strip_prefix(SESSION_PREFIX)?
+        .strip_prefix(coordinator)?
+        .strip_prefix('-')?;
     let (id, host) = rest.split_once('-')?;
     (host == hostname).then(|| id.parse().ok()).flatten()
 }
@@ -496,15 +500,15 @@ pub async fn list_sessions(exec: &impl Executor) -> Result<Vec<String>, StepErro
     Ok(names)
 }
 
-/// Destroys the sessions this host owns that no job runs any more (after an agent restart);
-/// returns the job ids they belonged to.
-pub async fn destroy_orphans(exec: &impl Executor, hostname: &str) -> Vec<u64> {
+/// Destroys the sessions of `coordinator`'s jobs on this host that no job runs any more (after
+/// an agent restart); returns the job ids they belonged to.
+pub async fn destroy_orphans(exec: &impl Executor, coordinator: &str, hostname: &str) -> Vec<u64> {
     let Ok(sessions) = list_sessions(exec).await else {
         return Vec::new();
     };
     let mut jobs = Vec::new();
     for session in sessions {
-        if let Some(job) = owned_job(&session, hostname) {
+        if let Some(job) = owned_job(&session, coordinator, hostname) {
             match exec.run(lttng(&["destroy", &session]), LTTNG_TIMEOUT).await {
                 Ok(_) => {
                     tracing::warn!(%session, job, "destroyed a session left by a previous run")
@@ -525,12 +529,20 @@ mod tests {
 
     #[test]
     fn session_names_round_trip() {
-        let name = session_name(42, "web-1.example");
-        assert_eq!(name, "tracevisor-42-web-1.example");
-        assert_eq!(owned_job(&name, "web-1.example"), Some(42));
-        assert_eq!(owned_job(&name, "web-1"), None);
-        assert_eq!(owned_job("tracevisor-x-web", "web"), None);
-        assert_eq!(owned_job("other-1-web", "web"), None);
+        let name = session_name("c0ffee00", 42, "web-1.example");
+        assert_eq!(name, "tracevisor-c0ffee00-42-web-1.example");
+        assert_eq!(owned_job(&name, "c0ffee00", "web-1.example"), Some(42));
+        assert_eq!(owned_job(&name, "c0ffee00", "web-1"), None);
+        assert_eq!(
+            owned_job(&name, "deadbeef", "web-1.example"),
+            None,
+            "another coordinator's job"
+        );
+        assert_eq!(
+            owned_job("tracevisor-c0ffee00-x-web", "c0ffee00", "web"),
+            None
+        );
+        assert_eq!(owned_job("other-c0ffee00-1-web", "c0ffee00", "web"), None);
     }
 
     #[test]

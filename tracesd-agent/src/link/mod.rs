@@ -160,7 +160,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let url = config.coordinator.to_string();
     let settings = &config.link;
     let mut jobs = Jobs::new(crate::lifecycle::LocalExecutor::new(&config.hostname));
-    jobs.recover().await;
     let mut capabilities = CapabilityCache::default();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
     tracing::info!(

@@ -189,6 +189,7 @@ where
             Message::HelloAck {
                 agent_id,
                 heartbeat_interval_ms,
+                coordinator_id,
             } => {
                 if self.heartbeat.is_some() {
                     tracing::warn!(agent_id, "ignoring a second hello-ack");
@@ -209,6 +210,9 @@ where
                 });
                 *established = Some(Instant::now());
                 tracing::info!(agent_id, heartbeat_interval_ms, "connected");
+                // Leftovers of a previous run of this agent fail their jobs; they are among the
+                // pending results sent below.
+                let _ = jobs.recover(&coordinator_id).await;
                 for result in jobs.pending_results() {
                     self.send(result).await?;
                 }

@@ -105,6 +105,7 @@ impl Hub {
             Message::HelloAck {
                 agent_id: 1,
                 heartbeat_interval_ms: interval_ms,
+                coordinator_id: "c0ffee00".into(),
             },
         )
         .await;
@@ -243,6 +244,7 @@ async fn hello_heartbeats_and_clean_shutdown() {
         Message::HelloAck {
             agent_id: 5,
             heartbeat_interval_ms: 100,
+            coordinator_id: "c0ffee00".into(),
         },
     )
     .await;
@@ -580,6 +582,7 @@ async fn drive_works_over_an_in_memory_stream() {
             Message::HelloAck {
                 agent_id: 3,
                 heartbeat_interval_ms: 50,
+                coordinator_id: "c0ffee00".into(),
             },
         )
         .await;
@@ -705,6 +708,7 @@ mod tls {
             Message::HelloAck {
                 agent_id: 1,
                 heartbeat_interval_ms: 100,
+                coordinator_id: "c0ffee00".into(),
             },
         )
         .await;
