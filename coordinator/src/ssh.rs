@@ -116,24 +116,15 @@ impl SshExecutor {
         if sessiond.is_err() {
             return Err(fail("no lttng-sessiond running as root (start it with `lttng-sessiond --daemonize` as root)".into()));
         }
+        // One `id` answers both: "uid=0(root) gid=0(root) groups=0(root),27(tracing)".
         let id = self
-            .run(argv(&["id", "-u"]), Duration::from_secs(15))
+            .run(argv(&["id"]), Duration::from_secs(15))
             .await
             .map_err(|e| fail(format!("cannot check the user: {e}")))?;
-        if id.stdout_lossy().trim() != "0" {
-            let groups = self
-                .run(argv(&["id", "-nG"]), Duration::from_secs(15))
-                .await
-                .map_err(|e| fail(format!("cannot check the user's groups: {e}")))?;
-            if !groups
-                .stdout_lossy()
-                .split_whitespace()
-                .any(|g| g == "tracing")
-            {
-                return Err(fail(
-                    "the ssh user is neither root nor in the tracing group".into(),
-                ));
-            }
+        if !user_may_trace(&id.stdout_lossy()) {
+            return Err(fail(
+                "the ssh user is neither root nor in the tracing group".into(),
+            ));
         }
         if needs_kernel {
             let modules = self
@@ -163,6 +154,16 @@ impl SshExecutor {
             tracing::debug!(host = %self.display, %error, "closing the ssh connection");
         }
     }
+}
+
+/// Whether `id` output shows uid 0 or membership of the `tracing` group.
+fn user_may_trace(id: &str) -> bool {
+    let uid_root = id.split_whitespace().any(|f| f.starts_with("uid=0("));
+    let tracing = id
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("groups="))
+        .is_some_and(|g| g.split(',').any(|entry| entry.ends_with("(tracing)")));
+    uid_root || tracing
 }
 
 fn argv(items: &[&str]) -> Vec<String> {
@@ -204,6 +205,7 @@ impl Executor for SshExecutor {
                     })
                 }
             };
+        tracing::debug!(host = %self.display, %command, elapsed_ms = started.elapsed().as_millis() as u64, "ssh command");
         let stderr = String::from_utf8_lossy(&output.stderr)
             .trim()
             .chars()
@@ -237,4 +239,23 @@ impl Executor for SshExecutor {
 /// The known-hosts file in the data directory.
 pub fn known_hosts(data_dir: &Path) -> PathBuf {
     data_dir.join("ssh/known_hosts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracing_rights_from_id() {
+        assert!(user_may_trace("uid=0(root) gid=0(root) groups=0(root)"));
+        assert!(user_may_trace(
+            "uid=1000(ann) gid=1000(ann) groups=1000(ann),27(sudo),998(tracing)"
+        ));
+        assert!(!user_may_trace(
+            "uid=1000(ann) gid=1000(ann) groups=1000(ann),27(sudo)"
+        ));
+        assert!(!user_may_trace(
+            "uid=1000(tracing) gid=1000(x) groups=1000(x)"
+        ));
+    }
 }

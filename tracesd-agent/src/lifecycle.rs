@@ -375,11 +375,16 @@ async fn analyse(exec: &impl Executor, spec: &JobSpec, trace: &str) -> Result<Js
                 "--no-delta".to_owned(),
                 trace.to_owned(),
             ];
-            let out = exec
-                .run(argv, ANALYSIS_TIMEOUT)
-                .await
-                .map_err(|e| step_err(exec, "analysis", e))?;
-            let mut summary = summarize_text(&out.stdout_lossy());
+            let mut summary = match exec.run(argv, ANALYSIS_TIMEOUT).await {
+                Ok(out) => summarize_text(&out.stdout_lossy()),
+                // LTTng writes no userspace trace when no instrumented application ran.
+                Err(e) if e.stderr().is_some_and(|s| s.contains("No trace was found")) => {
+                    let mut empty = summarize_text("");
+                    empty["note"] = json!("no userspace events were recorded (no instrumented application emitted enabled events during the trace)");
+                    empty
+                }
+                Err(e) => return Err(step_err(exec, "analysis", e)),
+            };
             summary["trace"] = json!(trace);
             summary["host"] = json!(exec.host());
             Ok(summary)

@@ -73,6 +73,8 @@ async fn main() -> Result<()> {
     let runs = flag("--runs", 7.0) as usize;
     let duration = flag("--duration", 1.0);
     lttng::ensure_sessiond()?;
+    // An instrumented application ticking every millisecond, as on a real host.
+    let _app = lttng::spawn_ust_app(&lttng::UstAppOptions::new(0).interval(Duration::from_millis(1)))?;
     let dir = tempfile::Builder::new().prefix("tv-bench-jobs-").tempdir()?;
     let c = Coordinator::start(dir.path(), &[LOCAL_AGENT])?;
     c.wait_log("agent connected", Duration::from_secs(30))?;
