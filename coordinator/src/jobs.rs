@@ -143,6 +143,181 @@ impl JobRequest {
     }
 }
 
+/// Which hosts a fleet job runs on.
+#[derive(Debug, Clone)]
+pub enum HostSelection {
+    /// These hosts.
+    List(Vec<String>),
+    /// Every connected agent, optionally only those with the given capabilities.
+    Agents { require: Vec<String> },
+}
+
+/// A validated fleet request: the same analysis on many hosts.
+#[derive(Debug, Clone)]
+pub struct FleetRequest {
+    pub hosts: HostSelection,
+    /// The request each child job is made from (its `host` is replaced).
+    pub template: JobRequest,
+    /// Seconds each host may take beyond the duration before its outcome is `timeout`.
+    pub host_timeout: f64,
+}
+
+/// Default `host_timeout`: room for session set-up, flush and analysis.
+pub const DEFAULT_HOST_TIMEOUT: f64 = 120.0;
+/// Most hosts one fleet request may name.
+pub const MAX_FLEET_HOSTS: usize = 10_000;
+/// Capabilities a fleet selector may require.
+pub const CAPABILITIES: [&str; 4] = [
+    "kernel_tracer",
+    "userspace_tracer",
+    "babeltrace2",
+    "sessiond_running",
+];
+
+fn capability(caps: &tracevisor_protocol::Capabilities, name: &str) -> bool {
+    match name {
+        "kernel_tracer" => caps.kernel_tracer,
+        "userspace_tracer" => caps.userspace_tracer,
+        "babeltrace2" => caps.babeltrace2,
+        "sessiond_running" => caps.sessiond_running,
+        _ => false,
+    }
+}
+
+impl FleetRequest {
+    /// Validates a `POST /analyses` body that has `hosts`.
+    pub fn parse(body: &Map<String, Json>, config: &Config) -> Result<FleetRequest, FieldError> {
+        let hosts = match body.get("hosts") {
+            Some(Json::Array(items)) => {
+                if items.is_empty() || items.len() > MAX_FLEET_HOSTS {
+                    return Err(FieldError::new(
+                        "hosts",
+                        format!("must list 1 to {MAX_FLEET_HOSTS} hosts"),
+                    ));
+                }
+                let mut list = Vec::with_capacity(items.len());
+                for item in items {
+                    let host = item.as_str().ok_or_else(|| {
+                        FieldError::new("hosts", format!("must be strings, got {item}"))
+                    })?;
+                    validate::hostname(host)
+                        .map_err(|e| FieldError::new("hosts", format!("{host:?} {e}")))?;
+                    if list.iter().any(|h| h == host) {
+                        return Err(FieldError::new(
+                            "hosts",
+                            format!("{host:?} is listed twice"),
+                        ));
+                    }
+                    list.push(host.to_owned());
+                }
+                HostSelection::List(list)
+            }
+            Some(Json::Object(selector)) => {
+                if selector.get("agents").and_then(Json::as_str) != Some("connected") {
+                    return Err(FieldError::new(
+                        "hosts",
+                        "a selector must be {\"agents\": \"connected\", \"require\": [...]}",
+                    ));
+                }
+                let require = match selector.get("require") {
+                    None | Some(Json::Null) => Vec::new(),
+                    Some(Json::Array(items)) => items
+                        .iter()
+                        .map(|i| {
+                            i.as_str()
+                                .filter(|c| CAPABILITIES.contains(c))
+                                .map(str::to_owned)
+                                .ok_or_else(|| {
+                                    FieldError::new(
+                                        "hosts",
+                                        format!(
+                                            "unknown capability {i}; known: {}",
+                                            CAPABILITIES.join(", ")
+                                        ),
+                                    )
+                                })
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some(other) => {
+                        return Err(FieldError::new(
+                            "hosts",
+                            format!("require must be a list, got {other}"),
+                        ))
+                    }
+                };
+                HostSelection::Agents { require }
+            }
+            other => {
+                return Err(FieldError::new(
+                    "hosts",
+                    format!(
+                        "must be a list of hosts or a selector, got {}",
+                        other.unwrap_or(&Json::Null)
+                    ),
+                ))
+            }
+        };
+        if body.contains_key("host") {
+            return Err(FieldError::new(
+                "host",
+                "give either host or hosts, not both",
+            ));
+        }
+        let mut single = body.clone();
+        single.insert("host".into(), json!("fleet.invalid"));
+        let template = JobRequest::parse(&single, config)?;
+        let host_timeout = match body.get("host_timeout") {
+            None | Some(Json::Null) => DEFAULT_HOST_TIMEOUT,
+            Some(v) => v
+                .as_f64()
+                .filter(|t| *t > 0.0 && *t <= 24.0 * 3600.0)
+                .ok_or_else(|| {
+                    FieldError::new(
+                        "host_timeout",
+                        format!("must be seconds in (0, 86400], got {v}"),
+                    )
+                })?,
+        };
+        Ok(FleetRequest {
+            hosts,
+            template,
+            host_timeout,
+        })
+    }
+}
+
+/// Counts of each outcome.
+fn outcome_counts(entries: &[Json]) -> Json {
+    let mut counts = serde_json::Map::new();
+    for key in [
+        "complete", "error", "offline", "timeout", "skipped", "pending",
+    ] {
+        counts.insert(
+            key.into(),
+            json!(entries.iter().filter(|e| e["outcome"] == key).count()),
+        );
+    }
+    Json::Object(counts)
+}
+
+/// A fleet's entry for a finished child job.
+fn child_entry(host: &str, job: Json) -> Json {
+    let outcome = if job["status"].as_i64() == Some(COMPLETE) {
+        "complete"
+    } else {
+        "error"
+    };
+    json!({
+        "host": host,
+        "jobid": job["jobid"],
+        "outcome": outcome,
+        "status": job["status"],
+        "via": job["via"],
+        "result": job["result"],
+        "error": job["error"],
+    })
+}
+
 /// How a host is reached.
 #[derive(Debug, Clone)]
 pub enum Route {
@@ -192,6 +367,8 @@ pub fn status_for_step(step: &str) -> u16 {
         "ssh-connect" | "agent-lost" | "agent-restart" | "coordinator-restart" => 503,
         "kernel" | "preflight" | "validate" => 422,
         "cancelled" => 409,
+        // Some hosts of a fleet did not complete: the body has each host's outcome.
+        "fleet" => 207,
         "timeout" => 504,
         _ => 502,
     }
@@ -398,6 +575,22 @@ impl Engine {
         self: &Arc<Self>,
         req: JobRequest,
     ) -> Result<(u64, watch::Receiver<Option<Json>>), StoreError> {
+        self.submit_with_parent(req, None).await
+    }
+
+    async fn submit_child(
+        self: &Arc<Self>,
+        req: JobRequest,
+        parent: u64,
+    ) -> Result<(u64, watch::Receiver<Option<Json>>), StoreError> {
+        self.submit_with_parent(req, Some(parent)).await
+    }
+
+    async fn submit_with_parent(
+        self: &Arc<Self>,
+        req: JobRequest,
+        parent: Option<u64>,
+    ) -> Result<(u64, watch::Receiver<Option<Json>>), StoreError> {
         let profile = self.config.profiles[&req.analysis_type].clone();
         let route = self.route(&req.host, &req.username).await?;
         // The relay: registered (ports from the registry) or an address with default ports.
@@ -438,6 +631,7 @@ impl Engine {
             "status": STARTED,
             "created": now,
             "started": now,
+            "parent": parent,
         });
         let rows = self
             .store
@@ -680,8 +874,8 @@ impl Engine {
         let rows = self
             .store
             .query(
-                "UPDATE type::record('job', $id) SET status = $status WHERE status IN [1, 2, 3] AND status < $status RETURN AFTER",
-                json!({ "id": job_id, "status": status }),
+                "UPDATE type::record('job', $id) SET status = $status, trace_started = IF $status = 2 THEN $now ELSE trace_started END WHERE status IN [1, 2, 3] AND status < $status RETURN AFTER",
+                json!({ "id": job_id, "status": status, "now": rfc3339(OffsetDateTime::now_utc()) }),
             )
             .await?;
         if let Some(row) = rows.into_iter().next() {
@@ -731,6 +925,244 @@ impl Engine {
                 None => self.get(job_id).await.ok().flatten(),
             };
             let _ = tx.send(view);
+        }
+        Ok(())
+    }
+
+    /// Live views of a running job (`None` when it is not running here).
+    pub fn subscribe(&self, job_id: u64) -> Option<watch::Receiver<Option<Json>>> {
+        lock(&self.watchers)
+            .get(&job_id)
+            .map(watch::Sender::subscribe)
+    }
+
+    /// Creates a fleet job: one child job per host, all started together; returns the fleet.
+    pub async fn submit_fleet(
+        self: &Arc<Self>,
+        req: FleetRequest,
+    ) -> Result<(u64, watch::Receiver<Option<Json>>), StoreError> {
+        let profile = self.config.profiles[&req.template.analysis_type].clone();
+        let statuses = self.hub.statuses().await?;
+        let hosts: Vec<String> = match &req.hosts {
+            HostSelection::List(hosts) => hosts.clone(),
+            HostSelection::Agents { .. } => {
+                let mut names = self.hub.hostnames();
+                names.sort();
+                names
+            }
+        };
+        let required: Vec<String> = match &req.hosts {
+            HostSelection::Agents { require } => require.clone(),
+            HostSelection::List(_) => Vec::new(),
+        };
+        // Outcomes known before anything runs: offline agents and missing capabilities.
+        let mut entries: Vec<Json> = Vec::with_capacity(hosts.len());
+        let mut to_run: Vec<(usize, String)> = Vec::new();
+        for (index, host) in hosts.iter().enumerate() {
+            let agent = self.hub.find(host);
+            let known_agent = statuses.get(host.as_str());
+            let skip_reason = agent.as_ref().and_then(|name| {
+                let caps = self.hub.capabilities(name)?;
+                let mut missing: Vec<String> = required
+                    .iter()
+                    .filter(|r| !capability(&caps, r))
+                    .cloned()
+                    .collect();
+                if profile.needs_kernel()
+                    && !caps.kernel_tracer
+                    && !missing.iter().any(|m| m == "kernel_tracer")
+                {
+                    missing.push("kernel_tracer".into());
+                }
+                (!missing.is_empty()).then(|| format!("missing capability: {}", missing.join(", ")))
+            });
+            let entry = if agent.is_none() && known_agent.is_some_and(|a| !a.connected) {
+                json!({ "host": host, "outcome": "offline", "error": { "step": "dispatch", "host": host,
+                    "message": format!("host {host}: its agent is not connected (last seen {})", known_agent.map(|a| a.last_seen.as_str()).unwrap_or("never")) } })
+            } else if let Some(reason) = skip_reason {
+                json!({ "host": host, "outcome": "skipped", "error": { "step": "capability", "host": host, "message": format!("host {host}: {reason}") } })
+            } else {
+                to_run.push((index, host.clone()));
+                json!({ "host": host, "outcome": "pending" })
+            };
+            entries.push(entry);
+        }
+        let now = rfc3339(OffsetDateTime::now_utc());
+        let fleet = json!({
+            "kind": "fleet",
+            "host": Json::Null,
+            "type": req.template.analysis_type,
+            "username": req.template.username,
+            "duration": req.template.duration,
+            "host_timeout": req.host_timeout,
+            "relay": req.template.relay,
+            "status": STARTED,
+            "created": now,
+            "started": now,
+            "hosts": entries,
+            "outcomes": outcome_counts(&entries),
+        });
+        let rows = self
+            .store
+            .query(
+                "CREATE type::record('job', sequence::nextval('job_id')) CONTENT $job RETURN AFTER",
+                json!({ "job": fleet }),
+            )
+            .await?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Db("job create returned nothing".into()))?;
+        let fleet_id = record_key(&row["id"])?;
+        let (tx, rx) = watch::channel(Some(job_view(row)));
+        lock(&self.watchers).insert(fleet_id, tx);
+        let cancel = CancellationToken::new();
+        lock(&self.cancels).insert(fleet_id, cancel.clone());
+        let engine = self.clone();
+        tokio::spawn(async move {
+            engine
+                .run_fleet(fleet_id, req, entries, to_run, cancel)
+                .await;
+        });
+        Ok((fleet_id, rx))
+    }
+
+    async fn run_fleet(
+        self: Arc<Self>,
+        fleet_id: u64,
+        req: FleetRequest,
+        mut entries: Vec<Json>,
+        to_run: Vec<(usize, String)>,
+        cancel: CancellationToken,
+    ) {
+        let limit = Duration::from_secs_f64(req.template.duration + req.host_timeout);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Json)>();
+        // Start every child first, so the traces cover the same window.
+        let mut children = Vec::with_capacity(to_run.len());
+        for (index, host) in to_run {
+            let mut child = req.template.clone();
+            child.host = host.clone();
+            match self.submit_child(child, fleet_id).await {
+                Ok((job_id, rx)) => {
+                    entries[index]["jobid"] = json!(job_id);
+                    children.push((index, host, job_id, rx));
+                }
+                Err(e) => {
+                    entries[index] = json!({ "host": host, "outcome": "error", "error": { "step": "submit", "host": host, "message": e.to_string() } });
+                }
+            }
+        }
+        let _ = self
+            .set_fleet(fleet_id, TRACE_RUNNING, &entries, None)
+            .await;
+        // Cancelling the fleet cancels every child.
+        let child_ids: Vec<u64> = children.iter().map(|c| c.2).collect();
+        let engine = self.clone();
+        let fleet_cancel = cancel.clone();
+        tokio::spawn(async move {
+            fleet_cancel.cancelled().await;
+            for id in child_ids {
+                engine.cancel(id);
+            }
+        });
+        for (index, host, job_id, mut rx) in children {
+            let engine = self.clone();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let waited = tokio::time::timeout(limit, async {
+                    loop {
+                        let finished = rx
+                            .borrow_and_update()
+                            .as_ref()
+                            .filter(|j| matches!(j["status"].as_i64(), Some(COMPLETE | FAILED)))
+                            .cloned();
+                        if let Some(job) = finished {
+                            return Some(job);
+                        }
+                        if rx.changed().await.is_err() {
+                            return rx.borrow().clone();
+                        }
+                    }
+                })
+                .await;
+                let entry = match waited {
+                    Ok(Some(job)) => child_entry(&host, job),
+                    Ok(None) => match engine.get(job_id).await.ok().flatten() {
+                        Some(job) => child_entry(&host, job),
+                        None => {
+                            json!({ "host": host, "jobid": job_id, "outcome": "error", "error": { "step": "result", "host": host, "message": "job vanished" } })
+                        }
+                    },
+                    Err(_) => {
+                        engine.cancel(job_id);
+                        json!({ "host": host, "jobid": job_id, "outcome": "timeout", "error": { "step": "timeout", "host": host,
+                            "message": format!("host {host}: no outcome within the duration plus host_timeout ({:.0} s)", limit.as_secs_f64()) } })
+                    }
+                };
+                let _ = done.send((index, entry));
+            });
+        }
+        drop(done_tx);
+        while let Some((index, entry)) = done_rx.recv().await {
+            entries[index] = entry;
+            let _ = self
+                .set_fleet(fleet_id, TRACE_RUNNING, &entries, None)
+                .await;
+        }
+        let failed: Vec<String> = entries
+            .iter()
+            .filter(|e| e["outcome"] != "complete")
+            .map(|e| {
+                format!(
+                    "{} ({})",
+                    e["host"].as_str().unwrap_or("?"),
+                    e["outcome"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        let (status, error) = if failed.is_empty() {
+            (COMPLETE, Json::Null)
+        } else {
+            (
+                FAILED,
+                json!({ "step": "fleet", "host": Json::Null,
+                "message": format!("{} of {} hosts did not complete: {}", failed.len(), entries.len(), failed.join(", ")) }),
+            )
+        };
+        let _ = self
+            .set_fleet(fleet_id, status, &entries, Some(error))
+            .await;
+        lock(&self.cancels).remove(&fleet_id);
+        lock(&self.watchers).remove(&fleet_id);
+    }
+
+    /// Writes a fleet's per-host outcomes (and its end), and wakes its watchers.
+    async fn set_fleet(
+        &self,
+        fleet_id: u64,
+        status: i64,
+        entries: &[Json],
+        error: Option<Json>,
+    ) -> Result<(), StoreError> {
+        let finished = error.is_some();
+        let rows = self
+            .store
+            .query(
+                "UPDATE type::record('job', $id) SET status = $status, hosts = $hosts, outcomes = $outcomes, error = $error, finished = $finished RETURN AFTER",
+                json!({
+                    "id": fleet_id,
+                    "status": status,
+                    "hosts": entries,
+                    "outcomes": outcome_counts(entries),
+                    "error": error.unwrap_or(Json::Null),
+                    "finished": if finished { json!(rfc3339(OffsetDateTime::now_utc())) } else { Json::Null },
+                }),
+            )
+            .await?;
+        if let Some(row) = rows.into_iter().next() {
+            if let Some(tx) = lock(&self.watchers).get(&fleet_id) {
+                let _ = tx.send(Some(job_view(row)));
+            }
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use serde_json::{json, Value as Json_};
 use super::error::ApiError;
 use super::extract::JsonObject;
 use super::{AppState, API_BASE};
-use crate::jobs::{status_for_step, JobRequest, COMPLETE, FAILED};
+use crate::jobs::{status_for_step, FleetRequest, JobRequest, COMPLETE, FAILED, TRACE_RUNNING};
 
 /// The seed's trace request.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -82,12 +82,23 @@ pub async fn create(
     headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    let mut request = JobRequest::parse(&body.0, &state.config)?;
-    if prefers_async(&headers) {
-        request.wait = false;
-    }
-    let wait = request.wait;
-    let (job_id, mut updates) = state.engine.submit(request).await?;
+    let (wait, job_id, mut updates) = if body.0.contains_key("hosts") {
+        let mut request = FleetRequest::parse(&body.0, &state.config)?;
+        if prefers_async(&headers) {
+            request.template.wait = false;
+        }
+        let wait = request.template.wait;
+        let (id, updates) = state.engine.submit_fleet(request).await?;
+        (wait, id, updates)
+    } else {
+        let mut request = JobRequest::parse(&body.0, &state.config)?;
+        if prefers_async(&headers) {
+            request.wait = false;
+        }
+        let wait = request.wait;
+        let (id, updates) = state.engine.submit(request).await?;
+        (wait, id, updates)
+    };
     let location = format!("{API_BASE}/jobs/{job_id}");
     if !wait {
         let current = updates.borrow().clone();
@@ -176,6 +187,122 @@ pub async fn cancel(
         )
         .with(json!({ "job": job })))
     }
+}
+
+/// `GET /jobs/{id}/events`: Server-Sent Events of a job: `status` on each change, `progress`
+/// (share of the duration elapsed) while tracing, `host` for each fleet host's outcome, and a
+/// final `done` with the whole job, after which the stream ends.
+#[utoipa::path(get, path = "/trace/api/v1.0/jobs/{id}/events", tag = "analyses", params(("id" = u64, Path, description = "job id")),
+    responses((status = 200, description = "text/event-stream: status, progress, host and done events", content_type = "text/event-stream"),
+              (status = 404, description = "unknown job")))]
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let id = parse_job_id(&raw)?;
+    let first = state
+        .engine
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
+    let updates = state.engine.subscribe(id);
+    let engine = state.engine.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let event = |name: &str, data: &Json_| Event::default().event(name).data(data.to_string());
+        let mut last_status = None;
+        let mut seen_hosts: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut current = first;
+        let mut updates = updates;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            let status = current["status"].as_i64();
+            if status != last_status {
+                last_status = status;
+                if tx
+                    .send(event("status", &json!({ "jobid": id, "status": status })))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if let Some(hosts) = current["hosts"].as_array() {
+                for h in hosts {
+                    let outcome = h["outcome"].as_str().unwrap_or("pending");
+                    let host = h["host"].as_str().unwrap_or_default().to_owned();
+                    if outcome != "pending"
+                        && seen_hosts.insert(host)
+                        && tx.send(event("host", h)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            if matches!(status, Some(COMPLETE | FAILED)) {
+                let _ = tx.send(event("done", &current)).await;
+                return;
+            }
+            let Some(rx) = updates.as_mut() else {
+                // Not running in this process (e.g. started before a restart): poll the store.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                match engine.get(id).await {
+                    Ok(Some(job)) => current = job,
+                    _ => return,
+                }
+                continue;
+            };
+            tokio::select! {
+                changed = rx.changed() => {
+                    let closed = changed.is_err();
+                    let latest = rx.borrow_and_update().clone();
+                    if let Some(job) = latest {
+                        current = job;
+                    }
+                    if closed {
+                        // The job ended (its final view was sent) or its task went away.
+                        if !matches!(current["status"].as_i64(), Some(COMPLETE | FAILED)) {
+                            if let Ok(Some(job)) = engine.get(id).await {
+                                current = job;
+                            }
+                        }
+                        updates = None;
+                    }
+                }
+                _ = tick.tick() => {
+                    if status == Some(TRACE_RUNNING) {
+                        if let Some(fraction) = elapsed_fraction(&current) {
+                            if tx.send(event("progress", &json!({ "jobid": id, "fraction": fraction }))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Share of the duration elapsed since the trace started, 0 to 1.
+fn elapsed_fraction(job: &Json_) -> Option<f64> {
+    let duration = job["duration"].as_f64()?;
+    let started = job["trace_started"]
+        .as_str()
+        .or_else(|| job["started"].as_str())?;
+    let started =
+        time::OffsetDateTime::parse(started, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+    let elapsed = (time::OffsetDateTime::now_utc() - started).as_seconds_f64();
+    Some((elapsed / duration).clamp(0.0, 1.0))
 }
 
 /// `GET /list` query.

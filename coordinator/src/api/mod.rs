@@ -40,7 +40,7 @@ pub struct AppState {
 #[openapi(
     info(title = "Tracevisor", description = "Control plane for LTTng tracing across a fleet of Linux hosts"),
     paths(
-        misc::root, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel,
+        misc::root, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel, jobs::events,
         registry::relays::list, registry::relays::create, registry::relays::get, registry::relays::update, registry::relays::delete,
         registry::clients::list, registry::clients::create, registry::clients::get, registry::clients::update, registry::clients::delete,
         registry::analyses_servers::list, registry::analyses_servers::create, registry::analyses_servers::get,
@@ -78,6 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/analyses", get(misc::analyses).post(jobs::create))
         .route("/list", get(jobs::list))
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/jobs/{id}/events", get(jobs::events))
         .route("/openapi.json", get(openapi))
         .route("/agents", get(crate::hub::upgrade))
         .route(
