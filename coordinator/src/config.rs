@@ -74,6 +74,9 @@ struct FileConfig {
     relay_output_dirs: Option<Vec<String>>,
     ssh_host_key_policy: Option<crate::ssh::HostKeyPolicy>,
     ssh_connect_timeout_secs: Option<u64>,
+    max_agent_links: Option<usize>,
+    agent_takeover: Option<crate::hub::TakeoverPolicy>,
+    max_concurrent_requests: Option<usize>,
     #[serde(default)]
     analyses: BTreeMap<String, FileProfile>,
 }
@@ -121,6 +124,12 @@ pub struct Config {
     pub ssh_host_key_policy: crate::ssh::HostKeyPolicy,
     /// SSH connection timeout.
     pub ssh_connect_timeout: Duration,
+    /// Most agent links served at once.
+    pub max_agent_links: usize,
+    /// Whether an agent may take over a hostname registered from another address.
+    pub agent_takeover: crate::hub::TakeoverPolicy,
+    /// Most REST requests handled at once (more wait their turn).
+    pub max_concurrent_requests: usize,
 }
 
 /// A configuration error; the message names the key.
@@ -154,6 +163,9 @@ impl Config {
             relay_output_dirs: vec!["/var/lib/lttng-relayd".into(), "/root/lttng-traces".into()],
             ssh_host_key_policy: crate::ssh::HostKeyPolicy::Tofu,
             ssh_connect_timeout: Duration::from_secs(10),
+            max_agent_links: 100_000,
+            agent_takeover: crate::hub::TakeoverPolicy::PinAddress,
+            max_concurrent_requests: 4096,
         }
     }
 
@@ -236,6 +248,15 @@ impl Config {
         }
         if let Some(v) = file.ssh_connect_timeout_secs {
             config.ssh_connect_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = file.max_agent_links {
+            config.max_agent_links = v;
+        }
+        if let Some(v) = file.agent_takeover {
+            config.agent_takeover = v;
+        }
+        if let Some(v) = file.max_concurrent_requests {
+            config.max_concurrent_requests = v;
         }
         for (name, fp) in file.analyses {
             let base = config.profiles.get(&name).cloned();
@@ -341,6 +362,15 @@ impl Config {
         if !(1..=300).contains(&ssh_timeout) {
             return Err(err(format!(
                 "ssh_connect_timeout_secs: {ssh_timeout} is outside 1..=300"
+            )));
+        }
+        if !(1..=1_000_000).contains(&self.max_agent_links) {
+            return Err(err(format!("max_agent_links: {} is outside 1..=1000000", self.max_agent_links)));
+        }
+        if !(1..=100_000).contains(&self.max_concurrent_requests) {
+            return Err(err(format!(
+                "max_concurrent_requests: {} is outside 1..=100000",
+                self.max_concurrent_requests
             )));
         }
         for (name, profile) in &self.profiles {

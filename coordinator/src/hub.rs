@@ -33,6 +33,40 @@ use crate::registry::{HostRecord, Kind};
 use crate::secrets::secret_eq;
 use crate::validate;
 
+/// Failed agent authentications tolerated per source address and window before answering 429.
+const AUTH_FAILURES_PER_WINDOW: u32 = 20;
+/// The window of [`AUTH_FAILURES_PER_WINDOW`].
+const AUTH_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Source addresses tracked at most by the limiter (oldest windows are dropped beyond).
+const AUTH_FAILURE_TRACKED: usize = 10_000;
+
+/// Counts failed enrollment-token checks per source address, so a peer guessing tokens is
+/// slowed to a trickle without the token being compared at all.
+#[derive(Default)]
+struct AuthFailures {
+    by_ip: Mutex<HashMap<IpAddr, (std::time::Instant, u32)>>,
+}
+
+impl AuthFailures {
+    fn blocked(&self, ip: IpAddr) -> bool {
+        let map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip)
+            .is_some_and(|(since, n)| since.elapsed() < AUTH_FAILURE_WINDOW && *n >= AUTH_FAILURES_PER_WINDOW)
+    }
+
+    fn record(&self, ip: IpAddr) {
+        let mut map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= AUTH_FAILURE_TRACKED {
+            map.retain(|_, (since, _)| since.elapsed() < AUTH_FAILURE_WINDOW);
+        }
+        let entry = map.entry(ip).or_insert((std::time::Instant::now(), 0));
+        if entry.0.elapsed() >= AUTH_FAILURE_WINDOW {
+            *entry = (std::time::Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+}
+
 /// How long an agent has to send `Hello` after the upgrade.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued towards one agent before senders wait.
@@ -90,6 +124,13 @@ pub struct Hub {
     shutdown: CancellationToken,
     /// The registry's instance id, sent in `HelloAck`.
     instance: String,
+    /// Whether a link may take over a hostname registered from elsewhere.
+    takeover: TakeoverPolicy,
+    /// Most agent links served at once; upgrades beyond are refused with 503.
+    max_links: usize,
+    /// Links upgraded and not yet closed (including those still before `Hello`).
+    open_links: AtomicU64,
+    auth_failures: AuthFailures,
 }
 
 /// Why a message could not be sent to an agent.
@@ -109,6 +150,8 @@ impl Hub {
         heartbeat: Duration,
         shutdown: CancellationToken,
         instance: String,
+        max_links: usize,
+        takeover: TakeoverPolicy,
     ) -> (Arc<Hub>, mpsc::UnboundedReceiver<AgentEvent>) {
         let (events, rx) = mpsc::unbounded_channel();
         let hub = Hub {
@@ -120,6 +163,10 @@ impl Hub {
             events,
             shutdown,
             instance,
+            max_links,
+            takeover,
+            open_links: AtomicU64::new(0),
+            auth_failures: AuthFailures::default(),
         };
         (Arc::new(hub), rx)
     }
@@ -216,35 +263,40 @@ impl Hub {
     }
 
     /// Finds or creates the client record of an agent's host, and records the agent.
-    async fn register(
-        &self,
-        hello: &Hello,
-        peer: SocketAddr,
-        now: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
-        let client = match self
-            .store
-            .find_by_hostname(Kind::Clients, &hello.hostname)
-            .await?
-        {
-            Some(existing) => existing,
+    async fn register(&self, hello: &Hello, peer: SocketAddr, now: OffsetDateTime) -> Result<u64, RegisterError> {
+        let peer_ip = canonical(peer.ip());
+        let (client, pinned) = match self.store.find_by_hostname(Kind::Clients, &hello.hostname).await? {
+            Some(existing) => {
+                let pinned: Vec<String> = self
+                    .store
+                    .query("SELECT VALUE peers FROM type::record('agent', $id)", json!({ "id": existing.id }))
+                    .await?
+                    .first()
+                    .and_then(Json::as_array)
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                if self.takeover == TakeoverPolicy::PinAddress && !peer_allowed(&existing, &pinned, peer_ip) {
+                    return Err(RegisterError::Refused(format!(
+                        "hostname {} is registered for {}; this link comes from {peer_ip} (agent_takeover = \"pin-address\"): update the client's address to move it",
+                        hello.hostname,
+                        [existing.ipv4.clone(), existing.ipv6.clone()].into_iter().flatten().chain(pinned.iter().cloned()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                (existing, pinned)
+            }
             None => {
-                let (ipv4, ipv6) = addresses(&hello.addresses, peer.ip());
+                let (ipv4, ipv6) = addresses(&hello.addresses, peer_ip);
                 let record = HostRecord::new(Kind::Clients, hello.hostname.clone(), ipv4, ipv6);
                 match self.store.create(Kind::Clients, &record).await {
                     Ok(created) => {
                         tracing::info!(hostname = %hello.hostname, id = created.id, "agent host registered");
-                        created
+                        (created, vec![peer_ip.to_string()])
                     }
-                    // Another link for the same hostname registered it first.
-                    Err(StoreError::Duplicate { .. }) => self
-                        .store
-                        .find_by_hostname(Kind::Clients, &hello.hostname)
-                        .await?
-                        .ok_or_else(|| {
-                            StoreError::Db("client vanished during registration".into())
-                        })?,
-                    Err(e) => return Err(e),
+                    // Another link for the same hostname registered it first: try again.
+                    Err(StoreError::Duplicate { .. }) => {
+                        return Err(RegisterError::Store(StoreError::Db("concurrent registration of the same hostname; retry".into())))
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         };
@@ -259,6 +311,8 @@ impl Hub {
                         "connected_since": rfc3339(now),
                         "last_seen": rfc3339(now),
                         "addresses": hello.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "peer": peer_ip.to_string(),
+                        "peers": pinned,
                         "capabilities": capabilities_json(&hello.capabilities),
                     }
                 }),
@@ -281,6 +335,42 @@ impl Hub {
     }
 }
 
+/// Whether a link for an existing hostname may take it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TakeoverPolicy {
+    /// Only from the client record's addresses, the address its agent first registered from,
+    /// or loopback (default).
+    PinAddress,
+    /// Any agent holding the enrollment token may take over any hostname.
+    Allow,
+}
+
+/// Why a link was not registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn peer_allowed(record: &HostRecord, pinned: &[String], peer: IpAddr) -> bool {
+    let peer_text = peer.to_string();
+    peer.is_loopback()
+        || record.ipv4.as_deref() == Some(peer_text.as_str())
+        || record.ipv6.as_deref() == Some(peer_text.as_str())
+        || pinned.iter().any(|p| *p == peer_text)
+}
+
 /// `GET /trace/api/v1.0/agents`: the WebSocket endpoint agents dial. The enrollment token and
 /// the protocol version are checked before the upgrade.
 pub async fn upgrade(
@@ -290,6 +380,13 @@ pub async fn upgrade(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let hub = state.hub.clone();
+    if hub.auth_failures.blocked(peer.ip()) {
+        return ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too many failed agent authentications from this address; retry later",
+        )
+        .into_response();
+    }
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -297,10 +394,12 @@ pub async fn upgrade(
     match token {
         Some(t) if secret_eq(t.trim(), &hub.agent_token) => {}
         Some(_) => {
+            hub.auth_failures.record(peer.ip());
             tracing::warn!(%peer, "agent rejected: wrong enrollment token");
             return ApiError::unauthorized("invalid agent enrollment token").into_response();
         }
         None => {
+            hub.auth_failures.record(peer.ip());
             tracing::warn!(%peer, "agent rejected: no enrollment token");
             return ApiError::unauthorized("missing Authorization: Bearer AGENT_TOKEN header")
                 .into_response();
@@ -331,9 +430,27 @@ pub async fn upgrade(
             .into_response()
         }
     };
+    if hub.open_links.load(Ordering::Relaxed) >= hub.max_links as u64 {
+        tracing::warn!(%peer, max = hub.max_links, "agent refused: link limit reached");
+        return ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("this coordinator serves at most {} agent links (max_agent_links)", hub.max_links),
+        )
+        .into_response();
+    }
+    hub.open_links.fetch_add(1, Ordering::Relaxed);
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| serve_link(hub, socket, peer))
+        .on_failed_upgrade({
+            let hub = hub.clone();
+            move |_| {
+                hub.open_links.fetch_sub(1, Ordering::Relaxed);
+            }
+        })
+        .on_upgrade(move |socket| async move {
+            serve_link(hub.clone(), socket, peer).await;
+            hub.open_links.fetch_sub(1, Ordering::Relaxed);
+        })
 }
 
 /// One agent link, from hello to close.
@@ -370,6 +487,10 @@ async fn serve_link(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
     let now = OffsetDateTime::now_utc();
     let client_id = match hub.register(&hello, peer, now).await {
         Ok(id) => id,
+        Err(RegisterError::Refused(why)) => {
+            tracing::warn!(hostname = %hello.hostname, %peer, why = %why, "agent refused: hostname belongs to another host");
+            return close(socket, CloseReason::Unauthorized, &why, peer).await;
+        }
         Err(error) => {
             tracing::error!(hostname = %hello.hostname, %error, "agent registration failed");
             return close(
@@ -575,6 +696,8 @@ async fn close(mut socket: WebSocket, reason: CloseReason, why: &str, peer: Sock
 
 /// Picks the record's addresses: the agent's own first, else the address it connected from.
 fn addresses(reported: &[IpAddr], peer: IpAddr) -> (Option<String>, Option<String>) {
+    // A link from another address than the ones the agent reports (NAT) is pinned by its peer
+    // address in the agent record; the client record keeps what the host says about itself.
     let v4 = reported.iter().find(|a| a.is_ipv4()).copied();
     let v6 = reported.iter().find(|a| a.is_ipv6()).copied();
     match (v4, v6) {

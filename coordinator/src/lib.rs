@@ -71,6 +71,8 @@ pub async fn run(
         config.heartbeat_interval,
         shutdown.clone(),
         instance.clone(),
+        config.max_agent_links,
+        config.agent_takeover,
     );
     let engine = jobs::Engine::new(
         store.clone(),
