@@ -50,8 +50,9 @@ struct AuthFailures {
 impl AuthFailures {
     fn blocked(&self, ip: IpAddr) -> bool {
         let map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ip)
-            .is_some_and(|(since, n)| since.elapsed() < AUTH_FAILURE_WINDOW && *n >= AUTH_FAILURES_PER_WINDOW)
+        map.get(&ip).is_some_and(|(since, n)| {
+            since.elapsed() < AUTH_FAILURE_WINDOW && *n >= AUTH_FAILURES_PER_WINDOW
+        })
     }
 
     fn record(&self, ip: IpAddr) {
@@ -263,19 +264,37 @@ impl Hub {
     }
 
     /// Finds or creates the client record of an agent's host, and records the agent.
-    async fn register(&self, hello: &Hello, peer: SocketAddr, now: OffsetDateTime) -> Result<u64, RegisterError> {
+    async fn register(
+        &self,
+        hello: &Hello,
+        peer: SocketAddr,
+        now: OffsetDateTime,
+    ) -> Result<u64, RegisterError> {
         let peer_ip = canonical(peer.ip());
-        let (client, pinned) = match self.store.find_by_hostname(Kind::Clients, &hello.hostname).await? {
+        let (client, pinned) = match self
+            .store
+            .find_by_hostname(Kind::Clients, &hello.hostname)
+            .await?
+        {
             Some(existing) => {
                 let pinned: Vec<String> = self
                     .store
-                    .query("SELECT VALUE peers FROM type::record('agent', $id)", json!({ "id": existing.id }))
+                    .query(
+                        "SELECT VALUE peers FROM type::record('agent', $id)",
+                        json!({ "id": existing.id }),
+                    )
                     .await?
                     .first()
                     .and_then(Json::as_array)
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                if self.takeover == TakeoverPolicy::PinAddress && !peer_allowed(&existing, &pinned, peer_ip) {
+                if self.takeover == TakeoverPolicy::PinAddress
+                    && !peer_allowed(&existing, &pinned, peer_ip)
+                {
                     return Err(RegisterError::Refused(format!(
                         "hostname {} is registered for {}; this link comes from {peer_ip} (agent_takeover = \"pin-address\"): update the client's address to move it",
                         hello.hostname,
@@ -294,7 +313,9 @@ impl Hub {
                     }
                     // Another link for the same hostname registered it first: try again.
                     Err(StoreError::Duplicate { .. }) => {
-                        return Err(RegisterError::Store(StoreError::Db("concurrent registration of the same hostname; retry".into())))
+                        return Err(RegisterError::Store(StoreError::Db(
+                            "concurrent registration of the same hostname; retry".into(),
+                        )))
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -368,7 +389,7 @@ fn peer_allowed(record: &HostRecord, pinned: &[String], peer: IpAddr) -> bool {
     peer.is_loopback()
         || record.ipv4.as_deref() == Some(peer_text.as_str())
         || record.ipv6.as_deref() == Some(peer_text.as_str())
-        || pinned.iter().any(|p| *p == peer_text)
+        || pinned.contains(&peer_text)
 }
 
 /// `GET /trace/api/v1.0/agents`: the WebSocket endpoint agents dial. The enrollment token and
@@ -434,7 +455,10 @@ pub async fn upgrade(
         tracing::warn!(%peer, max = hub.max_links, "agent refused: link limit reached");
         return ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!("this coordinator serves at most {} agent links (max_agent_links)", hub.max_links),
+            format!(
+                "this coordinator serves at most {} agent links (max_agent_links)",
+                hub.max_links
+            ),
         )
         .into_response();
     }

@@ -219,6 +219,9 @@ impl HostRecord {
                 "dataport".into(),
                 Json::from(self.dataport.unwrap_or(DEFAULT_DATAPORT)),
             );
+            if let Some(dir) = &self.output_dir {
+                map.insert("output_dir".into(), Json::from(dir.clone()));
+            }
         }
         Json::Object(map)
     }
@@ -280,6 +283,22 @@ mod tests {
 
     fn post(kind: Kind, v: Json) -> Result<HostRecord, FieldError> {
         HostRecord::from_post(kind, v.as_object().unwrap())
+    }
+
+    #[test]
+    fn relay_output_dir_is_stored() {
+        let r = post(
+            Kind::Relays,
+            json!({"hostname": "r", "ipv4": "10.0.0.1", "output_dir": "/srv/traces"}),
+        )
+        .unwrap();
+        assert_eq!(r.content(Kind::Relays)["output_dir"], "/srv/traces");
+        let e = post(
+            Kind::Relays,
+            json!({"hostname": "r", "ipv4": "10.0.0.1", "output_dir": "../x"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "output_dir");
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Marker for [`Coordinator::start`]'s `extra` flags: keep the built-in local agent (the
+/// harness otherwise sets `TRACEVISOR_NO_LOCAL_AGENT=true`). `tracevisor serve` has no such
+/// flag, so the harness does not pass it on.
+pub const LOCAL_AGENT: &str = "--local-agent";
+
 /// A running coordinator process.
 pub struct Coordinator {
     child: Child,
@@ -49,12 +54,15 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Starts `tracevisor serve --listen 127.0.0.1:0 --data-dir DIR --no-local-agent EXTRA...`.
+    /// Starts `tracevisor serve --listen 127.0.0.1:0 --data-dir DIR --no-local-agent EXTRA...`
+    /// (pass [`LOCAL_AGENT`] among `extra` to keep the built-in local agent).
     pub fn start(data_dir: &Path, extra: &[&str]) -> Result<Coordinator> {
         Self::start_with(data_dir, "127.0.0.1:0", extra, &[])
     }
 
-    /// Starts with a given listen address, extra flags and extra environment.
+    /// Starts with a given listen address, extra flags and extra environment. The built-in
+    /// local agent is off unless `extra` holds [`LOCAL_AGENT`] (a harness marker, not passed
+    /// to the binary).
     pub fn start_with(
         data_dir: &Path,
         listen: &str,
@@ -67,7 +75,7 @@ impl Coordinator {
             .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(extra)
+            .args(extra.iter().filter(|a| **a != LOCAL_AGENT))
             .env("RUST_LOG", "info,surrealdb=warn,surrealkv=warn")
             .env_remove("TRACEVISOR_TOKEN")
             .env_remove("TRACEVISOR_AGENT_TOKEN")
@@ -77,7 +85,9 @@ impl Coordinator {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        if !extra.contains(&"--local-agent") {
+        if extra.contains(&LOCAL_AGENT) {
+            cmd.env_remove("TRACEVISOR_NO_LOCAL_AGENT");
+        } else {
             cmd.env("TRACEVISOR_NO_LOCAL_AGENT", "true");
         }
         let mut child = cmd.spawn().context("spawning tracevisor")?;

@@ -432,7 +432,8 @@ fn bracket(host: &str) -> String {
 /// process, the time range and the total.
 pub fn summarize_text(text: &str) -> Json {
     let mut per_event: BTreeMap<String, u64> = BTreeMap::new();
-    let mut per_process: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    // By process id; within a process, events per thread name (procname is the thread's name).
+    let mut per_process: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
     let (mut first, mut last): (Option<String>, Option<String>) = (None, None);
     let mut total = 0u64;
     for line in text.lines() {
@@ -461,7 +462,9 @@ pub fn summarize_text(text: &str) -> Json {
         });
         if procname.is_some() || vpid.is_some() {
             *per_process
-                .entry((procname.unwrap_or_default(), vpid.unwrap_or(-1)))
+                .entry(vpid.unwrap_or(-1))
+                .or_default()
+                .entry(procname.unwrap_or_default())
                 .or_default() += 1;
         }
         if first.is_none() {
@@ -471,7 +474,16 @@ pub fn summarize_text(text: &str) -> Json {
     }
     let processes: Vec<Json> = per_process
         .into_iter()
-        .map(|((procname, vpid), events)| json!({ "procname": procname, "vpid": vpid, "events": events }))
+        .map(|(vpid, threads)| {
+            let events: u64 = threads.values().sum();
+            // The process is named after its busiest thread (usually the main one).
+            let procname = threads
+                .iter()
+                .max_by_key(|(name, n)| (**n, std::cmp::Reverse((*name).clone())))
+                .map(|(name, _)| name.clone())
+                .unwrap_or_default();
+            json!({ "vpid": vpid, "procname": procname, "events": events, "threads": threads })
+        })
         .collect();
     json!({
         "kind": "ust",
@@ -563,8 +575,11 @@ garbage line
         assert_eq!(s["events"]["tracevisor_test:tick"], 2);
         assert_eq!(s["events"]["tracevisor_test:done"], 1);
         assert_eq!(
-            s["processes"][0],
-            json!({"procname": "app", "vpid": 1234, "events": 2})
+            s["processes"],
+            json!([
+                {"procname": "other", "vpid": 99, "events": 1, "threads": {"other": 1}},
+                {"procname": "app", "vpid": 1234, "events": 2, "threads": {"app": 2}},
+            ])
         );
         assert_eq!(s["begin"], "1732520463.000000001");
         assert_eq!(s["end"], "1732520463.500000000");
