@@ -80,7 +80,8 @@ pub struct AgentEvent {
     pub client_id: u64,
     /// The agent's hostname.
     pub hostname: String,
-    /// The message (`JobProgress`, `JobResult`, or `Hello` when a link opens).
+    /// The message: `JobProgress` or `JobResult` from the agent, `Hello` when a link opens,
+    /// and `Close` (with why) when the host's live link ended, whoever closed it.
     pub message: Message,
 }
 
@@ -634,6 +635,17 @@ async fn serve_link(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
     if removed {
         hub.record_disconnect(client_id, last_seen.load(Ordering::Relaxed))
             .await;
+        let (reason, why) = end
+            .clone()
+            .unwrap_or((CloseReason::Shutdown, "closed by the agent".into()));
+        let _ = hub.events.send(AgentEvent {
+            client_id,
+            hostname: hello.hostname.clone(),
+            message: Message::Close {
+                reason,
+                message: why,
+            },
+        });
     }
     match &end {
         Some((reason, why)) => {

@@ -476,6 +476,38 @@ impl Engine {
                     .send(&event.hostname, Message::ResultAck { job_id })
                     .await;
             }
+            Message::Close { reason, message } => {
+                // The host's link is gone: its jobs keep running on the agent, and a reconnect
+                // within the grace delivers their results; past it they are failed.
+                let grace =
+                    self.config.heartbeat_interval * tracevisor_protocol::DEAD_AFTER_INTERVALS;
+                let jobs: Vec<u64> = lock(&self.pending)
+                    .iter()
+                    .filter(|(_, p)| p.hostname == event.hostname)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for job_id in jobs {
+                    let engine = self.clone();
+                    let hostname = event.hostname.clone();
+                    let why = format!("{reason}: {message}");
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        if engine.hub.find(&hostname).is_some() {
+                            return; // back in time; the Hello handling covers a lost job
+                        }
+                        let pending = lock(&engine.pending).remove(&job_id);
+                        if let Some(p) = pending {
+                            let _ = p.done.send(JobOutcome::Err {
+                                step: "agent-lost".into(),
+                                message: format!(
+                                    "host {hostname}: the agent's link closed during the job ({why}) and it did not reconnect within {} s",
+                                    grace.as_secs()
+                                ),
+                            });
+                        }
+                    });
+                }
+            }
             Message::Hello(hello) => {
                 let lost: Vec<u64> = lock(&self.pending)
                     .iter()
