@@ -143,6 +143,29 @@ impl JobRequest {
     }
 }
 
+/// What a job resolved to before it runs.
+struct Plan {
+    profile: Profile,
+    route: Route,
+    relay: Option<HostRecord>,
+    analysis_host: Option<String>,
+    analysis_route: Option<Route>,
+}
+
+/// Job ids of fleet children: `CHILD_ID_BASE + (fleet id << 20) + index`. Children are not
+/// stored on their own; their outcomes are entries of the fleet's record.
+pub const CHILD_ID_BASE: u64 = 1 << 40;
+
+fn child_id(fleet_id: u64, index: usize) -> u64 {
+    CHILD_ID_BASE + (fleet_id << 20) + index as u64
+}
+
+/// The fleet and index of a child job id.
+fn child_of(job_id: u64) -> Option<(u64, usize)> {
+    let rest = job_id.checked_sub(CHILD_ID_BASE)?;
+    Some((rest >> 20, (rest & 0xF_FFFF) as usize))
+}
+
 /// Which hosts a fleet job runs on.
 #[derive(Debug, Clone)]
 pub enum HostSelection {
@@ -298,24 +321,6 @@ fn outcome_counts(entries: &[Json]) -> Json {
         );
     }
     Json::Object(counts)
-}
-
-/// A fleet's entry for a finished child job.
-fn child_entry(host: &str, job: Json) -> Json {
-    let outcome = if job["status"].as_i64() == Some(COMPLETE) {
-        "complete"
-    } else {
-        "error"
-    };
-    json!({
-        "host": host,
-        "jobid": job["jobid"],
-        "outcome": outcome,
-        "status": job["status"],
-        "via": job["via"],
-        "result": job["result"],
-        "error": job["error"],
-    })
 }
 
 /// How a host is reached.
@@ -602,27 +607,8 @@ impl Engine {
         self.route(host, username).await
     }
 
-    /// Creates a job from a validated request and starts it; returns the stored job.
-    pub async fn submit(
-        self: &Arc<Self>,
-        req: JobRequest,
-    ) -> Result<(u64, watch::Receiver<Option<Json>>), StoreError> {
-        self.submit_with_parent(req, None).await
-    }
-
-    async fn submit_child(
-        self: &Arc<Self>,
-        req: JobRequest,
-        parent: u64,
-    ) -> Result<(u64, watch::Receiver<Option<Json>>), StoreError> {
-        self.submit_with_parent(req, Some(parent)).await
-    }
-
-    async fn submit_with_parent(
-        self: &Arc<Self>,
-        req: JobRequest,
-        parent: Option<u64>,
-    ) -> Result<(u64, watch::Receiver<Option<Json>>), StoreError> {
+    /// Resolves everything a job needs before it runs: profile, route, relay, analysis host.
+    async fn plan(&self, req: &JobRequest) -> Result<Plan, StoreError> {
         let profile = self.config.profiles[&req.analysis_type].clone();
         let route = self.route(&req.host, &req.username).await?;
         // The relay: registered (ports from the registry) or an address with default ports.
@@ -649,6 +635,27 @@ impl Engine {
             Some(h) if relay.is_some() => Some(self.analysis_route(h, &req.username).await?),
             _ => None,
         };
+        Ok(Plan {
+            profile,
+            route,
+            relay,
+            analysis_host,
+            analysis_route,
+        })
+    }
+
+    /// Creates a job from a validated request and starts it; returns its id and live views.
+    pub async fn submit(
+        self: &Arc<Self>,
+        req: JobRequest,
+    ) -> Result<(u64, watch::Receiver<Option<Json>>), StoreError> {
+        let Plan {
+            profile,
+            route,
+            relay,
+            analysis_host,
+            analysis_route,
+        } = self.plan(&req).await?;
         let now = rfc3339(OffsetDateTime::now_utc());
         let job = json!({
             "host": req.host,
@@ -663,7 +670,6 @@ impl Engine {
             "status": STARTED,
             "created": now,
             "started": now,
-            "parent": parent,
         });
         let rows = self
             .store
@@ -903,6 +909,9 @@ impl Engine {
     }
 
     async fn set_status(&self, job_id: u64, status: i64) -> Result<(), StoreError> {
+        if job_id >= CHILD_ID_BASE {
+            return Ok(()); // fleet children live in their fleet's record
+        }
         let rows = self
             .store
             .query(
@@ -1069,65 +1078,53 @@ impl Engine {
     ) {
         let limit = Duration::from_secs_f64(req.template.duration + req.host_timeout);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Json)>();
-        // Start every child first, so the traces cover the same window.
-        let mut children = Vec::with_capacity(to_run.len());
+        // Every child starts at once, so the traces cover the same window.
         for (index, host) in to_run {
+            let job_id = child_id(fleet_id, index);
+            entries[index]["jobid"] = json!(job_id);
             let mut child = req.template.clone();
             child.host = host.clone();
-            match self.submit_child(child, fleet_id).await {
-                Ok((job_id, rx)) => {
-                    entries[index]["jobid"] = json!(job_id);
-                    children.push((index, host, job_id, rx));
-                }
-                Err(e) => {
-                    entries[index] = json!({ "host": host, "outcome": "error", "error": { "step": "submit", "host": host, "message": e.to_string() } });
-                }
-            }
-        }
-        let _ = self
-            .set_fleet(fleet_id, TRACE_RUNNING, &entries, None)
-            .await;
-        // Cancelling the fleet cancels every child.
-        let child_ids: Vec<u64> = children.iter().map(|c| c.2).collect();
-        let engine = self.clone();
-        let fleet_cancel = cancel.clone();
-        tokio::spawn(async move {
-            fleet_cancel.cancelled().await;
-            for id in child_ids {
-                engine.cancel(id);
-            }
-        });
-        for (index, host, job_id, mut rx) in children {
             let engine = self.clone();
             let done = done_tx.clone();
+            let cancel = cancel.child_token();
             tokio::spawn(async move {
-                let waited = tokio::time::timeout(limit, async {
-                    loop {
-                        let finished = rx
-                            .borrow_and_update()
-                            .as_ref()
-                            .filter(|j| matches!(j["status"].as_i64(), Some(COMPLETE | FAILED)))
-                            .cloned();
-                        if let Some(job) = finished {
-                            return Some(job);
-                        }
-                        if rx.changed().await.is_err() {
-                            return rx.borrow().clone();
-                        }
+                let run = async {
+                    let plan = engine.plan(&child).await.map_err(|e| JobError {
+                        step: "resolve".into(),
+                        host: host.clone(),
+                        message: e.to_string(),
+                    })?;
+                    let result = engine
+                        .execute(
+                            job_id,
+                            &child,
+                            &plan.profile,
+                            &plan.route,
+                            plan.relay.as_ref(),
+                            plan.analysis_route.as_ref(),
+                            &cancel,
+                        )
+                        .await?;
+                    Ok::<(Json, &str), JobError>((result, plan.route.via()))
+                };
+                let entry = match tokio::time::timeout(limit, run).await {
+                    Ok(Ok((result, via))) => {
+                        json!({ "host": host, "jobid": job_id, "outcome": "complete", "status": COMPLETE, "via": via, "result": result })
                     }
-                })
-                .await;
-                let entry = match waited {
-                    Ok(Some(job)) => child_entry(&host, job),
-                    Ok(None) => match engine.get(job_id).await.ok().flatten() {
-                        Some(job) => child_entry(&host, job),
-                        None => {
-                            json!({ "host": host, "jobid": job_id, "outcome": "error", "error": { "step": "result", "host": host, "message": "job vanished" } })
-                        }
-                    },
+                    Ok(Err(e)) => {
+                        json!({ "host": host, "jobid": job_id, "outcome": "error", "status": FAILED,
+                            "error": { "step": e.step, "host": e.host, "message": e.message } })
+                    }
                     Err(_) => {
-                        engine.cancel(job_id);
-                        json!({ "host": host, "jobid": job_id, "outcome": "timeout", "error": { "step": "timeout", "host": host,
+                        // Stop the agent's session too.
+                        let pending = lock(&engine.pending).remove(&job_id);
+                        if let Some(p) = pending {
+                            let _ = engine
+                                .hub
+                                .send(&p.hostname, Message::CancelJob { job_id })
+                                .await;
+                        }
+                        json!({ "host": host, "jobid": job_id, "outcome": "timeout", "status": FAILED, "error": { "step": "timeout", "host": host,
                             "message": format!("host {host}: no outcome within the duration plus host_timeout ({:.0} s)", limit.as_secs_f64()) } })
                     }
                 };
@@ -1135,11 +1132,27 @@ impl Engine {
             });
         }
         drop(done_tx);
-        while let Some((index, entry)) = done_rx.recv().await {
-            entries[index] = entry;
-            let _ = self
-                .set_fleet(fleet_id, TRACE_RUNNING, &entries, None)
-                .await;
+        let _ = self
+            .set_fleet(fleet_id, TRACE_RUNNING, &entries, None)
+            .await;
+        // Outcomes are written in batches: a 10,000-host fleet must not rewrite its record
+        // 10,000 times.
+        let mut dirty = false;
+        let mut flush = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                next = done_rx.recv() => match next {
+                    Some((index, entry)) => {
+                        entries[index] = entry;
+                        dirty = true;
+                    }
+                    None => break,
+                },
+                _ = flush.tick(), if dirty => {
+                    let _ = self.set_fleet(fleet_id, TRACE_RUNNING, &entries, None).await;
+                    dirty = false;
+                }
+            }
         }
         let failed: Vec<String> = entries
             .iter()
@@ -1155,10 +1168,14 @@ impl Engine {
         let (status, error) = if failed.is_empty() {
             (COMPLETE, Json::Null)
         } else {
+            let shown: Vec<&String> = failed.iter().take(20).collect();
+            let more = failed.len().saturating_sub(shown.len());
             (
                 FAILED,
                 json!({ "step": "fleet", "host": Json::Null,
-                "message": format!("{} of {} hosts did not complete: {}", failed.len(), entries.len(), failed.join(", ")) }),
+                "message": format!("{} of {} hosts did not complete: {}{}", failed.len(), entries.len(),
+                    shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    if more > 0 { format!(" and {more} more") } else { String::new() }) }),
             )
         };
         let _ = self
@@ -1210,8 +1227,28 @@ impl Engine {
         }
     }
 
-    /// One job.
+    /// One job (a fleet child is its entry in the fleet's record, with `parent`).
     pub async fn get(&self, job_id: u64) -> Result<Option<Json>, StoreError> {
+        if let Some((fleet_id, index)) = child_of(job_id) {
+            let Some(fleet) = Box::pin(self.get(fleet_id)).await? else {
+                return Ok(None);
+            };
+            return Ok(fleet["hosts"]
+                .get(index)
+                .filter(|e| e["jobid"] == json!(job_id))
+                .map(|e| {
+                    let mut child = e.clone();
+                    child["parent"] = json!(fleet_id);
+                    child["type"] = fleet["type"].clone();
+                    child["duration"] = fleet["duration"].clone();
+                    child["status"] = match e["outcome"].as_str() {
+                        Some("complete") => json!(COMPLETE),
+                        Some("pending") => fleet["status"].clone(),
+                        _ => json!(FAILED),
+                    };
+                    child
+                }));
+        }
         let rows = self
             .store
             .query(
