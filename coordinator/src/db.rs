@@ -4,6 +4,8 @@
 //! and converts results to JSON. The schema is versioned in `meta:schema` and brought forward
 //! by [`MIGRATIONS`] at start-up; nothing is ever dropped because the version changed.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
@@ -98,6 +100,81 @@ impl From<surrealdb::Error> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: Surreal<Any>,
+    /// Registry records held in memory when this process is the database's only writer
+    /// (embedded SurrealKV locks its directory; `mem://` is private), so reads never query.
+    cache: Option<Arc<RegistryCache>>,
+}
+
+/// The registry in memory, written through: a record enters the cache only after its write
+/// committed. Writes to the same id are serialized by a sharded lock so the cache applies
+/// them in commit order; ids are never reused, so a deleted id stays deleted.
+struct RegistryCache {
+    kinds: std::sync::RwLock<CachedKinds>,
+    shards: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// Records by kind and id, and ids by kind and hostname.
+#[derive(Default)]
+struct CachedKinds {
+    records: HashMap<Kind, BTreeMap<u64, HostRecord>>,
+    names: HashMap<(Kind, String), u64>,
+}
+
+const CACHE_SHARDS: usize = 64;
+
+impl RegistryCache {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, CachedKinds> {
+        self.kinds.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CachedKinds> {
+        self.kinds.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn list(&self, kind: Kind) -> Vec<HostRecord> {
+        self.read()
+            .records
+            .get(&kind)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn get(&self, kind: Kind, id: u64) -> Option<HostRecord> {
+        self.read()
+            .records
+            .get(&kind)
+            .and_then(|m| m.get(&id).cloned())
+    }
+
+    fn by_hostname(&self, kind: Kind, hostname: &str) -> Option<HostRecord> {
+        let kinds = self.read();
+        let id = kinds.names.get(&(kind, hostname.to_owned()))?;
+        kinds.records.get(&kind).and_then(|m| m.get(id).cloned())
+    }
+
+    fn shard(&self, id: u64) -> &tokio::sync::Mutex<()> {
+        &self.shards[(id % CACHE_SHARDS as u64) as usize]
+    }
+
+    fn put(&self, kind: Kind, record: HostRecord) {
+        let mut kinds = self.write();
+        let previous = kinds
+            .records
+            .entry(kind)
+            .or_default()
+            .insert(record.id, record.clone());
+        if let Some(old) = previous {
+            kinds.names.remove(&(kind, old.hostname));
+        }
+        kinds.names.insert((kind, record.hostname), record.id);
+    }
+
+    fn remove(&self, kind: Kind, id: u64) {
+        let mut kinds = self.write();
+        if let Some(old) = kinds.records.get_mut(&kind).and_then(|m| m.remove(&id)) {
+            kinds.names.remove(&(kind, old.hostname));
+        }
+    }
 }
 
 impl Store {
@@ -124,8 +201,23 @@ impl Store {
                 url: url.to_owned(),
                 message: e.to_string(),
             })?;
-        let store = Store { db };
+        let mut store = Store { db, cache: None };
         store.migrate().await?;
+        if url.starts_with("surrealkv://") || url.starts_with("mem://") || url.starts_with("memory")
+        {
+            let cache = RegistryCache {
+                kinds: Default::default(),
+                shards: (0..CACHE_SHARDS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+            };
+            for kind in [Kind::Relays, Kind::Clients, Kind::AnalysesServers] {
+                for record in store.list(kind).await? {
+                    cache.put(kind, record);
+                }
+            }
+            store.cache = Some(Arc::new(cache));
+        }
         Ok(store)
     }
 
@@ -215,6 +307,9 @@ impl Store {
 
     /// Lists the records of a kind in id order.
     pub async fn list(&self, kind: Kind) -> Result<Vec<HostRecord>, StoreError> {
+        if let Some(cache) = &self.cache {
+            return Ok(cache.list(kind));
+        }
         let rows = self
             .query(
                 "SELECT * FROM type::table($tb) ORDER BY id",
@@ -228,6 +323,9 @@ impl Store {
 
     /// One record by id.
     pub async fn get(&self, kind: Kind, id: u64) -> Result<Option<HostRecord>, StoreError> {
+        if let Some(cache) = &self.cache {
+            return Ok(cache.get(kind, id));
+        }
         let rows = self
             .query(
                 "SELECT * FROM type::record($tb, $id)",
@@ -246,6 +344,9 @@ impl Store {
         kind: Kind,
         hostname: &str,
     ) -> Result<Option<HostRecord>, StoreError> {
+        if let Some(cache) = &self.cache {
+            return Ok(cache.by_hostname(kind, hostname));
+        }
         let rows = self
             .query(
                 "SELECT * FROM type::table($tb) WHERE hostname = $hostname LIMIT 1",
@@ -276,7 +377,12 @@ impl Store {
             .into_iter()
             .next()
             .ok_or_else(|| StoreError::Db("create returned no record".into()))?;
-        HostRecord::from_row(kind, row)
+        let created = HostRecord::from_row(kind, row)?;
+        if let Some(cache) = &self.cache {
+            // A new id: nothing else writes it yet.
+            cache.put(kind, created.clone());
+        }
+        Ok(created)
     }
 
     /// Replaces the fields of an existing record; `None` when the id is unknown.
@@ -287,6 +393,10 @@ impl Store {
         record: &HostRecord,
     ) -> Result<Option<HostRecord>, StoreError> {
         let vars = json!({ "tb": kind.table(), "id": id, "data": record.content(kind) });
+        let _order = match &self.cache {
+            Some(cache) => Some(cache.shard(id).lock().await),
+            None => None,
+        };
         let rows = self
             .write(
                 "UPDATE type::record($tb, $id) CONTENT $data RETURN AFTER",
@@ -294,20 +404,32 @@ impl Store {
             )
             .await
             .map_err(|e| duplicate(e, kind, &record.hostname))?;
-        rows.into_iter()
+        let updated = rows
+            .into_iter()
             .next()
             .map(|r| HostRecord::from_row(kind, r))
-            .transpose()
+            .transpose()?;
+        if let (Some(cache), Some(record)) = (&self.cache, &updated) {
+            cache.put(kind, record.clone());
+        }
+        Ok(updated)
     }
 
     /// Deletes a record; `false` when the id is unknown.
     pub async fn delete(&self, kind: Kind, id: u64) -> Result<bool, StoreError> {
+        let _order = match &self.cache {
+            Some(cache) => Some(cache.shard(id).lock().await),
+            None => None,
+        };
         let rows = self
             .write(
                 "DELETE type::record($tb, $id) RETURN BEFORE",
                 json!({ "tb": kind.table(), "id": id }),
             )
             .await?;
+        if let Some(cache) = &self.cache {
+            cache.remove(kind, id);
+        }
         Ok(!rows.is_empty())
     }
 }

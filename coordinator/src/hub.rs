@@ -121,6 +121,8 @@ pub struct Hub {
     agent_token: String,
     heartbeat: Duration,
     links: Mutex<HashMap<String, LiveLink>>,
+    /// Last known state of every agent ever registered, by hostname (mirrors the `agent` table).
+    known: Mutex<HashMap<String, AgentStatus>>,
     next_link: AtomicU64,
     events: mpsc::UnboundedSender<AgentEvent>,
     shutdown: CancellationToken,
@@ -161,6 +163,7 @@ impl Hub {
             agent_token,
             heartbeat,
             links: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
             next_link: AtomicU64::new(1),
             events,
             shutdown,
@@ -226,29 +229,7 @@ impl Hub {
 
     /// The agent status of every host that ever had an agent, by hostname.
     pub async fn statuses(&self) -> Result<HashMap<String, AgentStatus>, StoreError> {
-        let rows = self.store.query("SELECT * FROM agent", json!({})).await?;
-        let mut map = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let Some(hostname) = row.get("hostname").and_then(Json::as_str) else {
-                continue;
-            };
-            let text = |k: &str| {
-                row.get(k)
-                    .and_then(Json::as_str)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            map.insert(
-                hostname.to_owned(),
-                AgentStatus {
-                    connected: false,
-                    version: text("version"),
-                    connected_since: text("connected_since"),
-                    last_seen: text("last_seen"),
-                    capabilities: row.get("capabilities").cloned().unwrap_or(Json::Null),
-                },
-            );
-        }
+        let mut map = self.known().clone();
         for (hostname, link) in self.links().iter() {
             map.insert(
                 hostname.clone(),
@@ -262,6 +243,39 @@ impl Hub {
             );
         }
         Ok(map)
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentStatus>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the last known state of every agent from the store (once, at start-up); from then
+    /// on it is kept in memory and written through.
+    pub async fn load(&self) -> Result<(), StoreError> {
+        let rows = self.store.query("SELECT * FROM agent", json!({})).await?;
+        let mut known = self.known();
+        for row in rows {
+            let Some(hostname) = row.get("hostname").and_then(Json::as_str) else {
+                continue;
+            };
+            let text = |k: &str| {
+                row.get(k)
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            known.insert(
+                hostname.to_owned(),
+                AgentStatus {
+                    connected: false,
+                    version: text("version"),
+                    connected_since: text("connected_since"),
+                    last_seen: text("last_seen"),
+                    capabilities: row.get("capabilities").cloned().unwrap_or(Json::Null),
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Finds or creates the client record of an agent's host, and records the agent.
@@ -340,10 +354,23 @@ impl Hub {
                 }),
             )
             .await?;
+        self.known().insert(
+            hello.hostname.clone(),
+            AgentStatus {
+                connected: false,
+                version: hello.agent_version.clone(),
+                connected_since: rfc3339(now),
+                last_seen: rfc3339(now),
+                capabilities: capabilities_json(&hello.capabilities),
+            },
+        );
         Ok(client.id)
     }
 
-    async fn record_disconnect(&self, client_id: u64, last_seen_ms: i64) {
+    async fn record_disconnect(&self, client_id: u64, hostname: &str, last_seen_ms: i64) {
+        if let Some(status) = self.known().get_mut(hostname) {
+            status.last_seen = rfc3339_ms(last_seen_ms);
+        }
         let result = self
             .store
             .query(
@@ -633,8 +660,12 @@ async fn serve_link(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
         }
     };
     if removed {
-        hub.record_disconnect(client_id, last_seen.load(Ordering::Relaxed))
-            .await;
+        hub.record_disconnect(
+            client_id,
+            &hello.hostname,
+            last_seen.load(Ordering::Relaxed),
+        )
+        .await;
         let (reason, why) = end
             .clone()
             .unwrap_or((CloseReason::Shutdown, "closed by the agent".into()));

@@ -74,6 +74,7 @@ pub async fn run(
         config.max_agent_links,
         config.agent_takeover,
     );
+    hub.load().await?;
     let engine = jobs::Engine::new(
         store.clone(),
         hub.clone(),

@@ -16,7 +16,7 @@ pub const DEFAULT_SSHPORT: u16 = 22;
 pub const DEFAULT_SSHUSER: &str = "root";
 
 /// The three kinds of registered hosts, each at its own path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Relays,
     Clients,

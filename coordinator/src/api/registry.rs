@@ -74,7 +74,19 @@ pub async fn create(
         headers.insert(header::LOCATION, value);
     }
     tracing::info!(kind = kind.singular(), id = created.id, hostname = %created.hostname, "registered");
-    Ok((StatusCode::CREATED, headers, Json(created)))
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        Json(view(state, kind, created).await?),
+    ))
+}
+
+/// One record as the API shows it (the same shape as in lists).
+async fn view(state: &AppState, kind: Kind, record: HostRecord) -> Result<RecordView, ApiError> {
+    views(state, kind, vec![record])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("record view missing"))
 }
 
 pub async fn get(state: &AppState, kind: Kind, raw: &str) -> Result<Json<RecordView>, ApiError> {
@@ -84,11 +96,7 @@ pub async fn get(state: &AppState, kind: Kind, raw: &str) -> Result<Json<RecordV
         .get(kind, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("{} {id}", kind.singular())))?;
-    let mut views = views(state, kind, vec![record]).await?;
-    views
-        .pop()
-        .map(Json)
-        .ok_or_else(|| ApiError::internal("record view missing"))
+    Ok(Json(view(state, kind, record).await?))
 }
 
 pub async fn update(
@@ -96,7 +104,7 @@ pub async fn update(
     kind: Kind,
     raw: &str,
     body: JsonObject,
-) -> Result<Json<HostRecord>, ApiError> {
+) -> Result<Json<RecordView>, ApiError> {
     let id = parse_id(kind, raw)?;
     let not_found = || ApiError::not_found(format!("{} {id}", kind.singular()));
     let mut record = state.store.get(kind, id).await?.ok_or_else(not_found)?;
@@ -106,7 +114,7 @@ pub async fn update(
         .replace(kind, id, &record)
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(updated))
+    Ok(Json(view(state, kind, updated).await?))
 }
 
 pub async fn delete(
@@ -136,7 +144,7 @@ macro_rules! registry_handlers {
             }
 
             #[utoipa::path(post, path = $collection, tag = $tag, request_body = HostRecord,
-                responses((status = 201, description = "created; Location names it", body = HostRecord),
+                responses((status = 201, description = "created; Location names it", body = RecordView),
                           (status = 400, description = "malformed JSON"),
                           (status = 409, description = "hostname already registered"),
                           (status = 413, description = "body too large"),
@@ -154,10 +162,10 @@ macro_rules! registry_handlers {
 
             #[utoipa::path(put, path = $item, tag = $tag, params(("id" = u64, Path, description = "record id")),
                 request_body = HostRecord,
-                responses((status = 200, description = "the updated record", body = HostRecord),
+                responses((status = 200, description = "the updated record", body = RecordView),
                           (status = 404, description = "unknown id"), (status = 409, description = "duplicate hostname"),
                           (status = 422, description = "invalid field")))]
-            pub async fn update(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: JsonObject) -> Result<Json<HostRecord>, ApiError> {
+            pub async fn update(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: JsonObject) -> Result<Json<RecordView>, ApiError> {
                 super::update(&state, $kind, &id, body).await
             }
 
