@@ -28,14 +28,25 @@ step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build"
-cargo build --workspace --bins --locked
+# --all-targets: the binaries the integration tests start are built with the same features as
+# the tests themselves, so `cargo test` does not rebuild SurrealDB a second time.
+cargo build --workspace --all-targets --locked
 
 step "tests"
 cargo test --workspace --locked
 
-if [ -x scripts/fuzz-smoke.sh ]; then
-    step "fuzz smoke run"
-    scripts/fuzz-smoke.sh
+step "fuzz smoke run"
+scripts/fuzz-smoke.sh
+
+if [ "$(id -u)" = 0 ] && command -v dpkg >/dev/null; then
+    step "debian packages: build, lintian, systemd-analyze, install test"
+    debs=$(mktemp -d)
+    # Release builds keep their own target directory (a cold SurrealDB release build is long).
+    CARGO_TARGET_DIR="${CARGO_RELEASE_TARGET_DIR:-$HOME/.cache/tracevisor-target-release}" packaging/build-debs.sh "$debs"
+    CARGO_TARGET_DIR="${CARGO_RELEASE_TARGET_DIR:-$HOME/.cache/tracevisor-target-release}" packaging/install-test.sh "$debs"
+    rm -rf "$debs"
+else
+    echo "SKIPPED debian packages: needs root and dpkg"
 fi
 
 step "all tests passed"

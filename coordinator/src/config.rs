@@ -365,7 +365,10 @@ impl Config {
             )));
         }
         if !(1..=1_000_000).contains(&self.max_agent_links) {
-            return Err(err(format!("max_agent_links: {} is outside 1..=1000000", self.max_agent_links)));
+            return Err(err(format!(
+                "max_agent_links: {} is outside 1..=1000000",
+                self.max_agent_links
+            )));
         }
         if !(1..=100_000).contains(&self.max_concurrent_requests) {
             return Err(err(format!(

@@ -338,7 +338,12 @@ impl Hub {
         };
         self.store
             .query(
-                "UPSERT type::record('agent', $id) CONTENT $data",
+                // A row left by a deleted or renamed client of the same hostname goes first
+                // (the hostname index is unique), in the same transaction.
+                "BEGIN TRANSACTION; \
+                 DELETE agent WHERE hostname = $data.hostname AND id != type::record('agent', $id); \
+                 UPSERT type::record('agent', $id) CONTENT $data; \
+                 COMMIT TRANSACTION;",
                 json!({
                     "id": client.id,
                     "data": {
@@ -556,7 +561,9 @@ async fn serve_link(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
     };
     let link_id = hub.next_link.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(OUTGOING_QUEUE);
-    let last_seen = Arc::new(AtomicI64::new(unix_ms(now)));
+    // The silence clock starts once the link is registered: registration may have queued
+    // behind many others, and the agent owes nothing before HelloAck.
+    let last_seen = Arc::new(AtomicI64::new(unix_ms(OffsetDateTime::now_utc())));
     let replaced = hub.links().insert(
         hello.hostname.clone(),
         LiveLink {

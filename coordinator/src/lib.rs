@@ -4,6 +4,7 @@
 //! cancellation token; `run` returns once every connection has drained after cancellation.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod hub;

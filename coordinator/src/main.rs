@@ -1,4 +1,5 @@
-//! The `tracevisor` binary: parses flags, sets up logging and calls the library.
+//! The `tracevisor` binary: parses flags, then runs the coordinator (`serve`), prints the agent
+//! token, or runs a client command of [`tracevisor::cli`].
 
 use std::process::ExitCode;
 
@@ -10,9 +11,12 @@ use tracevisor::config::{Config, ServeArgs};
 #[command(
     name = "tracevisor",
     version,
-    about = "Control plane for LTTng tracing across a fleet of Linux hosts"
+    about = "Control plane for LTTng tracing across a fleet of Linux hosts",
+    after_help = tracevisor::cli::EXIT_CODES_HELP
 )]
 struct Cli {
+    #[command(flatten)]
+    connection: tracevisor::cli::TopConnection,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,10 +27,21 @@ enum Command {
     Serve(ServeArgs),
     /// Print the enrollment token agents present (generated on first use)
     AgentToken(ServeArgs),
+    #[command(flatten)]
+    Client(tracevisor::cli::Command),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Client(command) => return tracevisor::cli::run(&cli.connection, command),
+        other => other,
+    };
+    let top = &cli.connection;
+    if top.server.is_some() || top.token.is_some() || top.ca_cert.is_some() {
+        eprintln!("tracevisor: --server, --token and --ca-cert before the subcommand are client flags; give the coordinator's own flags after it (`tracevisor serve --token ...`)");
+        return ExitCode::from(tracevisor::cli::EXIT_USAGE);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -36,9 +51,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match cli.command {
+    match command {
         Command::Serve(args) => serve(&args),
         Command::AgentToken(args) => agent_token(&args),
+        Command::Client(_) => ExitCode::from(tracevisor::cli::EXIT_USAGE),
     }
 }
 

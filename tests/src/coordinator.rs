@@ -28,7 +28,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     let path = target_dir().join(name);
     if !path.is_file() {
         bail!(
-            "{} is missing: run `cargo build --workspace --bins` before the tests (the README test command does)",
+            "{} is missing: run `cargo build --workspace --all-targets` before the tests (the README test command does)",
             path.display()
         );
     }

@@ -3,6 +3,8 @@
 //!
 //! Code map:
 //! - [`config`]: flags, `TRACESD_*` variables and the TOML file, validated.
+//! - [`enroll`]: `tracesd enroll`, which writes that file, checks the coordinator and LTTng,
+//!   and enables the service.
 //! - [`link`]: dial out, hello, heartbeats, reconnect with backoff ([`link::run`] is the entry
 //!   point); [`link::drive`] runs one link over any WebSocket stream.
 //! - [`jobs`]: where job commands from the coordinator land.
@@ -15,6 +17,7 @@
 
 pub mod capabilities;
 pub mod config;
+pub mod enroll;
 pub mod host;
 pub mod jobs;
 pub mod lifecycle;

@@ -119,7 +119,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(state.config.max_concurrent_requests))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            state.config.max_concurrent_requests,
+        ))
         .layer(cors)
         .with_state(state)
 }

@@ -27,16 +27,33 @@ fn bare(duration: Duration, dir: &std::path::Path, i: usize) -> Result<Duration>
     let name = format!("bench-bare-{}-{i}", std::process::id());
     let out = dir.join(&name);
     let run = |args: &[&str]| -> Result<()> {
-        let status = Command::new("lttng").args(args).stdout(std::process::Stdio::null()).status()?;
+        let status = Command::new("lttng")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()?;
         if !status.success() {
             bail!("lttng {args:?} failed");
         }
         Ok(())
     };
     let t0 = Instant::now();
-    run(&["create", &name, "--output", out.to_str().unwrap_or_default()])?;
+    run(&[
+        "create",
+        &name,
+        "--output",
+        out.to_str().unwrap_or_default(),
+    ])?;
     run(&["enable-event", "-s", &name, "-u", "*"])?;
-    run(&["add-context", "-s", &name, "-u", "-t", "vpid", "-t", "procname"])?;
+    run(&[
+        "add-context",
+        "-s",
+        &name,
+        "-u",
+        "-t",
+        "vpid",
+        "-t",
+        "procname",
+    ])?;
     run(&["start", &name])?;
     std::thread::sleep(duration);
     run(&["stop", &name])?;
@@ -55,7 +72,10 @@ fn bare(duration: Duration, dir: &std::path::Path, i: usize) -> Result<Duration>
 async fn job(c: &Coordinator, host: &str, duration: f64) -> Result<Duration> {
     let t0 = Instant::now();
     let (status, body) = c
-        .post("/analyses", &json!({"host": host, "duration": duration, "type": "ust", "username": "root"}))
+        .post(
+            "/analyses",
+            &json!({"host": host, "duration": duration, "type": "ust", "username": "root"}),
+        )
         .await?;
     let elapsed = t0.elapsed();
     if body["status"] != 4 {
@@ -68,14 +88,21 @@ async fn job(c: &Coordinator, host: &str, duration: f64) -> Result<Duration> {
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str, default: f64| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     let runs = flag("--runs", 7.0) as usize;
     let duration = flag("--duration", 1.0);
     lttng::ensure_sessiond()?;
     // An instrumented application ticking every millisecond, as on a real host.
-    let _app = lttng::spawn_ust_app(&lttng::UstAppOptions::new(0).interval(Duration::from_millis(1)))?;
-    let dir = tempfile::Builder::new().prefix("tv-bench-jobs-").tempdir()?;
+    let _app =
+        lttng::spawn_ust_app(&lttng::UstAppOptions::new(0).interval(Duration::from_millis(1)))?;
+    let dir = tempfile::Builder::new()
+        .prefix("tv-bench-jobs-")
+        .tempdir()?;
     let c = Coordinator::start(dir.path(), &[LOCAL_AGENT])?;
     c.wait_log("agent connected", Duration::from_secs(30))?;
     let (_, keys) = c.get("/ssh").await?;
@@ -90,9 +117,19 @@ async fn main() -> Result<()> {
         let status = Command::new("ssh")
             .args(["-i"])
             .arg(dir.path().join("ssh/id_ed25519"))
-            .args(["-p", &server.port().to_string(), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args([
+                "-p",
+                &server.port().to_string(),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
             .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", client_dir.path().join(format!("kh{i}")).display()))
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                client_dir.path().join(format!("kh{i}")).display()
+            ))
             .args(["root@127.0.0.1", "true"])
             .status()?;
         if !status.success() {
@@ -104,7 +141,8 @@ async fn main() -> Result<()> {
     job(&c, "localhost", duration).await?;
     job(&c, "sshhost", duration).await?;
     bare(Duration::from_secs_f64(duration), dir.path(), 999)?;
-    let (mut agent, mut ssh, mut floor, mut connect) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut agent, mut ssh, mut floor, mut connect) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         agent.push(job(&c, "localhost", duration).await?);
         ssh.push(job(&c, "sshhost", duration).await?);
@@ -115,8 +153,15 @@ async fn main() -> Result<()> {
     println!("ust job overhead (response time minus the {duration} s duration), median of {runs} runs, interleaved");
     println!("| path | overhead ms | ratio |");
     println!("|---|---|---|");
-    println!("| bare local lttng sequence (floor) | {:.0} | 1.00x of floor |", ms(f));
-    println!("| through the agent | {:.0} | {:.2}x of floor |", ms(a), a.as_secs_f64() / f.as_secs_f64());
+    println!(
+        "| bare local lttng sequence (floor) | {:.0} | 1.00x of floor |",
+        ms(f)
+    );
+    println!(
+        "| through the agent | {:.0} | {:.2}x of floor |",
+        ms(a),
+        a.as_secs_f64() / f.as_secs_f64()
+    );
     println!("| one ssh connection set-up (ssh true) | {:.0} | |", ms(k));
     println!(
         "| through the SSH fallback | {:.0} | {:.2}x of (ssh set-up + floor) |",

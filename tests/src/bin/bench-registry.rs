@@ -12,21 +12,16 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tracevisor_tests::coordinator::Coordinator;
 
+/// One request: method, path, body and the expected status.
+type Request = (Method, String, Option<serde_json::Value>, StatusCode);
+
 struct Mix {
     name: &'static str,
     /// Picks the request for iteration `i` of client `c`.
-    pick: fn(
-        client: u64,
-        i: u64,
-        seeded: u64,
-    ) -> (Method, String, Option<serde_json::Value>, StatusCode),
+    pick: fn(client: u64, i: u64, seeded: u64) -> Request,
 }
 
-fn read_mix(
-    _c: u64,
-    i: u64,
-    seeded: u64,
-) -> (Method, String, Option<serde_json::Value>, StatusCode) {
+fn read_mix(_c: u64, i: u64, seeded: u64) -> Request {
     match i % 4 {
         0 => (Method::GET, "/relays".into(), None, StatusCode::OK),
         1 => (Method::GET, "/clients".into(), None, StatusCode::OK),
@@ -39,11 +34,7 @@ fn read_mix(
     }
 }
 
-fn write_mix(
-    c: u64,
-    i: u64,
-    _seeded: u64,
-) -> (Method, String, Option<serde_json::Value>, StatusCode) {
+fn write_mix(c: u64, i: u64, _seeded: u64) -> Request {
     // Each client cycles POST, PUT, DELETE on its own hostnames; the id is filled in at run time.
     let host = format!("w{c}-{}", i / 3);
     match i % 3 {

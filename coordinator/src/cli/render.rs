@@ -1,0 +1,1029 @@
+//! Text rendering: aligned tables, jobs, fleet outcomes, userspace summaries and LAMI 1.0
+//! documents (the `lttng-*-mi` analyses) as terminal tables with titles, units and a top-N.
+//!
+//! Every function returns a `String` (tested without a terminal). LAMI tables name their
+//! class; the class's title and columns come from the document's `table-classes` when it has
+//! them, else from the `--metadata` of the lttng-analyses command that produced it (embedded:
+//! `lami_classes.json`), else from the cells themselves.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use serde_json::Value as Json;
+
+/// Cells wider than this are cut with `…` (the last column never is).
+const MAX_CELL: usize = 48;
+
+/// An aligned text table.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    headers: Vec<String>,
+    right: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Table {
+        let headers: Vec<String> = headers.into_iter().map(Into::into).collect();
+        Table {
+            right: vec![false; headers.len()],
+            headers,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Right-aligns column `col` (numbers).
+    pub fn right(mut self, col: usize) -> Table {
+        if let Some(r) = self.right.get_mut(col) {
+            *r = true;
+        }
+        self
+    }
+
+    pub fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The table, each line indented by `indent` spaces, ending with a newline.
+    pub fn render(&self, indent: usize) -> String {
+        let cols = self
+            .headers
+            .len()
+            .max(self.rows.iter().map(Vec::len).max().unwrap_or(0));
+        let last = cols.saturating_sub(1);
+        let cell = |row: &[String], i: usize| -> String {
+            let text = row.get(i).map(String::as_str).unwrap_or("");
+            if i == last {
+                text.to_owned()
+            } else {
+                truncate(text, MAX_CELL)
+            }
+        };
+        let mut widths = vec![0usize; cols];
+        for row in std::iter::once(&self.headers).chain(&self.rows) {
+            for (i, w) in widths.iter_mut().enumerate() {
+                *w = (*w).max(cell(row, i).chars().count());
+            }
+        }
+        let line = |row: &[String], out: &mut String| {
+            let mut text = " ".repeat(indent);
+            for (i, w) in widths.iter().enumerate() {
+                let c = cell(row, i);
+                let pad = w.saturating_sub(c.chars().count());
+                let right = self.right.get(i).copied().unwrap_or(false);
+                if i > 0 {
+                    text.push_str("  ");
+                }
+                if right {
+                    text.push_str(&" ".repeat(pad));
+                    text.push_str(&c);
+                } else {
+                    text.push_str(&c);
+                    if i != last {
+                        text.push_str(&" ".repeat(pad));
+                    }
+                }
+            }
+            out.push_str(text.trim_end());
+            out.push('\n');
+        };
+        let mut out = String::new();
+        line(&self.headers, &mut out);
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        line(&rule, &mut out);
+        for row in &self.rows {
+            line(row, &mut out);
+        }
+        out
+    }
+}
+
+/// `text` cut to `max` characters, ending with `…` when cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Values
+
+/// A JSON scalar as text (`null` → `-`).
+pub fn scalar(v: &Json) -> String {
+    match v {
+        Json::Null => "-".to_owned(),
+        Json::String(s) => s.clone(),
+        Json::Number(n) => n.as_f64().map(number).unwrap_or_else(|| n.to_string()),
+        Json::Bool(b) => yes_no(*b).to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// A number: integral values without decimals, others with up to 3.
+pub fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        let text = format!("{v:.3}");
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+}
+
+/// Nanoseconds as `850 ns`, `12.3 µs`, `1.234 ms`, `2.500 s`, `3 min 20.0 s`.
+pub fn duration_ns(ns: f64) -> String {
+    let a = ns.abs();
+    if a < 1e3 {
+        format!("{} ns", number(ns))
+    } else if a < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if a < 1e9 {
+        format!("{:.3} ms", ns / 1e6)
+    } else if a < 60e9 {
+        format!("{:.3} s", ns / 1e9)
+    } else {
+        let s = ns / 1e9;
+        format!("{:.0} min {:.1} s", (s / 60.0).trunc(), s % 60.0)
+    }
+}
+
+/// Bytes as `512 B`, `8.0 KiB`, `1.5 MiB`, ...
+pub fn size_bytes(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes.abs() < 1024.0 {
+        return format!("{} B", number(bytes));
+    }
+    let mut v = bytes / 1024.0;
+    let mut unit = 0;
+    while v.abs() >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Nanoseconds since the epoch as `HH:MM:SS.nnnnnnnnn` (UTC), or with the date.
+pub fn timestamp_ns(ns: i128, with_date: bool) -> String {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(ns) else {
+        return ns.to_string();
+    };
+    let clock = format!(
+        "{:02}:{:02}:{:02}.{:09}",
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond()
+    );
+    if with_date {
+        format!(
+            "{:04}-{:02}-{:02} {clock} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day()
+        )
+    } else {
+        clock
+    }
+}
+
+fn json_i128(v: &Json) -> Option<i128> {
+    v.as_i64()
+        .map(i128::from)
+        .or_else(|| v.as_u64().map(i128::from))
+        .or_else(|| v.as_f64().map(|f| f as i128))
+}
+
+/// A LAMI timestamp: `{"class": "timestamp", "value": ns}` or a bare number.
+fn lami_timestamp(v: &Json) -> Option<i128> {
+    json_i128(v.get("value").unwrap_or(v))
+}
+
+/// One LAMI cell as text (see the LAMI 1.0 data classes).
+pub fn lami_cell(cell: &Json) -> String {
+    let Json::Object(obj) = cell else {
+        return scalar(cell);
+    };
+    let class = obj.get("class").and_then(Json::as_str).unwrap_or("");
+    let value = obj.get("value");
+    let f = |v: Option<&Json>| v.and_then(Json::as_f64);
+    let ranged = |fmt: &dyn Fn(f64) -> String| -> String {
+        match (f(value), f(obj.get("low")), f(obj.get("high"))) {
+            (Some(v), _, _) => fmt(v),
+            (None, Some(l), Some(h)) => format!("{} – {}", fmt(l), fmt(h)),
+            (None, Some(l), None) => format!("≥ {}", fmt(l)),
+            (None, None, Some(h)) => format!("≤ {}", fmt(h)),
+            (None, None, None) => "?".to_owned(),
+        }
+    };
+    let text = |key: &str| obj.get(key).and_then(Json::as_str).map(str::to_owned);
+    match class {
+        "unknown" => "?".to_owned(),
+        "empty" => String::new(),
+        "bool" => value
+            .and_then(Json::as_bool)
+            .map(|b| yes_no(b).to_owned())
+            .unwrap_or_else(|| "?".to_owned()),
+        "number" => ranged(&number),
+        "ratio" => ranged(&|v| format!("{:.2} %", v * 100.0)),
+        "duration" => ranged(&duration_ns),
+        "size" => ranged(&size_bytes),
+        "bitrate" => ranged(&|v| format!("{}/s", size_bytes(v / 8.0))),
+        "timestamp" => value
+            .and_then(json_i128)
+            .map(|ns| timestamp_ns(ns, false))
+            .unwrap_or_else(|| "?".to_owned()),
+        "time-range" => {
+            match (
+                obj.get("begin").and_then(lami_timestamp),
+                obj.get("end").and_then(lami_timestamp),
+            ) {
+                (Some(b), Some(e)) => {
+                    format!("{} – {}", timestamp_ns(b, false), timestamp_ns(e, false))
+                }
+                _ => "?".to_owned(),
+            }
+        }
+        "process" => {
+            let name = text("name").unwrap_or_else(|| "?".to_owned());
+            let tid = obj.get("tid").and_then(Json::as_i64);
+            let pid = obj.get("pid").and_then(Json::as_i64);
+            match (pid, tid) {
+                (Some(p), Some(t)) if p != t => format!("{name} ({p}/{t})"),
+                (_, Some(id)) | (Some(id), None) => format!("{name} ({id})"),
+                (None, None) => name,
+            }
+        }
+        "path" => text("path").unwrap_or_default(),
+        "fd" => obj.get("fd").map(scalar).unwrap_or_else(|| "?".to_owned()),
+        "irq" => {
+            let nr = obj.get("nr").map(scalar).unwrap_or_else(|| "?".to_owned());
+            let kind = if obj.get("hard").and_then(Json::as_bool) == Some(false) {
+                "softirq "
+            } else {
+                ""
+            };
+            match text("name") {
+                Some(name) => format!("{kind}{name} ({nr})"),
+                None => format!("{kind}{nr}"),
+            }
+        }
+        "cpu" => obj.get("id").map(scalar).unwrap_or_else(|| "?".to_owned()),
+        "string" => value.map(scalar).unwrap_or_default(),
+        _ => {
+            if let Some(v) = value {
+                scalar(v)
+            } else if let Some(name) = text("name") {
+                name
+            } else {
+                let rest: serde_json::Map<String, Json> = obj
+                    .iter()
+                    .filter(|(k, _)| *k != "class")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Json::Object(rest).to_string()
+            }
+        }
+    }
+}
+
+/// Whether cells of this class read best right-aligned.
+fn numeric_class(class: &str) -> bool {
+    matches!(
+        class,
+        "number" | "ratio" | "duration" | "size" | "bitrate" | "fd" | "cpu"
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// LAMI
+
+/// A column of a LAMI table class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub title: String,
+    /// Data class (`number`, `duration`, ...), when declared.
+    pub class: Option<String>,
+    pub unit: Option<String>,
+}
+
+/// A resolved LAMI table class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableClass {
+    pub title: String,
+    pub columns: Vec<Column>,
+}
+
+fn builtin_classes() -> &'static Json {
+    static CLASSES: OnceLock<Json> = OnceLock::new();
+    CLASSES.get_or_init(|| {
+        serde_json::from_str(include_str!("lami_classes.json")).unwrap_or(Json::Null)
+    })
+}
+
+/// The table classes lttng-analyses declares for `command` (`lttng-iousagetop-mi` or a path to it).
+fn builtin_table_classes(command: &str) -> Option<&'static Json> {
+    let name = command.rsplit('/').next().unwrap_or(command);
+    let all = builtin_classes();
+    let group = all["commands"][name].as_str()?;
+    all["table-classes"].get(group)
+}
+
+fn parse_class(v: &Json) -> Option<TableClass> {
+    let columns = v
+        .get("column-descriptions")?
+        .as_array()?
+        .iter()
+        .map(|c| Column {
+            title: c["title"].as_str().unwrap_or("").to_owned(),
+            class: c["class"]
+                .as_str()
+                .or_else(|| c["type"].as_str())
+                .map(str::to_owned),
+            unit: c["unit"].as_str().map(str::to_owned),
+        })
+        .collect();
+    Some(TableClass {
+        title: v["title"].as_str().unwrap_or("").to_owned(),
+        columns,
+    })
+}
+
+/// Resolves a result's `class`: a name (looked up in the document's `table-classes`, then in
+/// the builtin classes of `command`) or an inline object (with an optional `inherit`).
+pub fn resolve_class(doc: &Json, command: &str, class: &Json) -> Option<TableClass> {
+    let by_name = |name: &str| -> Option<TableClass> {
+        doc.get("table-classes")
+            .and_then(|t| t.get(name))
+            .and_then(parse_class)
+            .or_else(|| {
+                builtin_table_classes(command)?
+                    .get(name)
+                    .and_then(parse_class)
+            })
+    };
+    match class {
+        Json::String(name) => by_name(name),
+        Json::Object(obj) => {
+            let base = obj.get("inherit").and_then(Json::as_str).and_then(by_name);
+            let own = parse_class(class);
+            let title = obj
+                .get("title")
+                .and_then(Json::as_str)
+                .map(str::to_owned)
+                .or_else(|| base.as_ref().map(|b| b.title.clone()));
+            let columns = own.map(|c| c.columns).or_else(|| base.map(|b| b.columns))?;
+            Some(TableClass {
+                title: title.unwrap_or_default(),
+                columns,
+            })
+        }
+        _ => None,
+    }
+}
+
+fn class_label(class: &Json) -> String {
+    match class {
+        Json::String(s) => s.clone(),
+        Json::Object(o) => o
+            .get("title")
+            .or_else(|| o.get("inherit"))
+            .and_then(Json::as_str)
+            .unwrap_or("table")
+            .to_owned(),
+        _ => "table".to_owned(),
+    }
+}
+
+fn column_header(c: &Column) -> String {
+    match &c.unit {
+        Some(u) if !u.is_empty() => format!("{} ({u})", c.title),
+        _ => c.title.clone(),
+    }
+}
+
+/// One LAMI result table as text: title, time range, columns with units, at most `top` rows
+/// (0: all).
+pub fn lami_table(doc: &Json, command: &str, result: &Json, top: usize) -> String {
+    let class = resolve_class(doc, command, &result["class"]);
+    let rows: Vec<&Vec<Json>> = result["data"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Json::as_array).collect())
+        .unwrap_or_default();
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let (title, mut columns) = match class {
+        Some(c) if !c.title.is_empty() => (c.title, c.columns),
+        Some(c) => (class_label(&result["class"]), c.columns),
+        None => (class_label(&result["class"]), Vec::new()),
+    };
+    // Columns the class does not describe are named after their cells' class.
+    for i in columns.len()..width {
+        let cell_class = rows
+            .iter()
+            .find_map(|r| r.get(i)?.get("class")?.as_str())
+            .map(str::to_owned);
+        let title = match cell_class.as_deref() {
+            Some(c) => {
+                let mut chars = c.chars();
+                chars
+                    .next()
+                    .map(|f| f.to_uppercase().chain(chars).collect())
+                    .unwrap_or_default()
+            }
+            None => format!("Column {}", i + 1),
+        };
+        columns.push(Column {
+            title,
+            class: cell_class,
+            unit: None,
+        });
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "{title}");
+    let range = &result["time-range"];
+    if let (Some(b), Some(e)) = (
+        range.get("begin").and_then(lami_timestamp),
+        range.get("end").and_then(lami_timestamp),
+    ) {
+        let _ = writeln!(
+            out,
+            "  {} to {} ({})",
+            timestamp_ns(b, true),
+            timestamp_ns(e, false),
+            duration_ns((e - b) as f64)
+        );
+    }
+    if rows.is_empty() {
+        out.push_str("  (no rows)\n");
+        return out;
+    }
+    let mut table = Table::new(columns.iter().map(column_header));
+    for (i, c) in columns.iter().enumerate() {
+        let class = c.class.clone().or_else(|| {
+            rows.iter()
+                .find_map(|r| r.get(i)?.get("class")?.as_str().map(str::to_owned))
+        });
+        if class.as_deref().is_some_and(numeric_class) {
+            table = table.right(i);
+        }
+    }
+    let shown = if top == 0 {
+        rows.len()
+    } else {
+        top.min(rows.len())
+    };
+    for row in &rows[..shown] {
+        table.push(row.iter().map(lami_cell).collect());
+    }
+    out.push_str(&table.render(2));
+    if shown < rows.len() {
+        let _ = writeln!(
+            out,
+            "  … {} more rows (top {top} shown; --top 0 shows all)",
+            rows.len() - shown
+        );
+    }
+    out
+}
+
+/// A whole LAMI document (`{"results": [...]}`) as text.
+pub fn lami_document(doc: &Json, command: &str, top: usize) -> String {
+    if let Some(err) = doc.get("error-message").and_then(Json::as_str) {
+        return format!("  error: {err}\n");
+    }
+    let tables = doc["results"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if tables.is_empty() {
+        return "  (no result tables: the trace had nothing for this analysis)\n".to_owned();
+    }
+    tables
+        .iter()
+        .map(|t| lami_table(doc, command, t, top))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A `{"kind": "lami", "analyses": [{"command", "result"}]}` job result as text.
+pub fn lami_result(result: &Json, top: usize) -> String {
+    let mut out = String::new();
+    for analysis in result["analyses"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        let command = analysis["command"].as_str().unwrap_or("analysis");
+        let _ = writeln!(out, "== {command} ==");
+        out.push_str(&lami_document(&analysis["result"], command, top));
+        out.push('\n');
+    }
+    if out.is_empty() {
+        out.push_str("(no analyses in the result)\n");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Userspace summaries
+
+/// A `{"kind": "ust"}` result: events per name, per process, and the totals.
+pub fn ust_result(result: &Json, top: usize) -> String {
+    let mut out = String::new();
+    let total = result["total"].as_u64().unwrap_or(0);
+    let host = result["host"].as_str().unwrap_or("?");
+    let _ = write!(out, "Userspace events on {host}: {total} events");
+    if let (Some(b), Some(e)) = (result["begin"].as_str(), result["end"].as_str()) {
+        let _ = write!(out, ", {b} to {e}");
+    }
+    out.push('\n');
+    if let Some(note) = result["note"].as_str() {
+        let _ = writeln!(out, "  note: {note}");
+    }
+    let limit = |n: usize| if top == 0 { n } else { top.min(n) };
+    let mut events: Vec<(&String, u64)> = result["events"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    events.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    if !events.is_empty() {
+        out.push('\n');
+        let mut t = Table::new(["Event", "Count", "Share"]).right(1).right(2);
+        let shown = limit(events.len());
+        for (name, count) in &events[..shown] {
+            t.push(vec![
+                name.to_string(),
+                count.to_string(),
+                share(*count, total),
+            ]);
+        }
+        out.push_str(&t.render(2));
+        more(&mut out, events.len() - shown, top);
+    }
+    let mut procs: Vec<&Json> = result["processes"]
+        .as_array()
+        .map(|p| p.iter().collect())
+        .unwrap_or_default();
+    procs.sort_by(|a, b| {
+        b["events"]
+            .as_u64()
+            .cmp(&a["events"].as_u64())
+            .then_with(|| a["vpid"].as_i64().cmp(&b["vpid"].as_i64()))
+    });
+    if !procs.is_empty() {
+        out.push('\n');
+        let mut t = Table::new(["Process", "VPID", "Events", "Share"])
+            .right(1)
+            .right(2)
+            .right(3);
+        let shown = limit(procs.len());
+        for p in &procs[..shown] {
+            let events = p["events"].as_u64().unwrap_or(0);
+            t.push(vec![
+                p["procname"].as_str().unwrap_or("?").to_owned(),
+                scalar(&p["vpid"]),
+                events.to_string(),
+                share(events, total),
+            ]);
+        }
+        out.push_str(&t.render(2));
+        more(&mut out, procs.len() - shown, top);
+    }
+    out
+}
+
+fn share(n: u64, total: u64) -> String {
+    if total == 0 {
+        "-".to_owned()
+    } else {
+        format!("{:.1} %", n as f64 * 100.0 / total as f64)
+    }
+}
+
+fn more(out: &mut String, hidden: usize, top: usize) {
+    if hidden > 0 {
+        let _ = writeln!(
+            out,
+            "  … {hidden} more (top {top} shown; --top 0 shows all)"
+        );
+    }
+}
+
+/// Any job result as text, by its `kind`.
+pub fn result(result: &Json, top: usize) -> String {
+    let body = match result["kind"].as_str() {
+        Some("ust") => ust_result(result, top),
+        Some("lami") => lami_result(result, top),
+        _ if result.is_null() => "(no result)\n".to_owned(),
+        _ => {
+            let mut t = serde_json::to_string_pretty(result).unwrap_or_default();
+            t.push('\n');
+            t
+        }
+    };
+    let mut out = body;
+    if let Some(trace) = result["trace"].as_str() {
+        let host = result["host"].as_str().unwrap_or("?");
+        let _ = writeln!(out, "trace: {trace} (on {host})");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Jobs
+
+/// Job status names.
+pub fn status_name(status: &Json) -> String {
+    match status.as_i64() {
+        Some(1) => "started".to_owned(),
+        Some(2) => "trace running".to_owned(),
+        Some(3) => "analysis running".to_owned(),
+        Some(4) => "complete".to_owned(),
+        Some(-1) => "error".to_owned(),
+        Some(n) => format!("status {n}"),
+        None => "unknown".to_owned(),
+    }
+}
+
+/// Whether the job reached its final status.
+pub fn is_final(job: &Json) -> bool {
+    matches!(job["status"].as_i64(), Some(4 | -1))
+}
+
+/// Whether a job is a fleet job.
+pub fn is_fleet(job: &Json) -> bool {
+    job["kind"] == "fleet" || job["hosts"].is_array()
+}
+
+fn parse_time(v: &Json) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Wall time between two RFC 3339 members of a job.
+fn elapsed(job: &Json, from: &str, to: &str) -> Option<f64> {
+    Some((parse_time(&job[to])? - parse_time(&job[from])?).as_seconds_f64())
+}
+
+/// `2024-05-01T10:00:00.123Z` → `2024-05-01 10:00:00`.
+pub fn short_time(v: &Json) -> String {
+    match parse_time(v) {
+        Some(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        None => scalar(v),
+    }
+}
+
+fn job_id(job: &Json) -> String {
+    scalar(if job["jobid"].is_null() {
+        &job["id"]
+    } else {
+        &job["jobid"]
+    })
+}
+
+/// `step on host: message` of a failed job (or fleet host).
+pub fn error_line(error: &Json) -> String {
+    let step = error["step"].as_str().unwrap_or("?");
+    let message = super::one_line(error["message"].as_str().unwrap_or("no message"));
+    match error["host"].as_str() {
+        Some(host) => format!("step {step} on {host}: {message}"),
+        None => format!("step {step}: {message}"),
+    }
+}
+
+/// The one-line header of a job.
+pub fn job_header(job: &Json) -> String {
+    let id = job_id(job);
+    let kind = job["type"].as_str().unwrap_or("?");
+    let status = status_name(&job["status"]);
+    let mut line = if is_fleet(job) {
+        let n = job["hosts"].as_array().map_or(0, Vec::len);
+        let plural = if n == 1 { "" } else { "s" };
+        format!("fleet job {id}: {kind} on {n} host{plural}, {status}")
+    } else {
+        let host = job["host"].as_str().unwrap_or("?");
+        let via = job["via"]
+            .as_str()
+            .map(|v| format!(" (via {v})"))
+            .unwrap_or_default();
+        format!("job {id}: {kind} on {host}{via}, {status}")
+    };
+    if let Some(d) = job["duration"].as_f64() {
+        let _ = write!(line, ", traced {} s", number(d));
+    }
+    if let Some(s) = elapsed(job, "created", "finished") {
+        let _ = write!(line, ", took {s:.1} s");
+    }
+    line
+}
+
+/// A single (non-fleet) job: header, then the result or the error.
+pub fn job(job: &Json, top: usize) -> String {
+    if is_fleet(job) {
+        return fleet(job, top);
+    }
+    let mut out = job_header(job);
+    out.push('\n');
+    match job["status"].as_i64() {
+        Some(4) => {
+            out.push('\n');
+            out.push_str(&result(&job["result"], top));
+        }
+        Some(-1) => {
+            let _ = writeln!(out, "error: {}", error_line(&job["error"]));
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The reason a fleet host did not complete.
+fn host_reason(h: &Json) -> String {
+    if h["error"].is_object() {
+        let e = &h["error"];
+        let step = e["step"].as_str().unwrap_or("?");
+        let message = super::one_line(e["message"].as_str().unwrap_or(""));
+        format!("{step}: {message}")
+    } else if let Some(r) = h["reason"].as_str().or_else(|| h["message"].as_str()) {
+        super::one_line(r)
+    } else if let Some(e) = h["error"].as_str() {
+        super::one_line(e)
+    } else {
+        String::new()
+    }
+}
+
+/// A fleet job: one line per host with its outcome and reason, the outcome counts, then each
+/// complete host's result.
+pub fn fleet(job: &Json, top: usize) -> String {
+    let mut out = job_header(job);
+    out.push('\n');
+    let hosts = job["hosts"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let mut t = Table::new(["Host", "Outcome", "Job", "Reason"]).right(2);
+    for h in hosts {
+        t.push(vec![
+            h["host"].as_str().unwrap_or("?").to_owned(),
+            h["outcome"].as_str().unwrap_or("pending").to_owned(),
+            if h["jobid"].is_null() {
+                String::new()
+            } else {
+                scalar(&h["jobid"])
+            },
+            host_reason(h),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&t.render(2));
+    out.push_str(&outcome_counts(job));
+    for h in hosts {
+        if h["outcome"] == "complete" {
+            let host = h["host"].as_str().unwrap_or("?");
+            let _ = writeln!(out, "\n===== {host} =====");
+            out.push_str(&result(&h["result"], top));
+        }
+    }
+    out
+}
+
+fn outcome_counts(job: &Json) -> String {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    if let Some(o) = job["outcomes"].as_object() {
+        for (k, v) in o {
+            counts.insert(k.clone(), v.as_u64().unwrap_or(0));
+        }
+    } else if let Some(hosts) = job["hosts"].as_array() {
+        for h in hosts {
+            *counts
+                .entry(h["outcome"].as_str().unwrap_or("pending").to_owned())
+                .or_default() += 1;
+        }
+    }
+    let mut ordered: Vec<(String, u64)> = [
+        "complete", "error", "offline", "timeout", "skipped", "pending",
+    ]
+    .iter()
+    .filter_map(|k| counts.remove(*k).map(|n| (k.to_string(), n)))
+    .collect();
+    ordered.extend(counts);
+    let parts: Vec<String> = ordered
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("  outcomes: {}\n", parts.join(", "))
+    }
+}
+
+/// The hosts of a fleet job that did not complete, as `host (outcome: reason)`.
+pub fn fleet_failures(job: &Json) -> Vec<String> {
+    job["hosts"]
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .filter(|h| h["outcome"] != "complete")
+                .map(|h| {
+                    let host = h["host"].as_str().unwrap_or("?");
+                    let outcome = h["outcome"].as_str().unwrap_or("pending");
+                    let reason = host_reason(h);
+                    if reason.is_empty() {
+                        format!("{host} ({outcome})")
+                    } else {
+                        format!("{host} ({outcome}: {reason})")
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `GET /list` sessions as a table.
+pub fn jobs_table(sessions: &[Json]) -> String {
+    if sessions.is_empty() {
+        return "no jobs\n".to_owned();
+    }
+    let mut t = Table::new([
+        "ID", "Type", "Host", "Via", "Status", "Duration", "Created", "Error",
+    ])
+    .right(0)
+    .right(5);
+    for j in sessions {
+        let host = if is_fleet(j) {
+            format!("fleet of {}", j["hosts"].as_array().map_or(0, Vec::len))
+        } else {
+            j["host"].as_str().unwrap_or("?").to_owned()
+        };
+        let error = if j["error"].is_object() {
+            error_line(&j["error"])
+        } else {
+            String::new()
+        };
+        t.push(vec![
+            job_id(j),
+            scalar(&j["type"]),
+            host,
+            j["via"].as_str().unwrap_or("").to_owned(),
+            status_name(&j["status"]),
+            j["duration"]
+                .as_f64()
+                .map(|d| format!("{} s", number(d)))
+                .unwrap_or_default(),
+            short_time(&j["created"]),
+            error,
+        ]);
+    }
+    t.render(0)
+}
+
+/// `GET /analyses` profiles as a table.
+pub fn analyses_table(profiles: &[Json]) -> String {
+    let mut t = Table::new(["Type", "Summary", "Records", "Runs", "Description"]);
+    for p in profiles {
+        let count = |k: &str| p[k].as_array().map_or(0, Vec::len);
+        let mut records = Vec::new();
+        for (key, label) in [
+            ("kernel_events", "kernel events"),
+            ("syscalls", "syscalls"),
+            ("userspace_events", "userspace events"),
+        ] {
+            let n = count(key);
+            if n > 0 {
+                records.push(format!("{n} {label}"));
+            }
+        }
+        let runs: Vec<String> = p["commands"]
+            .as_array()
+            .map(|cmds| {
+                cmds.iter()
+                    .filter_map(|c| c.as_array()?.first()?.as_str())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let summary = scalar(&p["summary"]);
+        t.push(vec![
+            scalar(&p["analysis"]),
+            summary.clone(),
+            records.join(", "),
+            if runs.is_empty() && summary == "ust" {
+                "babeltrace2".to_owned()
+            } else {
+                runs.join(", ")
+            },
+            scalar(&p["description"]),
+        ]);
+    }
+    t.render(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_align_and_cut() {
+        let mut t = Table::new(["Name", "Count", "Note"]).right(1);
+        t.push(vec!["a".into(), "5".into(), "x".repeat(60)]);
+        t.push(vec!["µlong".into(), "12345".into(), String::new()]);
+        let text = t.render(2);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "  Name   Count  Note");
+        assert_eq!(lines[2], format!("  a          5  {}", "x".repeat(60)));
+        assert_eq!(lines[3], "  µlong  12345");
+        assert_eq!(truncate(&"y".repeat(60), 10), format!("{}…", "y".repeat(9)));
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(duration_ns(850.0), "850 ns");
+        assert_eq!(duration_ns(12_300.0), "12.3 µs");
+        assert_eq!(duration_ns(1_414_213.56), "1.414 ms");
+        assert_eq!(duration_ns(2.5e9), "2.500 s");
+        assert_eq!(size_bytes(512.0), "512 B");
+        assert_eq!(size_bytes(8192.0), "8.0 KiB");
+        assert_eq!(size_bytes(1.5 * 1024.0 * 1024.0), "1.5 MiB");
+        assert_eq!(number(3.0), "3");
+        assert_eq!(number(0.125), "0.125");
+        assert_eq!(
+            timestamp_ns(1_700_000_000_000_000_000, true),
+            "2023-11-14 22:13:20.000000000 UTC"
+        );
+    }
+
+    #[test]
+    fn lami_cells() {
+        assert_eq!(
+            lami_cell(&json!({"class": "process", "name": "w", "tid": 12})),
+            "w (12)"
+        );
+        assert_eq!(
+            lami_cell(&json!({"class": "process", "name": "w", "pid": 10, "tid": 12})),
+            "w (10/12)"
+        );
+        assert_eq!(
+            lami_cell(&json!({"class": "ratio", "value": 0.6})),
+            "60.00 %"
+        );
+        assert_eq!(lami_cell(&json!({"class": "unknown"})), "?");
+        assert_eq!(lami_cell(&json!(null)), "-");
+        assert_eq!(
+            lami_cell(&json!({"class": "irq", "hard": true, "nr": 19, "name": "eth0"})),
+            "eth0 (19)"
+        );
+        assert_eq!(
+            lami_cell(&json!({"class": "number", "low": 1, "high": 5})),
+            "1 – 5"
+        );
+        assert_eq!(lami_cell(&json!({"class": "cpu", "id": 1})), "1");
+        assert_eq!(lami_cell(&json!(7)), "7");
+    }
+
+    #[test]
+    fn inline_and_unknown_classes() {
+        let doc = json!({
+            "table-classes": {"base": {"title": "Base", "column-descriptions": [
+                {"title": "Name", "class": "string"}, {"title": "Calls", "class": "number", "unit": "calls"}]}},
+            "results": [
+                {"class": {"inherit": "base", "title": "Base [x]"}, "data": [[{"class": "string", "value": "a"}, {"class": "number", "value": 3}]]},
+                {"class": "nope", "data": [[{"class": "size", "value": 2048}, 4]]}
+            ]
+        });
+        let text = lami_document(&doc, "my-tool", 10);
+        assert!(text.contains("Base [x]\n"), "{text}");
+        assert!(text.contains("Calls (calls)"), "{text}");
+        assert!(text.contains("nope\n"), "{text}");
+        assert!(text.contains("Size"), "{text}");
+        assert!(text.contains("2.0 KiB"), "{text}");
+    }
+}

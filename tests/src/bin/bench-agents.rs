@@ -1,0 +1,706 @@
+//! Agent-link benchmark: one process simulates N agents over real WebSocket links against the real coordinator binary and prints registration time, memory, idle CPU and `GET /clients` latency.
+//!
+//! Each simulated agent speaks the real protocol through the real codec on its own TCP
+//! connection: the agent's upgrade request and WebSocket limits
+//! ([`tracesd::link::upgrade_request`], [`tracesd::link::websocket_config`]), a real `Hello`
+//! with empty capabilities, `HelloAck`, heartbeats both ways and the agent's liveness rule; it
+//! is bound to one of several `127.0.0.x` source addresses (past the ephemeral-port range of
+//! one address) and reconnects with the agent's backoff ([`tracesd::link::Backoff`]) when a
+//! link fails. All N start at once. (It does not run [`tracesd::link::drive`], which also
+//! runs the job machinery, e.g. asks `lttng` for leftover sessions at each `HelloAck`: that
+//! is the agent's host work, not the coordinator's load.)
+//!
+//! Run (release binaries first, they take a while the first time):
+//!
+//! ```text
+//! export CARGO_TARGET_DIR=$HOME/.cache/tracevisor-target-release
+//! cargo build --release --workspace --bins
+//! $CARGO_TARGET_DIR/release/bench-agents --agents 1000,10000,19000
+//! ```
+//!
+//! Flags: `--agents N[,N...]` (default 1000,10000), `--addresses K` source addresses
+//! 127.0.0.2.. (default 16), `--heartbeat-secs S` (the coordinator's
+//! `heartbeat_interval_secs`, default 10), `--idle-secs S` (CPU window, default 10),
+//! `--register-timeout-secs S` (default 120).
+//!
+//! The program raises its soft `RLIMIT_NOFILE` to the hard limit (the `rlimit` crate; the
+//! coordinator it starts inherits it). Each link needs one descriptor in this process and one
+//! in the coordinator, so N cannot exceed the hard limit; raise it first where allowed
+//! (`ulimit -Hn 1048576` as root with CAP_SYS_RESOURCE, or `prlimit`). The simulator keeps
+//! at most the limit minus [`FD_RESERVE`] sockets open (agents beyond wait for one to close),
+//! so that it can still measure when N does not fit.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracesd::link::{Backoff, LinkSettings};
+use tracesd::AgentConfig;
+use tracevisor_protocol::{codec, CloseReason, Frame, Message, DEAD_AFTER_INTERVALS};
+use tracevisor_tests::agents::{hub_url, simulated_hello};
+use tracevisor_tests::coordinator::Coordinator;
+
+const TOKEN: &str = "bench-agents-enrollment-token";
+
+/// Descriptors the simulator keeps for itself (reqwest, /proc, the runtime) below its limit.
+const FD_RESERVE: u64 = 300;
+
+struct Args {
+    agents: Vec<usize>,
+    addresses: u8,
+    heartbeat_secs: u64,
+    idle_secs: u64,
+    register_timeout: Duration,
+    /// Overrides the agents' hello timeout (diagnostics: without retry storms).
+    hello_timeout: Option<Duration>,
+    /// Starts this many agents per second instead of all at once (diagnostics).
+    start_rate: Option<u64>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        agents: vec![1_000, 10_000],
+        addresses: 16,
+        heartbeat_secs: 10,
+        idle_secs: 10,
+        register_timeout: Duration::from_secs(120),
+        hello_timeout: None,
+        start_rate: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--agents" => {
+                args.agents = value()?
+                    .split(',')
+                    .map(|n| n.trim().replace('_', "").parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .context("--agents takes N or N,N,...")?;
+            }
+            "--addresses" => args.addresses = value()?.parse().context("--addresses")?,
+            "--heartbeat-secs" => {
+                args.heartbeat_secs = value()?.parse().context("--heartbeat-secs")?
+            }
+            "--idle-secs" => args.idle_secs = value()?.parse().context("--idle-secs")?,
+            "--register-timeout-secs" => {
+                args.register_timeout =
+                    Duration::from_secs(value()?.parse().context("--register-timeout-secs")?)
+            }
+            "--hello-timeout-secs" => {
+                args.hello_timeout = Some(Duration::from_secs(
+                    value()?.parse().context("--hello-timeout-secs")?,
+                ))
+            }
+            "--start-rate" => {
+                let rate: u64 = value()?.parse().context("--start-rate")?;
+                args.start_rate = Some(rate.max(1));
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: bench-agents [--agents N[,N...]] [--addresses K] [--heartbeat-secs S] \
+                     [--idle-secs S] [--register-timeout-secs S] [--hello-timeout-secs S] \
+                     [--start-rate AGENTS_PER_S]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    if args.addresses == 0 || args.addresses > 250 {
+        bail!("--addresses must be 1..=250");
+    }
+    Ok(args)
+}
+
+/// Shared counters of the simulated fleet.
+#[derive(Default)]
+struct Stats {
+    /// Agents that received `HelloAck` at least once.
+    registered: AtomicUsize,
+    /// Links between `HelloAck` and their end.
+    live: AtomicUsize,
+    /// Every `HelloAck` (registrations plus re-registrations after a lost link).
+    acks: AtomicUsize,
+    /// Failed attempts and lost links, by cause.
+    failures: Mutex<BTreeMap<String, usize>>,
+    /// When the last of the N agents registered.
+    all_registered: Mutex<Option<Instant>>,
+    /// N.
+    target: usize,
+}
+
+impl Stats {
+    fn fail(&self, cause: String) {
+        if let Ok(mut f) = self.failures.lock() {
+            *f.entry(cause).or_default() += 1;
+        }
+    }
+
+    fn failures(&self) -> BTreeMap<String, usize> {
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+}
+
+/// Where a failed attempt broke, without addresses or ports (so causes add up).
+fn connect_cause(stage: &str, e: &std::io::Error) -> String {
+    format!("{stage}: {e}")
+}
+
+type Link = WebSocketStream<TcpStream>;
+
+/// TCP from `source`, then the WebSocket upgrade with the agent's request and limits.
+async fn dial(
+    source: Ipv4Addr,
+    coordinator: SocketAddr,
+    config: &AgentConfig,
+) -> Result<Link, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| connect_cause("socket", &e))?;
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .map_err(|e| connect_cause("bind", &e))?;
+    let stream = socket
+        .connect(coordinator)
+        .await
+        .map_err(|e| connect_cause("connect", &e))?;
+    let _ = stream.set_nodelay(true);
+    let request = tracesd::link::upgrade_request(config).map_err(|e| e.to_string())?;
+    // Small buffers on the simulator's side only, so that N links fit in one process.
+    let ws_config = tracesd::link::websocket_config()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(WsError::Http(response)) => Err(format!("upgrade refused: HTTP {}", response.status())),
+        Err(WsError::Io(e)) => Err(connect_cause("upgrade", &e)),
+        Err(e) => Err(format!("upgrade: {e}")),
+    }
+}
+
+/// One simulated agent: connect, run a session, reconnect with the agent's backoff.
+async fn simulated_agent(
+    index: usize,
+    source: Ipv4Addr,
+    coordinator: SocketAddr,
+    config: Arc<AgentConfig>,
+    stats: Arc<Stats>,
+    sockets: Arc<tokio::sync::Semaphore>,
+    shutdown: CancellationToken,
+) {
+    let hostname = format!("sim-{index:06}");
+    let settings = &config.link;
+    let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
+    let mut ever_registered = false;
+    loop {
+        // One descriptor of the simulator's budget for as long as this attempt's socket lives.
+        let _socket = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = sockets.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let dialled = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            d = tokio::time::timeout(settings.connect_timeout, dial(source, coordinator, &config)) => d,
+        };
+        match dialled {
+            Err(_) => stats.fail("connect or upgrade timed out".into()),
+            Ok(Err(cause)) => stats.fail(cause),
+            Ok(Ok(mut ws)) => {
+                let mut acked = false;
+                let started = Instant::now();
+                let result = session(
+                    &mut ws,
+                    &hostname,
+                    settings,
+                    &stats,
+                    &mut acked,
+                    &mut ever_registered,
+                    &shutdown,
+                )
+                .await;
+                if acked {
+                    stats.live.fetch_sub(1, Ordering::Relaxed);
+                }
+                match result {
+                    Ok(()) => return,
+                    Err(cause) => stats.fail(cause),
+                }
+                if acked && started.elapsed() >= settings.stable_after {
+                    backoff.reset();
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+async fn send(ws: &mut Link, message: Message, timeout: Duration) -> Result<(), String> {
+    let bytes = codec::encode(&Frame::new(message)).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(timeout, ws.send(WsMessage::binary(bytes))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("send failed: {e}")),
+        Err(_) => Err("send timed out".into()),
+    }
+}
+
+/// One link as the agent runs it: `Hello`, wait for `HelloAck`, then heartbeats both ways
+/// until shutdown (`Ok`) or the link fails (the cause, without addresses).
+async fn session(
+    ws: &mut Link,
+    hostname: &str,
+    settings: &LinkSettings,
+    stats: &Stats,
+    acked: &mut bool,
+    ever_registered: &mut bool,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let send_timeout = settings.send_timeout;
+    send(ws, Message::Hello(simulated_hello(hostname)), send_timeout).await?;
+    let hello_deadline = tokio::time::Instant::now() + settings.hello_timeout;
+    let mut ticker: Option<tokio::time::Interval> = None;
+    let mut dead_after = settings.hello_timeout;
+    let mut last_received = tokio::time::Instant::now();
+    let mut seq = 0u64;
+    loop {
+        let deadline = if *acked {
+            last_received + dead_after
+        } else {
+            hello_deadline
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                let close = Message::Close { reason: CloseReason::Shutdown, message: "simulator stopping".into() };
+                let _ = send(ws, close, settings.close_timeout).await;
+                return Ok(());
+            }
+            _ = async { match ticker.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
+                send(ws, Message::Heartbeat { seq }, send_timeout).await?;
+                seq += 1;
+            }
+            received = ws.next() => {
+                last_received = tokio::time::Instant::now();
+                let bytes = match received {
+                    None => return Err("connection closed by the coordinator".into()),
+                    Some(Err(e)) => return Err(format!("link lost: {e}")),
+                    Some(Ok(WsMessage::Binary(bytes))) => bytes,
+                    Some(Ok(WsMessage::Close(_))) => return Err("connection closed by the coordinator".into()),
+                    Some(Ok(WsMessage::Text(_))) => return Err("text message from the coordinator".into()),
+                    Some(Ok(_)) => continue,
+                };
+                match codec::decode(&bytes).map_err(|e| format!("undecodable frame: {e}"))?.body {
+                    Message::HelloAck { heartbeat_interval_ms, .. } if !*acked => {
+                        *acked = true;
+                        stats.live.fetch_add(1, Ordering::Relaxed);
+                        stats.acks.fetch_add(1, Ordering::Relaxed);
+                        if !*ever_registered {
+                            *ever_registered = true;
+                            let n = stats.registered.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n == stats.target {
+                                if let Ok(mut at) = stats.all_registered.lock() {
+                                    *at = Some(Instant::now());
+                                }
+                            }
+                        }
+                        let interval = Duration::from_millis(u64::from(heartbeat_interval_ms.max(1)));
+                        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        ticker = Some(t);
+                        dead_after = interval * DEAD_AFTER_INTERVALS;
+                    }
+                    Message::Heartbeat { seq } if *acked => {
+                        send(ws, Message::HeartbeatAck { seq }, send_timeout).await?;
+                    }
+                    Message::HeartbeatAck { .. } if *acked => {}
+                    Message::Close { reason, message } => {
+                        return Err(format!("closed by the coordinator ({reason}): {message}"));
+                    }
+                    other => return Err(format!("unexpected {} from the coordinator", other.kind())),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(if *acked {
+                    "link dead (no frame for 3 heartbeat intervals)".into()
+                } else {
+                    "no hello-ack within the agent's hello timeout".into()
+                });
+            }
+        }
+    }
+}
+
+/// `VmRSS` of a process, in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: &str) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); field 3 (the state) is the first after the name.
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+fn clock_ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn read_sys(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join("-"))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The figures of one run.
+struct Row {
+    agents: usize,
+    registered: usize,
+    register_time: Option<Duration>,
+    connected_in_api: Option<usize>,
+    rss_base_kib: u64,
+    rss_kib: u64,
+    idle_cpu: f64,
+    sim_cpu: f64,
+    reconnects_idle: usize,
+    clients_median: Option<Duration>,
+    clients_bytes: usize,
+    failures: BTreeMap<String, usize>,
+    registration_errors: usize,
+    first_registration_error: Option<String>,
+}
+
+async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row> {
+    let dir = tempfile::Builder::new()
+        .prefix("tv-bench-agents-")
+        .tempdir()?;
+    let config_path = dir.path().join("tracevisor.toml");
+    std::fs::write(
+        &config_path,
+        format!("heartbeat_interval_secs = {}\n", args.heartbeat_secs),
+    )?;
+    let coordinator = Coordinator::start_with(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &[
+            "--no-local-agent",
+            "--agent-token",
+            TOKEN,
+            "--config",
+            path_str(&config_path)?,
+        ],
+        &[("RUST_LOG", "warn,tracevisor=info,tracevisor::hub=error")],
+    )?;
+    let pid = coordinator.pid();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_base_kib = rss_kib(pid)?;
+    eprintln!(
+        "== {n} agents: coordinator pid {pid} on {}, RSS {} MiB before any agent",
+        coordinator.addr,
+        rss_base_kib / 1024
+    );
+    let socket_budget = fd_limit.saturating_sub(FD_RESERVE).max(1);
+    if (n as u64) > socket_budget {
+        eprintln!(
+            "   warning: {n} links need {n} descriptors in this process and {n} in the coordinator; \
+             the limit is {fd_limit}: at most {socket_budget} links at once here, and the \
+             coordinator will hit 'Too many open files'"
+        );
+    }
+    let sockets = Arc::new(tokio::sync::Semaphore::new(
+        usize::try_from(socket_budget).unwrap_or(usize::MAX),
+    ));
+
+    let mut agent_config = AgentConfig::new(&hub_url(coordinator.addr, false), TOKEN, "sim")?;
+    agent_config.link = LinkSettings {
+        detect_capabilities: false,
+        ..LinkSettings::default()
+    };
+    if let Some(timeout) = args.hello_timeout {
+        agent_config.link.hello_timeout = timeout;
+    }
+    let agent_config = Arc::new(agent_config);
+    let stats = Arc::new(Stats {
+        target: n,
+        ..Stats::default()
+    });
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let source = Ipv4Addr::new(127, 0, 0, 2 + (i % usize::from(args.addresses)) as u8);
+        let delay = args
+            .start_rate
+            .map(|rate| Duration::from_secs_f64(i as f64 / rate as f64))
+            .unwrap_or_default();
+        let agent = simulated_agent(
+            i,
+            source,
+            coordinator.addr,
+            agent_config.clone(),
+            stats.clone(),
+            sockets.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            tokio::time::sleep(delay).await;
+            agent.await
+        });
+    }
+    // Registration: until every agent got its HelloAck, or the timeout.
+    let mut next_report = Instant::now() + Duration::from_secs(5);
+    while stats.registered.load(Ordering::Relaxed) < n && started.elapsed() < args.register_timeout
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(5);
+            eprintln!(
+                "   {:>5.1} s: {} registered, {} live, failures {:?}",
+                started.elapsed().as_secs_f64(),
+                stats.registered.load(Ordering::Relaxed),
+                stats.live.load(Ordering::Relaxed),
+                stats.failures()
+            );
+        }
+    }
+    let register_time = stats
+        .all_registered
+        .lock()
+        .ok()
+        .and_then(|at| *at)
+        .map(|at| at - started);
+    let registered = stats.registered.load(Ordering::Relaxed);
+    eprintln!(
+        "   registration: {registered}/{n} in {:.1} s",
+        register_time.unwrap_or(started.elapsed()).as_secs_f64()
+    );
+
+    // What the API says.
+    let connected_in_api = match coordinator.get("/clients").await {
+        Ok((status, body)) if status.is_success() => body.as_array().map(|list| {
+            list.iter()
+                .filter(|c| c["agent"]["connected"] == true)
+                .count()
+        }),
+        Ok((status, _)) => {
+            eprintln!("   GET /clients answered {status}");
+            None
+        }
+        Err(e) => {
+            eprintln!("   GET /clients failed: {e:#}");
+            None
+        }
+    };
+
+    // Idle with heartbeats: CPU of the coordinator (and of this simulator, for context).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acks_before = stats.acks.load(Ordering::Relaxed);
+    let (c0, s0, t0) = (
+        cpu_ticks(&pid.to_string())?,
+        cpu_ticks("self")?,
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+    let (c1, s1, window) = (
+        cpu_ticks(&pid.to_string())?,
+        cpu_ticks("self")?,
+        t0.elapsed(),
+    );
+    let percent = |d: u64| d as f64 / ticks as f64 / window.as_secs_f64() * 100.0;
+    let idle_cpu = percent(c1 - c0);
+    let sim_cpu = percent(s1 - s0);
+    let reconnects_idle = stats.acks.load(Ordering::Relaxed) - acks_before;
+    let rss = rss_kib(pid)?;
+    eprintln!(
+        "   idle {:.0} s: coordinator CPU {idle_cpu:.1} %, simulator CPU {sim_cpu:.1} %, RSS {} MiB, \
+         {} live, {reconnects_idle} re-registrations",
+        window.as_secs_f64(),
+        rss / 1024,
+        stats.live.load(Ordering::Relaxed)
+    );
+
+    // GET /clients latency: the median of 5 sequential requests.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let mut times = Vec::new();
+    let mut clients_bytes = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        match http.get(coordinator.api("/clients")).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                let body = resp.bytes().await?;
+                times.push(t.elapsed());
+                clients_bytes = body.len();
+            }
+            Ok(resp) => eprintln!("   GET /clients answered {}", resp.status()),
+            Err(e) => eprintln!("   GET /clients failed: {e}"),
+        }
+    }
+    times.sort();
+    let clients_median = times.get(times.len() / 2).copied();
+    eprintln!(
+        "   GET /clients: {:?} ({} KiB)",
+        times,
+        clients_bytes / 1024
+    );
+    let failures = stats.failures();
+    let logs = coordinator.logs();
+    let registration_errors = logs
+        .lines()
+        .filter(|l| l.contains("agent registration failed"))
+        .count();
+    let first_registration_error = logs
+        .lines()
+        .find(|l| l.contains("agent registration failed"))
+        .map(|l| {
+            l.split_once("ERROR")
+                .map_or(l, |(_, rest)| rest)
+                .trim()
+                .to_owned()
+        });
+
+    // Tear down: the coordinator first (its sockets close at once), then the simulator.
+    drop(coordinator);
+    shutdown.cancel();
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    Ok(Row {
+        agents: n,
+        registered,
+        register_time,
+        connected_in_api,
+        rss_base_kib,
+        rss_kib: rss,
+        idle_cpu,
+        sim_cpu,
+        reconnects_idle,
+        clients_median,
+        clients_bytes,
+        failures,
+        registration_errors,
+        first_registration_error,
+    })
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str().context("non-UTF-8 temp path")
+}
+
+fn print_table(args: &Args, rows: &[Row], fd_limit: u64) {
+    println!();
+    println!(
+        "Agent-link benchmark: {} cores, RLIMIT_NOFILE {fd_limit}, heartbeat {} s, {} source addresses, \
+         ephemeral ports {}, somaxconn {}, start {}, agents' hello timeout {} s",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        args.heartbeat_secs,
+        args.addresses,
+        read_sys("/proc/sys/net/ipv4/ip_local_port_range"),
+        read_sys("/proc/sys/net/core/somaxconn"),
+        args.start_rate
+            .map(|r| format!("{r} agents/s"))
+            .unwrap_or_else(|| "simultaneous".into()),
+        args.hello_timeout
+            .unwrap_or(LinkSettings::default().hello_timeout)
+            .as_secs(),
+    );
+    println!();
+    println!(
+        "| agents | registered | all registered after | connected in GET /clients | coordinator RSS | RSS per agent | idle CPU (coordinator) | idle CPU (simulator) | re-registrations while idle | GET /clients median | body |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let per_agent = if r.registered > 0 {
+            format!(
+                "{:.1} KiB",
+                r.rss_kib.saturating_sub(r.rss_base_kib) as f64 / r.registered as f64
+            )
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {} | {} | {} | {} | {} MiB (base {} MiB) | {per_agent} | {:.1} % | {:.1} % | {} | {} | {} KiB |",
+            r.agents,
+            r.registered,
+            r.register_time
+                .map(|d| format!("{:.1} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "not all (timeout)".into()),
+            r.connected_in_api
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.rss_kib / 1024,
+            r.rss_base_kib / 1024,
+            r.idle_cpu,
+            r.sim_cpu,
+            r.reconnects_idle,
+            r.clients_median
+                .map(|d| format!("{} ms", d.as_millis()))
+                .unwrap_or_else(|| "failed".into()),
+            r.clients_bytes / 1024,
+        );
+    }
+    println!();
+    for r in rows {
+        if !r.failures.is_empty() {
+            println!("Failed attempts and lost links at {} agents:", r.agents);
+            for (cause, count) in &r.failures {
+                println!("- {count} × {cause}");
+            }
+        }
+        if let Some(first) = &r.first_registration_error {
+            println!(
+                "Coordinator at {} agents: {} × 'agent registration failed', the first: {first}",
+                r.agents, r.registration_errors
+            );
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    let fd_limit = rlimit::increase_nofile_limit(u64::MAX)?;
+    eprintln!("RLIMIT_NOFILE: soft {soft} -> {fd_limit} (hard {hard})");
+    let ticks = clock_ticks_per_second();
+    let mut rows = Vec::new();
+    for &n in &args.agents {
+        match run_one(&args, n, fd_limit, ticks).await {
+            Ok(row) => rows.push(row),
+            Err(e) => eprintln!("run with {n} agents failed: {e:#}"),
+        }
+    }
+    print_table(&args, &rows, fd_limit);
+    Ok(())
+}

@@ -1,0 +1,1040 @@
+//! `tracesd enroll`: one command that makes a host an agent of a coordinator.
+//!
+//! ```text
+//! tracesd enroll --coordinator wss://coordinator.example:5000 --token TOKEN [--ca-cert FILE]
+//!                [--hostname NAME] [--config /etc/tracevisor/tracesd.toml]
+//! ```
+//!
+//! In order:
+//! 1. validates the values exactly as the agent will (URL, token, hostname, CA file);
+//! 2. checks the coordinator: a real WebSocket upgrade to its hub with the token (no hello is
+//!    sent, so an agent already connected under this hostname is left alone). A 401 is reported
+//!    as a wrong token, a refused connection as an unreachable coordinator. Nothing is written
+//!    when the check fails (`--no-check` skips it, for images provisioned offline);
+//! 3. writes the agent's TOML configuration atomically (temporary file of mode 0600 in the same
+//!    directory, fsync, rename, fsync of the directory);
+//! 4. checks that lttng-sessiond answers ([`crate::capabilities::detect`]); a missing session
+//!    daemon is a warning with the command that fixes it, not an error;
+//! 5. enables and (re)starts `tracesd.service` when systemd is running and the configuration is
+//!    the one the unit reads, else prints the next step. `systemctl` runs through the command
+//!    runner ([`crate::runner::Cmd`]): argv and a timeout, never a shell string.
+//!
+//! Exit codes (see [`EnrollError::exit_code`]): 0 enrolled, 1 a check or a step failed, 2 an
+//! invalid value.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tracevisor_protocol::Capabilities;
+
+use crate::config::{AgentConfig, Cli, ConfigError, FileConfig};
+use crate::link::LinkError;
+use crate::runner::Cmd;
+
+/// The configuration file `tracesd.service` reads.
+pub const DEFAULT_CONFIG: &str = "/etc/tracevisor/tracesd.toml";
+/// The agent's systemd unit.
+pub const SERVICE: &str = "tracesd.service";
+/// Exists when systemd is the running init system (what `sd_booted()` checks).
+pub const SYSTEMD_MARKER: &str = "/run/systemd/system";
+/// Bound on each `systemctl` call.
+const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Flags of `tracesd enroll`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnrollArgs {
+    /// Coordinator URL: ws(s)://host:port or http(s)://host:port (the hub path
+    /// /trace/api/v1.0/agents is added when there is no path).
+    #[arg(long, value_name = "URL")]
+    pub coordinator: String,
+    /// Agent enrollment token, as printed by `tracevisor agent-token` on the coordinator
+    /// (prefer TRACESD_TOKEN: flags are visible to other users in the process list).
+    #[arg(
+        long,
+        env = "TRACESD_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
+    /// PEM file of the CA certificates to trust for wss:// [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Name this host registers under [default: the system's hostname, read when the agent
+    /// starts].
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Configuration file to write (mode 0600).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Write the configuration without checking the coordinator (for hosts provisioned
+    /// offline).
+    #[arg(long)]
+    pub no_check: bool,
+    /// Do not enable or restart tracesd.service; only print the next step.
+    #[arg(long)]
+    pub no_enable: bool,
+}
+
+/// Why enrollment stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// A value is invalid (nothing was checked or written).
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// The coordinator answered 401 to the upgrade.
+    #[error("the coordinator at {url} refused the enrollment token (HTTP 401 Unauthorized): wrong token? Print the right one on the coordinator with `tracevisor agent-token`")]
+    WrongToken {
+        /// The hub URL.
+        url: String,
+    },
+    /// No TCP connection (refused, no route, name not resolved) or no answer in time.
+    #[error("cannot reach the coordinator at {url}: {reason} (is `tracevisor serve` running and listening there? check the host, the port and firewalls)")]
+    Unreachable {
+        /// The hub URL.
+        url: String,
+        /// What the system said.
+        reason: String,
+    },
+    /// The TLS handshake failed (usually a certificate the agent does not trust).
+    #[error("TLS with the coordinator at {url} failed: {reason} (pass --ca-cert with the CA certificate that signed the coordinator's certificate)")]
+    Tls {
+        /// The hub URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The coordinator answered the upgrade with another HTTP status.
+    #[error("the coordinator at {url} refused the agent link: HTTP {status}{} (is this the coordinator's address?)", if .body.is_empty() { String::new() } else { format!(": {}", .body) })]
+    Refused {
+        /// The hub URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The response body (bounded).
+        body: String,
+    },
+    /// Another failure while checking the link.
+    #[error("checking the coordinator at {url} failed: {reason}")]
+    Check {
+        /// The hub URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The configuration file could not be written.
+    #[error("cannot write {}: {source}{}", .path.display(), if .source.kind() == std::io::ErrorKind::PermissionDenied { " (run as root)" } else { "" })]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// `systemctl` failed.
+    #[error("the configuration is written, but {step} failed: {reason}")]
+    Service {
+        /// What was being done (`systemctl enable tracesd.service`).
+        step: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+impl EnrollError {
+    /// The process exit code: 2 for an invalid value, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            EnrollError::Invalid(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// What enrollment looks at on this machine; [`System::default`] is the real one, tests point
+/// it at temporary files and fake programs.
+#[derive(Debug, Clone)]
+pub struct System {
+    /// Exists when systemd runs ([`SYSTEMD_MARKER`]).
+    pub systemd_marker: PathBuf,
+    /// The `systemctl` program.
+    pub systemctl: OsString,
+    /// The configuration file the unit reads ([`DEFAULT_CONFIG`]); the service is enabled only
+    /// when enrollment writes this file.
+    pub unit_config: PathBuf,
+    /// `PATH`-style list where the LTTng tools are looked for (`None`: the process's `PATH`).
+    pub search_path: Option<OsString>,
+    /// Bound on the coordinator check (TCP, TLS and upgrade together).
+    pub connect_timeout: Duration,
+}
+
+impl Default for System {
+    fn default() -> Self {
+        Self {
+            systemd_marker: PathBuf::from(SYSTEMD_MARKER),
+            systemctl: OsString::from("systemctl"),
+            unit_config: PathBuf::from(DEFAULT_CONFIG),
+            search_path: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What enrollment did, for callers and tests (everything is also printed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    /// The file written.
+    pub config: PathBuf,
+    /// The hostname the agent registers under.
+    pub hostname: String,
+    /// Whether the coordinator was checked (false with `--no-check`).
+    pub coordinator_checked: bool,
+    /// Whether lttng-sessiond answered.
+    pub sessiond_running: bool,
+    /// Whether `tracesd.service` was enabled and (re)started.
+    pub service_enabled: bool,
+}
+
+/// Runs the enrollment, printing progress and the next step to `out`.
+pub async fn enroll(
+    args: &EnrollArgs,
+    system: &System,
+    out: &mut dyn std::io::Write,
+) -> Result<Enrolled, EnrollError> {
+    let mut config = validate(args)?;
+    config.link.connect_timeout = system.connect_timeout;
+    let url = config.coordinator.to_string();
+    let hostname = config.hostname.clone();
+    say(
+        out,
+        &format!("Enrolling this host as `{hostname}` with the coordinator at {url}"),
+    );
+
+    let coordinator_checked = if args.no_check {
+        say(out, "coordinator: not checked (--no-check)");
+        false
+    } else {
+        check_coordinator(&config).await?;
+        say(out, "coordinator: reachable, enrollment token accepted");
+        true
+    };
+
+    let ca_cert = match &config.ca_cert {
+        Some(path) => Some(
+            std::path::absolute(path).map_err(|error| ConfigError::Invalid {
+                key: "ca_cert",
+                message: format!("`{}`: {error}", path.display()),
+            })?,
+        ),
+        None => None,
+    };
+    let text = render_config(
+        args.coordinator.trim(),
+        config.token.expose(),
+        args.hostname.as_ref().map(|_| hostname.as_str()),
+        ca_cert.as_deref(),
+    )?;
+    write_private_file(&args.config, text.as_bytes()).map_err(|source| EnrollError::Write {
+        path: args.config.clone(),
+        source,
+    })?;
+    say(
+        out,
+        &format!("config: wrote {} (mode 0600)", args.config.display()),
+    );
+
+    let capabilities = match &system.search_path {
+        Some(path) => {
+            crate::capabilities::detect_in(path, Path::new("/sys/module/lttng_tracer")).await
+        }
+        None => crate::capabilities::detect().await,
+    };
+    let sessiond_running = capabilities.sessiond_running;
+    for line in lttng_report(&capabilities) {
+        say(out, &line);
+    }
+
+    let systemd = system.systemd_marker.exists();
+    let is_unit_config = same_file_path(&args.config, &system.unit_config);
+    let service_enabled = if systemd && is_unit_config && !args.no_enable {
+        enable_service(system).await?;
+        say(
+            out,
+            &format!("service: {SERVICE} enabled and (re)started (see `systemctl status tracesd` and `journalctl -u tracesd`)"),
+        );
+        true
+    } else {
+        say(
+            out,
+            &next_step(systemd, is_unit_config, &args.config, sessiond_running),
+        );
+        false
+    };
+    Ok(Enrolled {
+        config: args.config.clone(),
+        hostname,
+        coordinator_checked,
+        sessiond_running,
+        service_enabled,
+    })
+}
+
+fn say(out: &mut dyn std::io::Write, line: &str) {
+    // Progress output only: a closed stdout must not stop the enrollment.
+    let _ = writeln!(out, "{line}");
+}
+
+/// Validates the flags exactly as the agent validates its configuration.
+pub fn validate(args: &EnrollArgs) -> Result<AgentConfig, ConfigError> {
+    if args.config.as_os_str().is_empty() || args.config.file_name().is_none() {
+        return Err(ConfigError::Invalid {
+            key: "config",
+            message: format!("`{}` is not a file path", args.config.display()),
+        });
+    }
+    let cli = Cli {
+        coordinator: Some(args.coordinator.clone()),
+        token: Some(args.token.clone()),
+        hostname: args.hostname.clone(),
+        ca_cert: args.ca_cert.clone(),
+        config: None,
+    };
+    AgentConfig::merge(cli, FileConfig::default())
+}
+
+/// Dials the hub and upgrades with the token, then closes without a hello (so the coordinator
+/// registers nothing and an agent already connected under this hostname stays connected).
+pub async fn check_coordinator(config: &AgentConfig) -> Result<(), EnrollError> {
+    let url = config.coordinator.to_string();
+    let tls = match (&config.tls, config.is_secure()) {
+        (Some(tls), _) => Some(tls.clone()),
+        (None, true) => Some(
+            crate::tls::client_config(config.ca_cert.as_deref()).map_err(|error| {
+                EnrollError::Tls {
+                    url: url.clone(),
+                    reason: error.to_string(),
+                }
+            })?,
+        ),
+        (None, false) => None,
+    };
+    match crate::link::connect(config, tls).await {
+        Ok(mut ws) => {
+            // A polite close; the check already succeeded whatever happens here.
+            let _ = tokio::time::timeout(config.link.close_timeout, ws.close(None)).await;
+            Ok(())
+        }
+        Err(error) => Err(classify(&url, error)),
+    }
+}
+
+/// Maps a link error to what the user should hear.
+fn classify(url: &str, error: LinkError) -> EnrollError {
+    let url = url.to_owned();
+    match error {
+        LinkError::Rejected { status: 401, .. } => EnrollError::WrongToken { url },
+        LinkError::Rejected { status, body } => EnrollError::Refused { url, status, body },
+        LinkError::ConnectTimeout { timeout, .. } => EnrollError::Unreachable {
+            url,
+            reason: format!("no answer within {} s", timeout.as_secs_f64()),
+        },
+        LinkError::Tls(error) => EnrollError::Tls {
+            url,
+            reason: error.to_string(),
+        },
+        LinkError::Connect { source, .. } => match source {
+            WsError::Io(io) => {
+                if let Some(tls) = io
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                {
+                    return EnrollError::Tls {
+                        url,
+                        reason: tls.to_string(),
+                    };
+                }
+                let reason = match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                    _ => io.to_string(),
+                };
+                EnrollError::Unreachable { url, reason }
+            }
+            WsError::Tls(tls) => EnrollError::Tls {
+                url,
+                reason: tls.to_string(),
+            },
+            WsError::Url(problem) => EnrollError::Unreachable {
+                url,
+                reason: problem.to_string(),
+            },
+            other => EnrollError::Check {
+                url,
+                reason: other.to_string(),
+            },
+        },
+        other => EnrollError::Check {
+            url,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// The agent's TOML configuration file, with every value quoted by the TOML serializer.
+pub fn render_config(
+    coordinator: &str,
+    token: &str,
+    hostname: Option<&str>,
+    ca_cert: Option<&Path>,
+) -> Result<String, ConfigError> {
+    let quote = |value: &str| toml::Value::String(value.to_owned()).to_string();
+    let mut text = String::from(
+        "# tracesd agent configuration, written by `tracesd enroll`.\n\
+         # It holds the enrollment token: keep it mode 0600, owned by root.\n\
+         # Keys: coordinator, token, hostname (default: the system's hostname), ca_cert.\n",
+    );
+    text.push_str(&format!("coordinator = {}\n", quote(coordinator)));
+    text.push_str(&format!("token = {}\n", quote(token)));
+    if let Some(hostname) = hostname {
+        text.push_str(&format!("hostname = {}\n", quote(hostname)));
+    }
+    if let Some(path) = ca_cert {
+        let path = path.to_str().ok_or_else(|| ConfigError::Invalid {
+            key: "ca_cert",
+            message: format!("`{}` is not valid UTF-8", path.display()),
+        })?;
+        text.push_str(&format!("ca_cert = {}\n", quote(path)));
+    }
+    Ok(text)
+}
+
+/// Replaces `path` atomically with a file of mode 0600 holding `contents`: a temporary file in
+/// the same directory (created 0600, so the secret is never readable by others), fsync,
+/// rename, fsync of the directory. The directory is created (0755) when missing.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&dir)?;
+    let mut temp_name = OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".tmp-{}", std::process::id()));
+    let temp = dir.join(temp_name);
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+    };
+    let mut file = match open() {
+        Ok(file) => file,
+        // A leftover of an interrupted run with the same process id.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&temp)?;
+            open()?
+        }
+        Err(error) => return Err(error),
+    };
+    let written = (|| {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&temp, path)
+    })();
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(error);
+    }
+    std::fs::File::open(&dir)?.sync_all()
+}
+
+/// What the capabilities say about LTTng on this host, one line each.
+pub fn lttng_report(capabilities: &Capabilities) -> Vec<String> {
+    let mut lines = Vec::new();
+    match &capabilities.lttng_version {
+        None if !capabilities.sessiond_running => {
+            lines.push(
+                "warning: lttng is not installed: install it (apt install lttng-tools) before tracing"
+                    .to_owned(),
+            );
+            return lines;
+        }
+        _ => {}
+    }
+    if capabilities.sessiond_running {
+        lines.push(format!(
+            "lttng-sessiond: running (LTTng {})",
+            capabilities
+                .lttng_version
+                .as_deref()
+                .unwrap_or("unknown version")
+        ));
+        lines.push(format!(
+            "userspace tracer: {}",
+            availability(
+                capabilities.userspace_tracer,
+                &capabilities.userspace_tracer_error
+            )
+        ));
+        lines.push(format!(
+            "kernel tracer: {}",
+            availability(
+                capabilities.kernel_tracer,
+                &capabilities.kernel_tracer_error
+            )
+        ));
+    } else {
+        lines.push(
+            "warning: lttng-sessiond is not running (or this user is neither root nor in the `tracing` group): \
+             start it with `systemctl enable --now lttng-sessiond` before tracing"
+                .to_owned(),
+        );
+    }
+    if !capabilities.babeltrace2 {
+        lines.push(
+            "warning: babeltrace2 is not installed: userspace summaries need it (apt install babeltrace2)"
+                .to_owned(),
+        );
+    }
+    if capabilities.analyses.is_empty() {
+        lines.push(
+            "note: no lttng-*-mi analyses installed: kernel analyses run elsewhere or need python3-lttnganalyses"
+                .to_owned(),
+        );
+    }
+    lines
+}
+
+fn availability(available: bool, error: &Option<String>) -> String {
+    match (available, error) {
+        (true, _) => "available".to_owned(),
+        (false, Some(error)) => error.clone(),
+        (false, None) => "not available".to_owned(),
+    }
+}
+
+/// Whether two paths name the same file (compared after making them absolute; no symlink
+/// resolution, the file may not exist yet).
+fn same_file_path(a: &Path, b: &Path) -> bool {
+    match (std::path::absolute(a), std::path::absolute(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// `systemctl enable tracesd.service`, then `systemctl restart tracesd.service` (a restart,
+/// not `enable --now`, so a re-enrollment's new token takes effect on a running agent).
+async fn enable_service(system: &System) -> Result<(), EnrollError> {
+    for verb in ["enable", "restart"] {
+        let command = Cmd::new(&system.systemctl)
+            .args([verb, SERVICE])
+            .timeout(SYSTEMCTL_TIMEOUT);
+        command.run().await.map_err(|error| EnrollError::Service {
+            step: command.display(),
+            reason: error.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// The line that tells the user what to do next.
+pub fn next_step(
+    systemd: bool,
+    is_unit_config: bool,
+    config: &Path,
+    sessiond_running: bool,
+) -> String {
+    let sessiond = if sessiond_running {
+        ""
+    } else {
+        "systemctl enable --now lttng-sessiond && "
+    };
+    if !is_unit_config {
+        format!(
+            "next step: run the agent with `tracesd --config {}` (tracesd.service reads {DEFAULT_CONFIG})",
+            config.display()
+        )
+    } else if systemd {
+        format!("next step: {sessiond}systemctl enable --now tracesd")
+    } else {
+        format!(
+            "next step: systemd is not running here: {sessiond}systemctl enable --now tracesd on a systemd host, \
+             or run `tracesd --config {}` as root (or as a member of the `tracing` group)",
+            config.display()
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+// tungstenite's upgrade callback returns `Result<Response, ErrorResponse>` by design.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tokio_tungstenite::tungstenite::http::StatusCode;
+
+    use super::*;
+
+    const TOKEN: &str = "enroll-test-token-0123456789";
+
+    fn args(coordinator: &str, config: &Path) -> EnrollArgs {
+        EnrollArgs {
+            coordinator: coordinator.to_owned(),
+            token: TOKEN.to_owned(),
+            ca_cert: None,
+            hostname: Some("Web-1".to_owned()),
+            config: config.to_owned(),
+            no_check: false,
+            no_enable: false,
+        }
+    }
+
+    /// A system without LTTng tools, without systemd, whose unit reads `unit_config`.
+    fn system(dir: &Path, unit_config: &Path) -> System {
+        System {
+            systemd_marker: dir.join("no-systemd-here"),
+            systemctl: dir.join("systemctl").into_os_string(),
+            unit_config: unit_config.to_owned(),
+            search_path: Some(dir.join("empty-bin").into_os_string()),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A hub on 127.0.0.1 that upgrades connections carrying TOKEN and answers 401 to the
+    /// others, for `connections` connections; returns the port and the paths it saw.
+    async fn hub(connections: usize) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut paths = Vec::new();
+            for _ in 0..connections {
+                let (stream, _) = listener.accept().await.unwrap();
+                let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+                let record = seen.clone();
+                let callback = move |request: &Request, response: Response| {
+                    *record.lock().unwrap() = request.uri().path().to_owned();
+                    let ok = request
+                        .headers()
+                        .get("authorization")
+                        .is_some_and(|v| v.as_bytes() == format!("Bearer {TOKEN}").as_bytes());
+                    if ok {
+                        Ok(response)
+                    } else {
+                        let mut response =
+                            ErrorResponse::new(Some("invalid agent token".to_owned()));
+                        *response.status_mut() = StatusCode::UNAUTHORIZED;
+                        Err(response)
+                    }
+                };
+                if let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await {
+                    use futures_util::StreamExt as _;
+                    // The enrollment check closes without sending anything else.
+                    while let Some(Ok(message)) = ws.next().await {
+                        assert!(message.is_close(), "unexpected {message:?}");
+                    }
+                }
+                paths.push(seen.lock().unwrap().clone());
+            }
+            paths
+        });
+        (port, task)
+    }
+
+    async fn run(args: &EnrollArgs, system: &System) -> (Result<Enrolled, EnrollError>, String) {
+        let mut out = Vec::new();
+        let result = enroll(args, system, &mut out).await;
+        (result, String::from_utf8(out).unwrap())
+    }
+
+    #[tokio::test]
+    async fn writes_a_private_config_the_agent_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, hub) = hub(1).await;
+        let path = dir.path().join("etc/tracevisor/tracesd.toml");
+        let args = args(&format!("http://127.0.0.1:{port}"), &path);
+        let (result, out) = run(&args, &system(dir.path(), &path)).await;
+        let enrolled = result.unwrap();
+        assert_eq!(
+            hub.await.unwrap(),
+            vec!["/trace/api/v1.0/agents".to_owned()]
+        );
+        assert_eq!(
+            enrolled,
+            Enrolled {
+                config: path.clone(),
+                hostname: "web-1".into(),
+                coordinator_checked: true,
+                sessiond_running: false,
+                service_enabled: false,
+            }
+        );
+        assert!(out.contains("enrollment token accepted"), "{out}");
+        assert!(out.contains("lttng is not installed"), "{out}");
+        assert!(
+            out.contains("next step: systemd is not running here"),
+            "{out}"
+        );
+        assert!(!out.contains(TOKEN), "the token is never printed: {out}");
+
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!(metadata.mode() & 0o777, 0o600);
+        let loaded = AgentConfig::load(Cli {
+            config: Some(path.clone()),
+            ..Cli::default()
+        })
+        .unwrap();
+        assert_eq!(
+            loaded.coordinator.to_string(),
+            format!("ws://127.0.0.1:{port}/trace/api/v1.0/agents")
+        );
+        assert_eq!(loaded.token.expose(), TOKEN);
+        assert_eq!(loaded.hostname, "web-1");
+        // No temporary file is left beside it.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![OsString::from("tracesd.toml")]);
+    }
+
+    #[tokio::test]
+    async fn wrong_token_is_named_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, hub) = hub(1).await;
+        let path = dir.path().join("tracesd.toml");
+        std::fs::write(&path, "coordinator = \"ws://old:1\"\ntoken = \"old\"\n").unwrap();
+        let mut args = args(&format!("ws://127.0.0.1:{port}"), &path);
+        args.token = "not-the-token".into();
+        let (result, _) = run(&args, &system(dir.path(), &path)).await;
+        hub.await.unwrap();
+        let error = result.unwrap_err();
+        assert!(matches!(error, EnrollError::WrongToken { .. }), "{error:?}");
+        assert_eq!(error.exit_code(), 1);
+        let message = error.to_string();
+        assert!(
+            message.contains("refused the enrollment token (HTTP 401"),
+            "{message}"
+        );
+        assert!(message.contains("tracevisor agent-token"), "{message}");
+        assert!(!message.contains("not-the-token"), "{message}");
+        // The previous enrollment is left as it was.
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "coordinator = \"ws://old:1\"\ntoken = \"old\"\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let path = dir.path().join("tracesd.toml");
+        let args = args(&format!("ws://127.0.0.1:{port}"), &path);
+        let (result, _) = run(&args, &system(dir.path(), &path)).await;
+        let error = result.unwrap_err();
+        assert!(
+            matches!(&error, EnrollError::Unreachable { reason, .. } if reason == "connection refused"),
+            "{error:?}"
+        );
+        assert!(error
+            .to_string()
+            .starts_with("cannot reach the coordinator at ws://127.0.0.1:"));
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn other_statuses_are_reported_with_their_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let callback = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
+                let mut response = ErrorResponse::new(Some("no such route".to_owned()));
+                *response.status_mut() = StatusCode::NOT_FOUND;
+                Err(response)
+            };
+            let _ = tokio_tungstenite::accept_hdr_async(stream, callback).await;
+        });
+        let config = AgentConfig::new(&format!("ws://127.0.0.1:{port}/wrong"), TOKEN, "h").unwrap();
+        let error = check_coordinator(&config).await.unwrap_err();
+        server.await.unwrap();
+        assert!(
+            matches!(&error, EnrollError::Refused { status: 404, body, .. } if body == "no such route"),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn untrusted_certificate_is_a_tls_error() {
+        // A TLS server whose self-signed certificate is not in the given CA file.
+        use rcgen::{CertificateParams, KeyPair};
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other_key = KeyPair::generate().unwrap();
+        let other = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&other_key)
+            .unwrap();
+        let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let server_config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = acceptor.accept(stream).await;
+        });
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, other.pem()).unwrap();
+        let path = dir.path().join("tracesd.toml");
+        let mut args = args(&format!("wss://localhost:{port}"), &path);
+        args.ca_cert = Some(ca);
+        let (result, _) = run(&args, &system(dir.path(), &path)).await;
+        server.await.unwrap();
+        let error = result.unwrap_err();
+        assert!(matches!(error, EnrollError::Tls { .. }), "{error:?}");
+        assert!(error.to_string().contains("--ca-cert"), "{error}");
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn invalid_values_exit_2_before_any_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tracesd.toml");
+        let cases: Vec<(EnrollArgs, &str)> = vec![
+            (args("ftp://h", &path), "coordinator: "),
+            (
+                EnrollArgs {
+                    token: "a b".into(),
+                    ..args("ws://127.0.0.1:1", &path)
+                },
+                "token: ",
+            ),
+            (
+                EnrollArgs {
+                    hostname: Some("bad_name".into()),
+                    ..args("ws://127.0.0.1:1", &path)
+                },
+                "hostname: ",
+            ),
+            (
+                EnrollArgs {
+                    ca_cert: Some(dir.path().join("missing.pem")),
+                    ..args("wss://127.0.0.1:1", &path)
+                },
+                "ca_cert: ",
+            ),
+            (args("ws://127.0.0.1:1", Path::new("/")), "config: "),
+        ];
+        for (args, prefix) in cases {
+            let (result, _) = run(&args, &system(dir.path(), &path)).await;
+            let error = result.unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{error}");
+            assert!(error.to_string().starts_with(prefix), "{error}");
+        }
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn no_check_writes_without_dialing_and_keeps_the_system_hostname() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tracesd.toml");
+        let mut args = args("wss://coordinator.invalid:5000", &path);
+        args.no_check = true;
+        args.hostname = None;
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        args.ca_cert = Some(ca.clone());
+        let (result, out) = run(&args, &system(dir.path(), &path)).await;
+        let enrolled = result.unwrap();
+        assert!(!enrolled.coordinator_checked);
+        assert!(out.contains("not checked (--no-check)"), "{out}");
+        let file = crate::config::read_file(&path).unwrap();
+        assert_eq!(file.hostname, None, "the system hostname is read at start");
+        assert_eq!(file.ca_cert, Some(ca));
+        assert_eq!(
+            file.coordinator.as_deref(),
+            Some("wss://coordinator.invalid:5000")
+        );
+    }
+
+    #[tokio::test]
+    async fn enables_the_service_through_systemctl_when_systemd_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, hub) = hub(1).await;
+        let path = dir.path().join("tracesd.toml");
+        let mut system = system(dir.path(), &path);
+        std::fs::create_dir(&system.systemd_marker).unwrap();
+        // A fake systemctl that records its arguments.
+        let log = dir.path().join("systemctl.log");
+        let fake = dir.path().join("systemctl");
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\necho \"$@\" >> '{}'\n", log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        system.systemctl = fake.into_os_string();
+        let (result, out) = run(&args(&format!("ws://127.0.0.1:{port}"), &path), &system).await;
+        hub.await.unwrap();
+        assert!(result.unwrap().service_enabled, "{out}");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "enable tracesd.service\nrestart tracesd.service\n"
+        );
+        assert!(
+            out.contains("tracesd.service enabled and (re)started"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_systemctl_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tracesd.toml");
+        let mut system = system(dir.path(), &path);
+        std::fs::create_dir(&system.systemd_marker).unwrap();
+        system.systemctl = OsString::from("false");
+        let mut args = args("ws://127.0.0.1:1", &path);
+        args.no_check = true;
+        let (result, _) = run(&args, &system).await;
+        let error = result.unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "the configuration is written, but false enable tracesd.service failed"
+            ),
+            "{error}"
+        );
+        assert!(path.exists());
+    }
+
+    #[tokio::test]
+    async fn no_enable_and_other_paths_only_print_the_next_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let unit_config = dir.path().join("unit.toml");
+        let mut system = system(dir.path(), &unit_config);
+        std::fs::create_dir(&system.systemd_marker).unwrap();
+        system.systemctl = OsString::from("false"); // would fail if called
+        let other = dir.path().join("other.toml");
+        let mut args = args("ws://127.0.0.1:1", &other);
+        args.no_check = true;
+        let (result, out) = run(&args, &system).await;
+        assert!(!result.unwrap().service_enabled);
+        assert!(
+            out.contains(&format!(
+                "next step: run the agent with `tracesd --config {}`",
+                other.display()
+            )),
+            "{out}"
+        );
+        args.config = unit_config;
+        args.no_enable = true;
+        let (result, out) = run(&args, &system).await;
+        assert!(!result.unwrap().service_enabled);
+        assert!(
+            out.contains("next step: systemctl enable --now lttng-sessiond && systemctl enable --now tracesd"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn config_values_are_quoted() {
+        let text = render_config(
+            "ws://h:1",
+            "to\"ken\\",
+            Some("web-1"),
+            Some(Path::new("/etc/a \"b\".pem")),
+        )
+        .unwrap();
+        let parsed: FileConfig = toml::from_str(&text).unwrap();
+        assert_eq!(parsed.token.as_deref(), Some("to\"ken\\"));
+        assert_eq!(parsed.ca_cert, Some(PathBuf::from("/etc/a \"b\".pem")));
+        assert_eq!(parsed.hostname.as_deref(), Some("web-1"));
+    }
+
+    #[test]
+    fn rewriting_replaces_the_file_and_keeps_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.toml");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private_file(&path, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        // A stale temporary file of an interrupted run is replaced.
+        let stale = dir
+            .path()
+            .join(format!(".secret.toml.tmp-{}", std::process::id()));
+        std::fs::write(&stale, "stale").unwrap();
+        write_private_file(&path, b"newer").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "newer");
+        assert!(!stale.exists());
+    }
+
+    #[test]
+    fn lttng_reports() {
+        let running = Capabilities {
+            lttng_version: Some("2.13.9".into()),
+            sessiond_running: true,
+            userspace_tracer: true,
+            kernel_tracer_error: Some(
+                "kernel tracer not available (lttng-modules not loaded)".into(),
+            ),
+            babeltrace2: true,
+            analyses: vec!["lttng-cputop-mi".into()],
+            ..Capabilities::default()
+        };
+        assert_eq!(
+            lttng_report(&running),
+            vec![
+                "lttng-sessiond: running (LTTng 2.13.9)",
+                "userspace tracer: available",
+                "kernel tracer: kernel tracer not available (lttng-modules not loaded)",
+            ]
+        );
+        let stopped = Capabilities {
+            lttng_version: Some("2.13.9".into()),
+            babeltrace2: true,
+            analyses: vec!["lttng-cputop-mi".into()],
+            ..Capabilities::default()
+        };
+        let report = lttng_report(&stopped);
+        assert_eq!(report.len(), 1);
+        assert!(report[0].starts_with("warning: lttng-sessiond is not running"));
+        assert!(report[0].contains("systemctl enable --now lttng-sessiond"));
+    }
+}
