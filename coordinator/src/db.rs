@@ -64,6 +64,9 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// Longest wait for one query.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How many times a write that lost an optimistic-concurrency race is retried.
 const CONFLICT_RETRIES: u32 = 20;
 
@@ -278,7 +281,18 @@ impl Store {
 
     /// Runs SurrealQL with bound parameters and returns the rows of the last statement as JSON.
     pub async fn query(&self, sql: &str, vars: Json) -> Result<Vec<Json>, StoreError> {
-        let mut response = self.db.query(sql).bind(vars).await?.check()?;
+        // A database that stops answering (a full disk can wedge the storage engine's commit
+        // pipeline) must turn into an error answer, not a request that hangs.
+        let pending = self.db.query(sql).bind(vars);
+        let response = tokio::time::timeout(QUERY_TIMEOUT, pending)
+            .await
+            .map_err(|_| {
+                StoreError::Db(format!(
+                    "the database did not answer within {} s (disk full or storage stalled?)",
+                    QUERY_TIMEOUT.as_secs()
+                ))
+            })??;
+        let mut response = response.check()?;
         let last = response.num_statements().saturating_sub(1);
         let value: surrealdb::types::Value = response.take(last)?;
         Ok(match value.into_json_value() {
@@ -372,7 +386,25 @@ impl Store {
                 vars,
             )
             .await
-            .map_err(|e| duplicate(e, kind, &record.hostname))?;
+            .map_err(|e| duplicate(e, kind, &record.hostname));
+        if let (Err(StoreError::Duplicate { .. }), Some(cache)) = (&rows, &self.cache) {
+            // The record exists though the cache lacks it (a write that timed out here but
+            // committed): bring the cache back in line so the next lookup finds it.
+            if let Ok(found) = self
+                .query(
+                    "SELECT * FROM type::table($tb) WHERE hostname = $hostname LIMIT 1",
+                    json!({ "tb": kind.table(), "hostname": record.hostname }),
+                )
+                .await
+            {
+                for row in found {
+                    if let Ok(existing) = HostRecord::from_row(kind, row) {
+                        cache.put(kind, existing);
+                    }
+                }
+            }
+        }
+        let rows = rows?;
         let row = rows
             .into_iter()
             .next()

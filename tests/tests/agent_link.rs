@@ -770,6 +770,9 @@ async fn a_deleted_client_is_registered_again_by_its_agent() {
 /// once the link is registered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_registered_late_are_not_timed_out() {
+    // 1500 links take 1500 descriptors here and in the coordinator (which inherits the limit):
+    // more than a default soft limit of 1024.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let dir = data_dir();
     let config = heartbeat_config(dir.path(), 1).unwrap();
     let c = Coordinator::start(

@@ -190,17 +190,42 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// An `lttng` command line. `--no-sessiond`: a missing session daemon is an error naming it,
+/// never a daemon silently spawned as the agent's user.
 fn lttng(args: &[&str]) -> Vec<String> {
-    std::iter::once("lttng")
+    ["lttng", "--no-sessiond"]
+        .into_iter()
         .chain(args.iter().copied())
         .map(str::to_owned)
         .collect()
 }
 
 async fn lttng_step(exec: &impl Executor, step: &str, args: &[&str]) -> Result<Output, StepError> {
-    exec.run(lttng(args), LTTNG_TIMEOUT)
-        .await
-        .map_err(|e| step_err(exec, step, e))
+    exec.run(lttng(args), LTTNG_TIMEOUT).await.map_err(|e| {
+        let mut message = e.to_string();
+        // lttng dies of SIGPIPE, saying nothing, when the session daemon drops the connection
+        // (as it does when a session's relay is unreachable).
+        if matches!(&e, RunError::Failed { status, .. } if std::os::unix::process::ExitStatusExt::signal(status) == Some(13)) {
+            message.push_str(" (SIGPIPE: lttng-sessiond closed the connection)");
+        }
+        step_err(exec, step, message)
+    })
+}
+
+/// Adds where the trace was going to a failed recording step, so an unreachable relay is named.
+fn with_output(mut error: StepError, output: &TraceOutput) -> StepError {
+    if let TraceOutput::Relay {
+        host,
+        ctrl_port,
+        data_port,
+    } = output
+    {
+        error.message.push_str(&format!(
+            "; the trace streams to lttng-relayd at {}:{ctrl_port} (data {data_port}): is it running and reachable from this host?",
+            bracket(host)
+        ));
+    }
+    error
 }
 
 /// Runs a whole job and returns its result JSON. `progress` is told each status change.
@@ -248,8 +273,16 @@ async fn record(
     };
     let mut create = vec!["create", name];
     create.extend(output_args.iter().map(String::as_str));
-    lttng_step(exec, "create", &create).await?;
-    let result = traced(exec, spec, progress, cancel).await;
+    lttng_step(exec, "create", &create)
+        .await
+        .map_err(|e| with_output(e, &spec.output))?;
+    let result = traced(exec, spec, progress, cancel).await.map_err(|e| {
+        if e.step == "cancelled" {
+            e
+        } else {
+            with_output(e, &spec.output)
+        }
+    });
     // Whatever happened, the session is stopped and destroyed (destroy flushes the trace).
     let _ = exec.run(lttng(&["stop", name]), LTTNG_TIMEOUT).await;
     let destroyed = lttng_step(exec, "destroy", &["destroy", name]).await;
