@@ -67,6 +67,8 @@ struct Args {
     hello_timeout: Option<Duration>,
     /// Starts this many agents per second instead of all at once (diagnostics).
     start_rate: Option<u64>,
+    /// Also runs one fleet job on every connected agent and times its fan-out.
+    fleet: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -78,6 +80,7 @@ fn parse_args() -> Result<Args> {
         register_timeout: Duration::from_secs(120),
         hello_timeout: None,
         start_rate: None,
+        fleet: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -104,6 +107,7 @@ fn parse_args() -> Result<Args> {
                     value()?.parse().context("--hello-timeout-secs")?,
                 ))
             }
+            "--fleet" => args.fleet = true,
             "--start-rate" => {
                 let rate: u64 = value()?.parse().context("--start-rate")?;
                 args.start_rate = Some(rate.max(1));
@@ -332,6 +336,14 @@ async fn session(
                     Message::Close { reason, message } => {
                         return Err(format!("closed by the coordinator ({reason}): {message}"));
                     }
+                    // A zero-work trace request (the fleet benchmark): answered at once.
+                    Message::StartJob { job_id, .. } if *acked => {
+                        let outcome = tracevisor_protocol::JobOutcome::Ok {
+                            result_json: r#"{"kind":"ust","total":0,"events":{},"processes":[]}"#.into(),
+                        };
+                        send(ws, Message::JobResult { job_id, outcome }, send_timeout).await?;
+                    }
+                    Message::ResultAck { .. } | Message::CancelJob { .. } if *acked => {}
                     other => return Err(format!("unexpected {} from the coordinator", other.kind())),
                 }
             }
@@ -591,6 +603,9 @@ async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row
         times,
         clients_bytes / 1024
     );
+    if args.fleet {
+        fleet_fan_out(&coordinator, &http, pid, n).await;
+    }
     let failures = stats.failures();
     let logs = coordinator.logs();
     let registration_errors = logs
@@ -631,6 +646,59 @@ async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row
         registration_errors,
         first_registration_error,
     })
+}
+
+/// One fleet job on every connected agent (each answers its zero-work trace request at once):
+/// time from the request until every outcome is collected, and the coordinator's CPU and
+/// memory meanwhile.
+async fn fleet_fan_out(coordinator: &Coordinator, http: &reqwest::Client, pid: u32, n: usize) {
+    let ticks_before = cpu_ticks(&pid.to_string()).unwrap_or(0);
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_kib(pid).unwrap_or(0)));
+    let sampling = CancellationToken::new();
+    let sampler = {
+        let (peak, stop) = (peak.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                if let Ok(kib) = rss_kib(pid) {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let body = serde_json::json!({"hosts": {"agents": "connected"}, "duration": 0.001, "type": "ust", "username": "root"});
+    let t = Instant::now();
+    let answer = http
+        .post(coordinator.api("/analyses"))
+        .json(&body)
+        .send()
+        .await;
+    let elapsed = t.elapsed();
+    sampling.cancel();
+    let _ = sampler.await;
+    let cpu_secs = (cpu_ticks(&pid.to_string())
+        .unwrap_or(0)
+        .saturating_sub(ticks_before)) as f64
+        / clock_ticks_per_second() as f64;
+    match answer {
+        Ok(resp) => {
+            let status = resp.status();
+            let job: serde_json::Value = resp.json().await.unwrap_or_default();
+            eprintln!(
+                "FLEET {n} connected agents: HTTP {status}, all outcomes in {:.2} s, outcomes {}, \
+                 coordinator CPU {:.2} s ({:.0} % of one core over the fan-out), peak RSS {} MiB",
+                elapsed.as_secs_f64(),
+                job["outcomes"],
+                cpu_secs,
+                100.0 * cpu_secs / elapsed.as_secs_f64().max(1e-9),
+                peak.load(Ordering::Relaxed) / 1024
+            );
+        }
+        Err(e) => eprintln!(
+            "FLEET {n} agents: request failed after {:.2} s: {e}",
+            elapsed.as_secs_f64()
+        ),
+    }
 }
 
 fn path_str(path: &Path) -> Result<&str> {
