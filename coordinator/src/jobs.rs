@@ -607,6 +607,31 @@ impl Engine {
         self.route(host, username).await
     }
 
+    /// Stores a new job (its id from the job sequence) and registers its live view and its
+    /// cancellation.
+    async fn store_new_job(
+        &self,
+        job: Json,
+    ) -> Result<(u64, watch::Receiver<Option<Json>>, CancellationToken), StoreError> {
+        let rows = self
+            .store
+            .query(
+                "CREATE type::record('job', sequence::nextval('job_id')) CONTENT $job RETURN AFTER",
+                json!({ "job": job }),
+            )
+            .await?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Db("job create returned nothing".into()))?;
+        let job_id = record_key(&row["id"])?;
+        let (tx, rx) = watch::channel(Some(job_view(row)));
+        lock(&self.watchers).insert(job_id, tx);
+        let cancel = CancellationToken::new();
+        lock(&self.cancels).insert(job_id, cancel.clone());
+        Ok((job_id, rx, cancel))
+    }
+
     /// Resolves everything a job needs before it runs: profile, route, relay, analysis host.
     async fn plan(&self, req: &JobRequest) -> Result<Plan, StoreError> {
         let profile = self.config.profiles[&req.analysis_type].clone();
@@ -671,23 +696,7 @@ impl Engine {
             "created": now,
             "started": now,
         });
-        let rows = self
-            .store
-            .query(
-                "CREATE type::record('job', sequence::nextval('job_id')) CONTENT $job RETURN AFTER",
-                json!({ "job": job }),
-            )
-            .await?;
-        let row = rows
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Db("job create returned nothing".into()))?;
-        let job_id = record_key(&row["id"])?;
-        let view = job_view(row);
-        let (tx, rx) = watch::channel(Some(view));
-        lock(&self.watchers).insert(job_id, tx);
-        let cancel = CancellationToken::new();
-        lock(&self.cancels).insert(job_id, cancel.clone());
+        let (job_id, rx, cancel) = self.store_new_job(job).await?;
         let engine = self.clone();
         tokio::spawn(async move {
             let result = engine
@@ -1043,22 +1052,7 @@ impl Engine {
             "hosts": entries,
             "outcomes": outcome_counts(&entries),
         });
-        let rows = self
-            .store
-            .query(
-                "CREATE type::record('job', sequence::nextval('job_id')) CONTENT $job RETURN AFTER",
-                json!({ "job": fleet }),
-            )
-            .await?;
-        let row = rows
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Db("job create returned nothing".into()))?;
-        let fleet_id = record_key(&row["id"])?;
-        let (tx, rx) = watch::channel(Some(job_view(row)));
-        lock(&self.watchers).insert(fleet_id, tx);
-        let cancel = CancellationToken::new();
-        lock(&self.cancels).insert(fleet_id, cancel.clone());
+        let (fleet_id, rx, cancel) = self.store_new_job(fleet).await?;
         let engine = self.clone();
         tokio::spawn(async move {
             engine
