@@ -5,7 +5,8 @@
 # Extra arguments go to `tracevisor serve` (for example --listen, --data-dir, --config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tracevisor-target}"
+# Release builds keep their own target directory (shared with the benchmarks and the packages).
+export CARGO_TARGET_DIR="${CARGO_RELEASE_TARGET_DIR:-$HOME/.cache/tracevisor-target-release}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
