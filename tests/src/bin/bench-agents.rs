@@ -69,6 +69,8 @@ struct Args {
     start_rate: Option<u64>,
     /// Also runs one fleet job on every connected agent and times its fan-out.
     fleet: bool,
+    /// Also restarts the coordinator (SIGTERM, same port and data) and measures the storm.
+    restart: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -81,6 +83,7 @@ fn parse_args() -> Result<Args> {
         hello_timeout: None,
         start_rate: None,
         fleet: false,
+        restart: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -108,6 +111,7 @@ fn parse_args() -> Result<Args> {
                 ))
             }
             "--fleet" => args.fleet = true,
+            "--restart" => args.restart = true,
             "--start-rate" => {
                 let rate: u64 = value()?.parse().context("--start-rate")?;
                 args.start_rate = Some(rate.max(1));
@@ -144,6 +148,8 @@ struct Stats {
     all_registered: Mutex<Option<Instant>>,
     /// N.
     target: usize,
+    /// When each connection attempt started (for the reconnect-storm figures).
+    attempts: Mutex<Vec<Instant>>,
 }
 
 impl Stats {
@@ -218,7 +224,12 @@ async fn simulated_agent(
         };
         let dialled = tokio::select! {
             _ = shutdown.cancelled() => return,
-            d = tokio::time::timeout(settings.connect_timeout, dial(source, coordinator, &config)) => d,
+            d = async {
+                if let Ok(mut a) = stats.attempts.lock() {
+                    a.push(Instant::now());
+                }
+                tokio::time::timeout(settings.connect_timeout, dial(source, coordinator, &config)).await
+            } => d,
         };
         match dialled {
             Err(_) => stats.fail("connect or upgrade timed out".into()),
@@ -606,6 +617,54 @@ async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row
     if args.fleet {
         fleet_fan_out(&coordinator, &http, pid, n).await;
     }
+    let coordinator = if args.restart {
+        let addr = coordinator.addr;
+        let mut old = coordinator;
+        let restart_at = Instant::now();
+        let exit = old.terminate()?;
+        drop(old);
+        let restarted = Coordinator::start_with(
+            &dir.path().join("data"),
+            &addr.to_string(),
+            &[
+                "--no-local-agent",
+                "--agent-token",
+                TOKEN,
+                "--config",
+                path_str(&config_path)?,
+            ],
+            &[("RUST_LOG", "warn,tracevisor=info,tracevisor::hub=error")],
+        )?;
+        let up_at = Instant::now();
+        let deadline = up_at + args.register_timeout;
+        while stats.live.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let recovered = (stats.live.load(Ordering::Relaxed) >= n).then(|| restart_at.elapsed());
+        let attempts: Vec<Instant> = stats
+            .attempts
+            .lock()
+            .map(|a| a.iter().copied().filter(|t| *t >= restart_at).collect())
+            .unwrap_or_default();
+        let mut per_second: BTreeMap<u64, usize> = BTreeMap::new();
+        for t in &attempts {
+            *per_second
+                .entry(t.duration_since(restart_at).as_secs())
+                .or_default() += 1;
+        }
+        let peak = per_second.values().max().copied().unwrap_or(0);
+        eprintln!(
+            "RESTART {n} agents: coordinator exit {exit:?}, back up after {:.2} s; {} reconnect attempts, \
+             peak {peak}/s (per second: {:?}); all {n} back after {}",
+            up_at.duration_since(restart_at).as_secs_f64(),
+            attempts.len(),
+            per_second.values().take(40).collect::<Vec<_>>(),
+            recovered.map_or("not within the timeout".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
+        );
+        restarted
+    } else {
+        coordinator
+    };
     let failures = stats.failures();
     let logs = coordinator.logs();
     let registration_errors = logs
