@@ -361,6 +361,15 @@ impl Store {
         if let Some(cache) = &self.cache {
             return Ok(cache.by_hostname(kind, hostname));
         }
+        self.find_by_hostname_in_db(kind, hostname).await
+    }
+
+    /// One record by hostname, read from the database whatever the cache holds.
+    async fn find_by_hostname_in_db(
+        &self,
+        kind: Kind,
+        hostname: &str,
+    ) -> Result<Option<HostRecord>, StoreError> {
         let rows = self
             .query(
                 "SELECT * FROM type::table($tb) WHERE hostname = $hostname LIMIT 1",
@@ -390,18 +399,8 @@ impl Store {
         if let (Err(StoreError::Duplicate { .. }), Some(cache)) = (&rows, &self.cache) {
             // The record exists though the cache lacks it (a write that timed out here but
             // committed): bring the cache back in line so the next lookup finds it.
-            if let Ok(found) = self
-                .query(
-                    "SELECT * FROM type::table($tb) WHERE hostname = $hostname LIMIT 1",
-                    json!({ "tb": kind.table(), "hostname": record.hostname }),
-                )
-                .await
-            {
-                for row in found {
-                    if let Ok(existing) = HostRecord::from_row(kind, row) {
-                        cache.put(kind, existing);
-                    }
-                }
+            if let Ok(Some(existing)) = self.find_by_hostname_in_db(kind, &record.hostname).await {
+                cache.put(kind, existing);
             }
         }
         let rows = rows?;

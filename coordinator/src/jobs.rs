@@ -992,7 +992,7 @@ impl Engine {
         req: FleetRequest,
     ) -> Result<(u64, watch::Receiver<Option<Json>>), StoreError> {
         let profile = self.config.profiles[&req.template.analysis_type].clone();
-        let statuses = self.hub.statuses().await?;
+        let statuses = self.hub.statuses();
         let hosts: Vec<String> = match &req.hosts {
             HostSelection::List(hosts) => hosts.clone(),
             HostSelection::Agents { .. } => {

@@ -46,7 +46,7 @@ async fn views(
             })
             .collect());
     }
-    let mut statuses = state.hub.statuses().await?;
+    let mut statuses = state.hub.statuses();
     Ok(records
         .into_iter()
         .map(|record| {

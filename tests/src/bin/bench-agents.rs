@@ -435,18 +435,7 @@ async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row
         &config_path,
         format!("heartbeat_interval_secs = {}\n", args.heartbeat_secs),
     )?;
-    let coordinator = Coordinator::start_with(
-        &dir.path().join("data"),
-        "127.0.0.1:0",
-        &[
-            "--no-local-agent",
-            "--agent-token",
-            TOKEN,
-            "--config",
-            path_str(&config_path)?,
-        ],
-        &[("RUST_LOG", "warn,tracevisor=info,tracevisor::hub=error")],
-    )?;
+    let coordinator = start_coordinator(&dir.path().join("data"), "127.0.0.1:0", &config_path)?;
     let pid = coordinator.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_base_kib = rss_kib(pid)?;
@@ -623,18 +612,8 @@ async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row
         let restart_at = Instant::now();
         let exit = old.terminate()?;
         drop(old);
-        let restarted = Coordinator::start_with(
-            &dir.path().join("data"),
-            &addr.to_string(),
-            &[
-                "--no-local-agent",
-                "--agent-token",
-                TOKEN,
-                "--config",
-                path_str(&config_path)?,
-            ],
-            &[("RUST_LOG", "warn,tracevisor=info,tracevisor::hub=error")],
-        )?;
+        let restarted =
+            start_coordinator(&dir.path().join("data"), &addr.to_string(), &config_path)?;
         let up_at = Instant::now();
         let deadline = up_at + args.register_timeout;
         while stats.live.load(Ordering::Relaxed) < n && Instant::now() < deadline {
@@ -758,6 +737,22 @@ async fn fleet_fan_out(coordinator: &Coordinator, http: &reqwest::Client, pid: u
             elapsed.as_secs_f64()
         ),
     }
+}
+
+/// The coordinator under test: no local agent, the bench's token and heartbeat config.
+fn start_coordinator(data: &Path, listen: &str, config: &Path) -> Result<Coordinator> {
+    Coordinator::start_with(
+        data,
+        listen,
+        &[
+            "--no-local-agent",
+            "--agent-token",
+            TOKEN,
+            "--config",
+            path_str(config)?,
+        ],
+        &[("RUST_LOG", "warn,tracevisor=info,tracevisor::hub=error")],
+    )
 }
 
 fn path_str(path: &Path) -> Result<&str> {
