@@ -77,6 +77,8 @@ struct FileConfig {
     max_agent_links: Option<usize>,
     agent_takeover: Option<crate::hub::TakeoverPolicy>,
     max_concurrent_requests: Option<usize>,
+    db_memtable_mib: Option<u64>,
+    db_block_cache_mib: Option<u64>,
     #[serde(default)]
     analyses: BTreeMap<String, FileProfile>,
 }
@@ -130,6 +132,8 @@ pub struct Config {
     pub agent_takeover: crate::hub::TakeoverPolicy,
     /// Most REST requests handled at once (more wait their turn).
     pub max_concurrent_requests: usize,
+    /// Memory bounds of the embedded storage engine.
+    pub storage: crate::db::StorageLimits,
 }
 
 /// A configuration error; the message names the key.
@@ -166,6 +170,7 @@ impl Config {
             max_agent_links: 100_000,
             agent_takeover: crate::hub::TakeoverPolicy::PinAddress,
             max_concurrent_requests: 4096,
+            storage: crate::db::StorageLimits::default(),
         }
     }
 
@@ -258,6 +263,12 @@ impl Config {
         if let Some(v) = file.max_concurrent_requests {
             config.max_concurrent_requests = v;
         }
+        if let Some(v) = file.db_memtable_mib {
+            config.storage.memtable_bytes = v.saturating_mul(1 << 20);
+        }
+        if let Some(v) = file.db_block_cache_mib {
+            config.storage.block_cache_bytes = v.saturating_mul(1 << 20);
+        }
         for (name, fp) in file.analyses {
             let base = config.profiles.get(&name).cloned();
             let profile = Profile {
@@ -303,6 +314,24 @@ impl Config {
                 "db: {:?} is not a supported database URL (surrealkv://PATH, mem://, ws://HOST:PORT, wss://HOST:PORT)",
                 self.db
             )));
+        }
+        // The memtable must hold the largest transaction: a job result of up to one 16 MiB frame.
+        for (key, bytes, range) in [
+            ("db_memtable_mib", self.storage.memtable_bytes, 32..=4096),
+            (
+                "db_block_cache_mib",
+                self.storage.block_cache_bytes,
+                8..=65536,
+            ),
+        ] {
+            let mib = bytes >> 20;
+            if bytes % (1 << 20) != 0 || !range.contains(&mib) {
+                return Err(err(format!(
+                    "{key}: {mib} is outside {}..={} (MiB)",
+                    range.start(),
+                    range.end()
+                )));
+            }
         }
         for (key, token) in [("token", &self.token), ("agent_token", &self.agent_token)] {
             if let Some(t) = token {
@@ -433,6 +462,8 @@ mod tests {
             ("heartbeat_interval_secs = 0", "heartbeat_interval_secs"),
             ("db = \"rocksdb://x\"", "db"),
             ("token = \"short\"", "token"),
+            ("db_memtable_mib = 8", "db_memtable_mib"),
+            ("db_block_cache_mib = 0", "db_block_cache_mib"),
             ("bogus = 1", "bogus"),
             ("tls_cert = \"/nonexistent\"", "tls_key"),
             (
@@ -460,5 +491,14 @@ mod tests {
         );
         assert_eq!(c.profiles["net"].kernel_events, ["net_dev_xmit"]);
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn storage_limits_in_mib() {
+        let c = load_toml("db_memtable_mib = 48\ndb_block_cache_mib = 16\n").unwrap();
+        assert_eq!(c.storage.memtable_bytes, 48 << 20);
+        assert_eq!(c.storage.block_cache_bytes, 16 << 20);
+        let d = load_toml("").unwrap();
+        assert_eq!(d.storage, crate::db::StorageLimits::default());
     }
 }

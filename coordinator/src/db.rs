@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use surrealdb::engine::any::Any;
+use surrealdb::engine::local::Db;
 use surrealdb::Surreal;
 
 use crate::registry::{HostRecord, Kind};
@@ -62,7 +63,22 @@ pub const MIGRATIONS: &[&str] = &[
     DEFINE INDEX job_status ON job FIELDS status;
     DEFINE SEQUENCE job_id BATCH 1 START 1;
     "#,
+    // 4: ids reserved in blocks of 100. With blocks of 1 every create also wrote the sequence's
+    // row, so concurrent creates collided on it and were retried (the write p99 in
+    // BENCHMARKS.md). Each sequence restarts at its next unused value, so no id is reused; a
+    // restart may skip the rest of a block.
+    // (`$next_<sequence>` is drawn by `migrate_to` before the migration's transaction: a draw
+    // inside it would conflict with the redefinition.)
+    r#"
+    DEFINE SEQUENCE OVERWRITE relay_id BATCH 100 START $next_relay_id;
+    DEFINE SEQUENCE OVERWRITE client_id BATCH 100 START $next_client_id;
+    DEFINE SEQUENCE OVERWRITE analyses_server_id BATCH 100 START $next_analyses_server_id;
+    DEFINE SEQUENCE OVERWRITE job_id BATCH 100 START $next_job_id;
+    "#,
 ];
+
+/// The id sequences; a migration may start one again at `$next_<name>`, its next unused value.
+const SEQUENCES: [&str; 4] = ["relay_id", "client_id", "analyses_server_id", "job_id"];
 
 /// Longest wait for one query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -99,10 +115,39 @@ impl From<surrealdb::Error> for StoreError {
     }
 }
 
+/// How much memory the embedded storage engine (SurrealKV) may hold. Its defaults scale with
+/// the machine (a 1 GiB memtable and a block cache of half the RAM on a 24 GiB host), far more
+/// than a registry needs; the memtable is an arena whose pages become resident as writes land,
+/// so without a bound the coordinator's memory grows with every write until that size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageLimits {
+    /// Size of the in-memory write buffer, flushed to disk when full. Must hold the largest
+    /// single transaction (a job result of up to the 16 MiB frame limit).
+    pub memtable_bytes: u64,
+    /// Cache of on-disk blocks.
+    pub block_cache_bytes: u64,
+}
+
+impl Default for StorageLimits {
+    fn default() -> Self {
+        StorageLimits {
+            memtable_bytes: 64 << 20,
+            block_cache_bytes: 32 << 20,
+        }
+    }
+}
+
+/// The connection: an embedded datastore this process opened, or a SurrealDB server.
+#[derive(Clone)]
+enum Conn {
+    Embedded(Surreal<Db>),
+    Remote(Surreal<Any>),
+}
+
 /// Handle on the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Surreal<Any>,
+    db: Conn,
     /// Registry records held in memory when this process is the database's only writer
     /// (embedded SurrealKV locks its directory; `mem://` is private), so reads never query.
     cache: Option<Arc<RegistryCache>>,
@@ -180,34 +225,42 @@ impl RegistryCache {
     }
 }
 
+/// Opens the embedded datastore the way the SDK's own `connect` does (build without
+/// maintenance tasks, check the on-disk version, bootstrap, then start the tasks), except that
+/// the storage engine gets its memory limits: the SDK passes no configuration to an embedded
+/// datastore, and in 3.3.5 the URL's query keys are prefixed `datastore_` so they never reach
+/// SurrealKV's `surrealkv_*` keys.
+async fn open_embedded(url: &str, limits: StorageLimits) -> Result<Surreal<Db>, String> {
+    let config = surrealdb_cnf::ConfigMap::empty()
+        .with_key_value(
+            "surrealkv_max_memtable_size",
+            limits.memtable_bytes.to_string(),
+        )
+        .with_key_value(
+            "surrealkv_block_cache_capacity",
+            limits.block_cache_bytes.to_string(),
+        );
+    let datastore = surrealdb_engine_local::Datastore::builder()
+        .with_config(config)
+        .with_auth(false)
+        .without_maintenance_tasks()
+        .build_with_path(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    datastore.check_version().await.map_err(|e| e.to_string())?;
+    datastore.bootstrap().await.map_err(|e| e.to_string())?;
+    datastore.start_maintenance_tasks();
+    Surreal::<Db>::unstable_from_datastore(datastore, None)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 impl Store {
     /// Connects (creating the embedded database if needed) and migrates the schema.
-    pub async fn open(url: &str) -> Result<Store, StoreError> {
-        if let Some(path) = url.strip_prefix("surrealkv://") {
-            if let Some(parent) = std::path::Path::new(path).parent() {
-                std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
-                    url: url.to_owned(),
-                    message: e.to_string(),
-                })?;
-            }
-        }
-        let db = surrealdb::engine::any::connect(url)
-            .await
-            .map_err(|e| StoreError::Open {
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?;
-        db.use_ns(NAMESPACE)
-            .use_db(DATABASE)
-            .await
-            .map_err(|e| StoreError::Open {
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?;
-        let mut store = Store { db, cache: None };
+    pub async fn open(url: &str, limits: StorageLimits) -> Result<Store, StoreError> {
+        let mut store = Store::connect(url, limits).await?;
         store.migrate().await?;
-        if url.starts_with("surrealkv://") || url.starts_with("mem://") || url.starts_with("memory")
-        {
+        if matches!(store.db, Conn::Embedded(_)) {
             let cache = RegistryCache {
                 kinds: Default::default(),
                 shards: (0..CACHE_SHARDS)
@@ -222,6 +275,42 @@ impl Store {
             store.cache = Some(Arc::new(cache));
         }
         Ok(store)
+    }
+
+    /// Connects without migrating or loading the cache.
+    async fn connect(url: &str, limits: StorageLimits) -> Result<Store, StoreError> {
+        let open_error = |e: &dyn std::fmt::Display| StoreError::Open {
+            url: url.to_owned(),
+            message: e.to_string(),
+        };
+        let embedded = ["surrealkv://", "mem://", "memory://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme));
+        let db = if embedded {
+            if let Some(path) = url.strip_prefix("surrealkv://") {
+                if let Some(parent) = std::path::Path::new(path).parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| open_error(&e))?;
+                }
+            }
+            let db = open_embedded(url, limits)
+                .await
+                .map_err(|e| open_error(&e))?;
+            db.use_ns(NAMESPACE)
+                .use_db(DATABASE)
+                .await
+                .map_err(|e| open_error(&e))?;
+            Conn::Embedded(db)
+        } else {
+            let db = surrealdb::engine::any::connect(url)
+                .await
+                .map_err(|e| open_error(&e))?;
+            db.use_ns(NAMESPACE)
+                .use_db(DATABASE)
+                .await
+                .map_err(|e| open_error(&e))?;
+            Conn::Remote(db)
+        };
+        Ok(Store { db, cache: None })
     }
 
     /// The id of this registry, created once: part of every session name, so agents shared by
@@ -257,6 +346,11 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrate_to(MIGRATIONS.len()).await
+    }
+
+    /// Applies the migrations up to schema version `target`.
+    async fn migrate_to(&self, target: usize) -> Result<(), StoreError> {
         self.query("DEFINE TABLE IF NOT EXISTS meta SCHEMALESS", json!({}))
             .await?;
         let current = self.schema_version().await?;
@@ -267,13 +361,25 @@ impl Store {
                 supported,
             });
         }
-        for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let pending = MIGRATIONS.iter().enumerate().take(target);
+        for (index, migration) in pending.skip(current as usize) {
             let version = index as u64 + 1;
             // The migration and its version bump commit together or not at all.
             let sql = format!(
                 "BEGIN TRANSACTION; {migration}; UPSERT meta:schema SET version = $version, migrated_at = time::now(); COMMIT TRANSACTION;"
             );
-            self.query(&sql, json!({ "version": version })).await?;
+            let mut vars = json!({ "version": version });
+            for sequence in SEQUENCES {
+                let name = format!("next_{sequence}");
+                if migration.contains(&format!("${name}")) {
+                    // Drawn (and so never handed out) in a transaction of its own.
+                    let next = self
+                        .query("RETURN sequence::nextval($seq)", json!({ "seq": sequence }))
+                        .await?;
+                    vars[name] = next.first().cloned().unwrap_or(Json::Null);
+                }
+            }
+            self.query(&sql, vars).await?;
             tracing::info!(version, "database schema migrated");
         }
         Ok(())
@@ -283,15 +389,18 @@ impl Store {
     pub async fn query(&self, sql: &str, vars: Json) -> Result<Vec<Json>, StoreError> {
         // A database that stops answering (a full disk can wedge the storage engine's commit
         // pipeline) must turn into an error answer, not a request that hangs.
-        let pending = self.db.query(sql).bind(vars);
-        let response = tokio::time::timeout(QUERY_TIMEOUT, pending)
-            .await
-            .map_err(|_| {
-                StoreError::Db(format!(
-                    "the database did not answer within {} s (disk full or storage stalled?)",
-                    QUERY_TIMEOUT.as_secs()
-                ))
-            })??;
+        let answer = match &self.db {
+            Conn::Embedded(db) => {
+                tokio::time::timeout(QUERY_TIMEOUT, db.query(sql).bind(vars)).await
+            }
+            Conn::Remote(db) => tokio::time::timeout(QUERY_TIMEOUT, db.query(sql).bind(vars)).await,
+        };
+        let response = answer.map_err(|_| {
+            StoreError::Db(format!(
+                "the database did not answer within {} s (disk full or storage stalled?)",
+                QUERY_TIMEOUT.as_secs()
+            ))
+        })??;
         let mut response = response.check()?;
         let last = response.num_statements().saturating_sub(1);
         let value: surrealdb::types::Value = response.take(last)?;
@@ -311,6 +420,7 @@ impl Store {
                     if is_conflict(&message) && attempt < CONFLICT_RETRIES =>
                 {
                     attempt += 1;
+                    tracing::debug!(attempt, "write lost a transaction conflict, retrying");
                     let jitter = rand::random::<u64>() % (1 << attempt.min(6));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
@@ -501,7 +611,9 @@ mod tests {
 
     #[tokio::test]
     async fn crud_ids_and_duplicates() {
-        let store = Store::open("mem://").await.unwrap();
+        let store = Store::open("mem://", StorageLimits::default())
+            .await
+            .unwrap();
         assert_eq!(
             store.schema_version().await.unwrap(),
             MIGRATIONS.len() as u64
@@ -564,5 +676,33 @@ mod tests {
             "d"
         );
         assert!(store.get(Kind::Relays, 2).await.unwrap().is_none());
+    }
+
+    /// Migration 4 (ids in blocks) on a database that handed out ids one at a time: no id is
+    /// reused, and one run hands out consecutive ids. (Restarts: `registry_api`.)
+    #[tokio::test]
+    async fn ids_in_blocks_never_reuse_an_id() {
+        let store = Store::connect("mem://", StorageLimits::default())
+            .await
+            .unwrap();
+        store.migrate_to(3).await.unwrap();
+        for name in ["a", "b", "c"] {
+            store.create(Kind::Relays, &relay(name)).await.unwrap();
+        }
+        assert!(store.delete(Kind::Relays, 3).await.unwrap());
+        store.migrate().await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), 4);
+        let ids: Vec<u64> = [
+            store.create(Kind::Relays, &relay("d")).await.unwrap().id,
+            store.create(Kind::Relays, &relay("e")).await.unwrap().id,
+        ]
+        .to_vec();
+        assert!(ids[0] > 3, "id 3 was handed out before: {ids:?}");
+        assert_eq!(ids[1], ids[0] + 1, "consecutive within a run: {ids:?}");
+        let job = store
+            .query("RETURN sequence::nextval('job_id')", json!({}))
+            .await
+            .unwrap();
+        assert!(job[0].as_u64().unwrap() >= 1);
     }
 }

@@ -54,7 +54,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     config.validate()?;
     prepare_data_dir(&config)?;
-    let store = db::Store::open(&config.db).await?;
+    let store = db::Store::open(&config.db, config.storage).await?;
     let instance = store.instance_id().await?;
     let ssh = secrets::load_or_create_ssh_key(&config.data_dir)?;
     let rest_token = rest_token(&config)?;

@@ -76,7 +76,12 @@ impl Coordinator {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra.iter().filter(|a| **a != LOCAL_AGENT))
-            .env("RUST_LOG", "info,surrealdb=warn,surrealkv=warn")
+            .env(
+                "RUST_LOG",
+                // TRACEVISOR_TEST_LOG overrides the coordinator's log filter when investigating.
+                std::env::var("TRACEVISOR_TEST_LOG")
+                    .unwrap_or_else(|_| "info,surrealdb=warn,surrealkv=warn".into()),
+            )
             .env_remove("TRACEVISOR_TOKEN")
             .env_remove("TRACEVISOR_AGENT_TOKEN")
             .stdin(Stdio::null())

@@ -3,5 +3,6 @@ pub mod agents;
 pub mod coordinator;
 pub mod jobs_support;
 pub mod lttng;
+pub mod procfs;
 pub mod skip;
 pub mod sshd;

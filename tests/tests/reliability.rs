@@ -118,3 +118,44 @@ async fn kill_9_during_1000_concurrent_writes_loses_no_acknowledged_write() {
         restart_time.as_secs_f64()
     );
 }
+
+/// The embedded database's write buffer is the configured size, not SurrealKV's default (1 GiB
+/// on a 24 GiB machine), and it is where writes land: the coordinator's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_memory_is_bounded_by_the_configuration() {
+    use tracevisor_tests::procfs;
+    let dir = tempfile::Builder::new()
+        .prefix("tv-mem-")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "db_memtable_mib = 40\ndb_block_cache_mib = 8\n").unwrap();
+    let c = Coordinator::start(dir.path(), &["--config", config.to_str().unwrap()]).unwrap();
+    let pid = c.pid();
+    let arena_kib = 40 * 1024 + 4;
+    let mappings = procfs::anon_mappings(pid).unwrap();
+    assert_eq!(
+        mappings.iter().filter(|m| m.size_kib == arena_kib).count(),
+        1,
+        "one memtable arena of the configured 40 MiB: {mappings:?}"
+    );
+    let huge: Vec<_> = mappings
+        .iter()
+        .filter(|m| m.size_kib >= 512 * 1024)
+        .collect();
+    assert!(huge.is_empty(), "no default-sized arena left: {huge:?}");
+
+    let before = procfs::memtable_rss_kib(pid, 40).unwrap();
+    for i in 0..300 {
+        let label = "x".repeat(60);
+        let body =
+            json!({"hostname": format!("mem-{i}.{label}.{label}.{label}"), "ipv4": "10.1.2.3"});
+        let (status, _) = c.post("/relays", &body).await.unwrap();
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let after = procfs::memtable_rss_kib(pid, 40).unwrap();
+    assert!(
+        after >= before + 64,
+        "writes land in the configured arena: {before} KiB then {after} KiB"
+    );
+}

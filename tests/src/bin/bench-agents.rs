@@ -51,6 +51,7 @@ use tracesd::AgentConfig;
 use tracevisor_protocol::{codec, CloseReason, Frame, Message, DEAD_AFTER_INTERVALS};
 use tracevisor_tests::agents::{hub_url, simulated_hello};
 use tracevisor_tests::coordinator::Coordinator;
+use tracevisor_tests::procfs::rss_kib;
 
 const TOKEN: &str = "bench-agents-enrollment-token";
 
@@ -367,17 +368,6 @@ async fn session(
             }
         }
     }
-}
-
-/// `VmRSS` of a process, in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
 }
 
 /// utime + stime of a process, in clock ticks.

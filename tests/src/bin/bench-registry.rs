@@ -1,6 +1,12 @@
 //! Registry benchmark: 64 concurrent HTTP clients against the real coordinator, read and write mixes.
 //!
-//! Run: `cargo run --release -p tracevisor-tests --bin bench-registry -- [--seconds N] [--clients N]`
+//! Each mix runs twice. Closed loop: every client sends its next request as soon as the last is
+//! answered, which finds the maximum throughput (latency there is mostly queueing: clients /
+//! throughput). Open loop: requests are sent on a fixed schedule at the target rate (`--read-rate`,
+//! `--write-rate`), and each latency is measured from the time the request was due, so a stall
+//! counts against every request it delays (no coordinated omission).
+//!
+//! Run: `cargo run --release -p tracevisor-tests --bin bench-registry -- [--seconds N] [--clients N] [--read-rate R] [--write-rate W]`
 //! (build the release binaries first: `cargo build --release --workspace --bins`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,7 +69,14 @@ struct Figures {
     max: Duration,
 }
 
-async fn run_mix(c: &Coordinator, mix: &Mix, clients: u64, seconds: u64, seeded: u64) -> Figures {
+async fn run_mix(
+    c: &Coordinator,
+    mix: &Mix,
+    clients: u64,
+    seconds: u64,
+    seeded: u64,
+    rate: Option<f64>,
+) -> Figures {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients as usize)
         .build()
@@ -78,18 +91,36 @@ async fn run_mix(c: &Coordinator, mix: &Mix, clients: u64, seconds: u64, seeded:
         let base = base.clone();
         let errors = errors.clone();
         let pick = mix.pick;
+        // Open loop: this client's requests are due every `interval`, staggered across clients.
+        let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
+        let mut due =
+            start + interval.map_or(Duration::ZERO, |i| i * client as u32 / clients as u32);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut last_id = 0u64;
             let mut i = 0u64;
             while Instant::now() < deadline {
+                if interval.is_some() {
+                    tokio::time::sleep_until(due.into()).await;
+                    if due >= deadline {
+                        break;
+                    }
+                }
                 let (method, path, body, expected) = pick(client, i, seeded);
                 let path = path.replace("{id}", &last_id.to_string());
                 let mut rb = http.request(method, format!("{base}{path}"));
                 if let Some(b) = &body {
                     rb = rb.json(b);
                 }
-                let t0 = Instant::now();
+                // Latency counts from when the request was due (open loop) or sent (closed).
+                let t0 = if interval.is_some() {
+                    due
+                } else {
+                    Instant::now()
+                };
+                if let Some(interval) = interval {
+                    due += interval;
+                }
                 let ok = match rb.send().await {
                     Ok(resp) => {
                         let status = resp.status();
@@ -152,6 +183,7 @@ async fn main() -> Result<()> {
     };
     let seconds = flag("--seconds", 10);
     let clients = flag("--clients", 64);
+    let (read_rate, write_rate) = (flag("--read-rate", 5000), flag("--write-rate", 1000));
     let dir = tempfile::Builder::new().prefix("tv-bench-").tempdir()?;
     let c = Coordinator::start(dir.path(), &[])?;
     let seeded = 200u64;
@@ -173,21 +205,29 @@ async fn main() -> Result<()> {
         "registry benchmark: {clients} concurrent clients, {seconds} s per mix, coordinator {}",
         c.addr
     );
-    println!("| mix | requests | req/s | p50 ms | p99 ms | max ms | errors |");
-    println!("|---|---|---|---|---|---|---|");
-    for mix in [
-        Mix {
-            name: "read (GET lists and records)",
-            pick: read_mix,
-        },
-        Mix {
-            name: "write (POST/PUT/DELETE)",
-            pick: write_mix,
-        },
+    println!("| mix | load | requests | req/s | p50 ms | p99 ms | max ms | errors |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let read = Mix {
+        name: "read (GET lists and records)",
+        pick: read_mix,
+    };
+    let write = Mix {
+        name: "write (POST/PUT/DELETE)",
+        pick: write_mix,
+    };
+    for (mix, rate) in [
+        (&read, None),
+        (&read, Some(read_rate)),
+        (&write, None),
+        (&write, Some(write_rate)),
     ] {
-        let f = run_mix(&c, &mix, clients, seconds, seeded).await;
+        let f = run_mix(&c, mix, clients, seconds, seeded, rate.map(|r| r as f64)).await;
+        let load = match rate {
+            Some(r) => format!("open loop, {r} req/s due"),
+            None => "closed loop".to_owned(),
+        };
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {load} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
             mix.name,
             f.requests,
             f.requests as f64 / f.elapsed.as_secs_f64(),

@@ -2,7 +2,10 @@
 //! printing its open file descriptors and resident memory before and after (they must stay
 //! flat). Needs root and lttng-sessiond for the jobs.
 //!
-//! Run: `$CARGO_TARGET_DIR/release/bench-soak [--jobs N] [--reconnects N]`
+//! Resident memory is split into the storage engine's memtable arena (bounded by
+//! `db_memtable_mib`: it fills as writes land and empties when flushed) and everything else.
+//!
+//! Run: `$CARGO_TARGET_DIR/release/bench-soak [--jobs N] [--reconnects N] [--rounds R] [--memtable-mib M]`
 //! (build the release binaries first: `cargo build --release --workspace --bins`).
 
 use std::sync::Arc;
@@ -12,28 +15,16 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use tracevisor_tests::agents::{hub_url, RawLink};
 use tracevisor_tests::coordinator::{Coordinator, LOCAL_AGENT};
-use tracevisor_tests::lttng;
+use tracevisor_tests::{lttng, procfs};
 
 const TOKEN: &str = "soak-agent-token-0123456789abcdef";
 
 fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    procfs::open_fds(pid).unwrap_or(0)
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+    procfs::rss_kib(pid).unwrap_or(0) as f64 / 1024.0
 }
 
 async fn reconnects(url: &str, n: usize) -> Result<usize> {
@@ -86,6 +77,10 @@ async fn jobs(c: &Coordinator, n: usize) -> Result<(usize, usize)> {
     Ok((complete, failed))
 }
 
+fn memtable_rss_mib(pid: u32, memtable_mib: u64) -> f64 {
+    procfs::memtable_rss_kib(pid, memtable_mib).unwrap_or(0) as f64 / 1024.0
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -97,9 +92,17 @@ async fn main() -> Result<()> {
             .unwrap_or(default)
     };
     let (n_jobs, n_reconnects) = (flag("--jobs", 300), flag("--reconnects", 5000));
+    let rounds = flag("--rounds", 5).max(1);
+    let memtable_mib = flag("--memtable-mib", 32) as u64;
     lttng::ensure_sessiond()?;
     let dir = tempfile::Builder::new().prefix("tv-soak-").tempdir()?;
-    let c = Coordinator::start(dir.path(), &[LOCAL_AGENT, "--agent-token", TOKEN])?;
+    let config = dir.path().join("soak.toml");
+    std::fs::write(&config, format!("db_memtable_mib = {memtable_mib}\n"))?;
+    let config = config.display().to_string();
+    let c = Coordinator::start(
+        dir.path(),
+        &[LOCAL_AGENT, "--agent-token", TOKEN, "--config", &config],
+    )?;
     c.wait_log("agent connected", Duration::from_secs(60))?;
     let pid = c.pid();
     let url = hub_url(c.addr, false);
@@ -107,24 +110,50 @@ async fn main() -> Result<()> {
     jobs(&c, 4).await?;
     reconnects(&url, 200).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (fd0, rss0) = (fds(pid), rss_mib(pid));
-    let t = Instant::now();
-    let (reconnect_job, job_run) = tokio::join!(reconnects(&url, n_reconnects), jobs(&c, n_jobs));
-    let ok_links = reconnect_job.context("reconnects")?;
-    let (complete, failed) = job_run.context("jobs")?;
-    let elapsed = t.elapsed();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let (fd1, rss1) = (fds(pid), rss_mib(pid));
-    println!("soak: {n_reconnects} agent reconnects ({ok_links} registered) and {n_jobs} ust jobs ({complete} complete, {failed} failed) in {:.0} s", elapsed.as_secs_f64());
-    println!("| coordinator | before | after | change |");
-    println!("|---|---|---|---|");
+    let sample = || {
+        let (rss, memtable) = (rss_mib(pid), memtable_rss_mib(pid, memtable_mib));
+        (fds(pid), rss, memtable, rss - memtable)
+    };
     println!(
-        "| open file descriptors | {fd0} | {fd1} | {:+} |",
-        fd1 as i64 - fd0 as i64
+        "soak: {n_reconnects} agent reconnects and {n_jobs} ust jobs in {rounds} rounds, memtable {memtable_mib} MiB"
+    );
+    println!("| after | reconnects registered | jobs complete | open fds | RSS MiB | memtable arena MiB | RSS without memtable MiB |");
+    println!("|---|---|---|---|---|---|---|");
+    let row = |label: &str,
+               links: usize,
+               done: usize,
+               (fd, rss, memtable, rest): (usize, f64, f64, f64)| {
+        println!("| {label} | {links} | {done} | {fd} | {rss:.1} | {memtable:.1} | {rest:.1} |");
+    };
+    let first = sample();
+    row("warm-up", 0, 0, first);
+    let t = Instant::now();
+    let (mut links_total, mut complete_total, mut failed_total) = (0, 0, 0);
+    let mut last = first;
+    for round in 1..=rounds {
+        let (reconnect_job, job_run) = tokio::join!(
+            reconnects(&url, n_reconnects / rounds),
+            jobs(&c, n_jobs / rounds)
+        );
+        links_total += reconnect_job.context("reconnects")?;
+        let (complete, failed) = job_run.context("jobs")?;
+        complete_total += complete;
+        failed_total += failed;
+        // Let closed links and finished jobs settle before sampling.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        last = sample();
+        row(&format!("round {round}"), links_total, complete_total, last);
+    }
+    println!(
+        "{links_total} of {n_reconnects} reconnects registered, {complete_total} jobs complete, {failed_total} failed, in {:.0} s",
+        t.elapsed().as_secs_f64()
     );
     println!(
-        "| resident memory MiB | {rss0:.1} | {rss1:.1} | {:+.1} |",
-        rss1 - rss0
+        "change from warm-up: fds {:+}, RSS {:+.1} MiB, memtable arena {:+.1} MiB, RSS without memtable {:+.1} MiB",
+        last.0 as i64 - first.0 as i64,
+        last.1 - first.1,
+        last.2 - first.2,
+        last.3 - first.3
     );
     let leftovers: Vec<String> = lttng::list_sessions()?
         .into_iter()
