@@ -107,29 +107,35 @@ impl SshExecutor {
             host: self.display.clone(),
             message,
         };
-        let sessiond = self
-            .run(
+        // The checks are independent: run them at once over the multiplexed connection, so the
+        // pre-flight costs one round trip instead of two or three.
+        let limit = Duration::from_secs(15);
+        let modules = async {
+            if needs_kernel {
+                Some(self.run(argv(&["cat", "/proc/modules"]), limit).await)
+            } else {
+                None
+            }
+        };
+        let (sessiond, id, modules) = tokio::join!(
+            self.run(
                 argv(&["pgrep", "-u", "root", "-x", "lttng-sessiond"]),
-                Duration::from_secs(15),
-            )
-            .await;
+                limit
+            ),
+            self.run(argv(&["id"]), limit),
+            modules
+        );
         if sessiond.is_err() {
             return Err(fail("no lttng-sessiond running as root (start it with `lttng-sessiond --daemonize` as root)".into()));
         }
         // One `id` answers both: "uid=0(root) gid=0(root) groups=0(root),27(tracing)".
-        let id = self
-            .run(argv(&["id"]), Duration::from_secs(15))
-            .await
-            .map_err(|e| fail(format!("cannot check the user: {e}")))?;
+        let id = id.map_err(|e| fail(format!("cannot check the user: {e}")))?;
         if !user_may_trace(&id.stdout_lossy()) {
             return Err(fail(
                 "the ssh user is neither root nor in the tracing group".into(),
             ));
         }
-        if needs_kernel {
-            let modules = self
-                .run(argv(&["cat", "/proc/modules"]), Duration::from_secs(15))
-                .await;
+        if let Some(modules) = modules {
             let loaded = modules
                 .map(|o| {
                     o.stdout_lossy()
