@@ -255,6 +255,11 @@ async fn open_embedded(url: &str, limits: StorageLimits) -> Result<Surreal<Db>, 
         .map_err(|e| e.to_string())
 }
 
+/// Selects the namespace and database every query runs in.
+async fn select_database<C: surrealdb::Connection>(db: &Surreal<C>) -> surrealdb::Result<()> {
+    db.use_ns(NAMESPACE).use_db(DATABASE).await.map(|_| ())
+}
+
 impl Store {
     /// Connects (creating the embedded database if needed) and migrates the schema.
     pub async fn open(url: &str, limits: StorageLimits) -> Result<Store, StoreError> {
@@ -295,19 +300,13 @@ impl Store {
             let db = open_embedded(url, limits)
                 .await
                 .map_err(|e| open_error(&e))?;
-            db.use_ns(NAMESPACE)
-                .use_db(DATABASE)
-                .await
-                .map_err(|e| open_error(&e))?;
+            select_database(&db).await.map_err(|e| open_error(&e))?;
             Conn::Embedded(db)
         } else {
             let db = surrealdb::engine::any::connect(url)
                 .await
                 .map_err(|e| open_error(&e))?;
-            db.use_ns(NAMESPACE)
-                .use_db(DATABASE)
-                .await
-                .map_err(|e| open_error(&e))?;
+            select_database(&db).await.map_err(|e| open_error(&e))?;
             Conn::Remote(db)
         };
         Ok(Store { db, cache: None })
