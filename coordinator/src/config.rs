@@ -15,6 +15,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default longest trace a request may ask for.
 pub const DEFAULT_MAX_DURATION_SECS: u64 = 3600;
+/// Default time finished jobs are kept: a week.
+pub const DEFAULT_JOB_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// Default interval between heartbeats on agent links.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 10;
 
@@ -79,6 +81,7 @@ struct FileConfig {
     max_concurrent_requests: Option<usize>,
     db_memtable_mib: Option<u64>,
     db_block_cache_mib: Option<u64>,
+    job_retention_secs: Option<u64>,
     #[serde(default)]
     analyses: BTreeMap<String, FileProfile>,
 }
@@ -134,6 +137,8 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// Memory bounds of the embedded storage engine.
     pub storage: crate::db::StorageLimits,
+    /// How long finished jobs (and their results) are kept; zero keeps them forever.
+    pub job_retention: Duration,
 }
 
 /// A configuration error; the message names the key.
@@ -171,6 +176,7 @@ impl Config {
             agent_takeover: crate::hub::TakeoverPolicy::PinAddress,
             max_concurrent_requests: 4096,
             storage: crate::db::StorageLimits::default(),
+            job_retention: Duration::from_secs(DEFAULT_JOB_RETENTION_SECS),
         }
     }
 
@@ -269,6 +275,9 @@ impl Config {
         if let Some(v) = file.db_block_cache_mib {
             config.storage.block_cache_bytes = v.saturating_mul(1 << 20);
         }
+        if let Some(v) = file.job_retention_secs {
+            config.job_retention = Duration::from_secs(v);
+        }
         for (name, fp) in file.analyses {
             let base = config.profiles.get(&name).cloned();
             let profile = Profile {
@@ -332,6 +341,13 @@ impl Config {
                     range.end()
                 )));
             }
+        }
+        // Zero keeps jobs forever; beyond a century is surely a mistake (and would overflow dates).
+        if self.job_retention > Duration::from_secs(100 * 365 * 24 * 3600) {
+            return Err(err(format!(
+                "job_retention_secs: {} is more than a century (0 keeps jobs forever)",
+                self.job_retention.as_secs()
+            )));
         }
         for (key, token) in [("token", &self.token), ("agent_token", &self.agent_token)] {
             if let Some(t) = token {
@@ -464,6 +480,7 @@ mod tests {
             ("token = \"short\"", "token"),
             ("db_memtable_mib = 8", "db_memtable_mib"),
             ("db_block_cache_mib = 0", "db_block_cache_mib"),
+            ("job_retention_secs = 99999999999", "job_retention_secs"),
             ("bogus = 1", "bogus"),
             ("tls_cert = \"/nonexistent\"", "tls_key"),
             (

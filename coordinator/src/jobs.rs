@@ -425,6 +425,44 @@ impl Engine {
         })
     }
 
+    /// Deletes finished jobs past their retention now and then, until `shutdown`. A retention of
+    /// zero keeps every job.
+    pub fn spawn_pruner(self: &Arc<Self>, retention: Duration, shutdown: CancellationToken) {
+        if retention.is_zero() {
+            return;
+        }
+        let engine = self.clone();
+        let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match engine.prune(retention).await {
+                    Ok(0) => {}
+                    Ok(jobs) => tracing::info!(jobs, "deleted finished jobs past their retention"),
+                    Err(error) => tracing::warn!(%error, "could not delete old jobs"),
+                }
+            }
+        });
+    }
+
+    /// Deletes the jobs that finished more than `retention` ago; returns how many.
+    pub async fn prune(&self, retention: Duration) -> Result<usize, StoreError> {
+        let cutoff = OffsetDateTime::now_utc() - retention;
+        let rows = self
+            .store
+            .query(
+                "DELETE job WHERE status IN [4, -1] AND finished != NONE AND <datetime> finished < <datetime> $cutoff RETURN VALUE id",
+                json!({ "cutoff": rfc3339(cutoff) }),
+            )
+            .await?;
+        Ok(rows.len())
+    }
+
     /// Marks the SSH jobs a previous coordinator process was running as failed.
     pub async fn recover(&self) -> Result<(), StoreError> {
         let rows = self

@@ -90,6 +90,7 @@ pub async fn run(
     );
     engine.recover().await?;
     engine.spawn_event_loop(agent_events);
+    engine.spawn_pruner(config.job_retention, shutdown.clone());
     let state = Arc::new(api::AppState {
         config: config.clone(),
         hub,

@@ -159,3 +159,103 @@ async fn storage_memory_is_bounded_by_the_configuration() {
         "writes land in the configured arena: {before} KiB then {after} KiB"
     );
 }
+
+/// Finished jobs are deleted once past `job_retention_secs`; a job still running is kept however
+/// old. Two SSH jobs that need no LTTng: one to a closed port (fails at once), one to a port
+/// that accepts and never speaks (runs until the SSH connect timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_deleted_after_their_retention_running_ones_are_kept() {
+    use tracevisor_tests::jobs_support::{get_job, job_body, list_jobs, post_analyses, wait_ended};
+    let dir = tempfile::Builder::new()
+        .prefix("tv-retention-")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "job_retention_secs = 1\nssh_connect_timeout_secs = 6\n",
+    )
+    .unwrap();
+    let c = Coordinator::start(dir.path(), &["--config", config.to_str().unwrap()]).unwrap();
+
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    for (host, port) in [("closed", closed_port), ("silent", silent_port)] {
+        let body = json!({"hostname": host, "ipv4": "127.0.0.1", "sshport": port});
+        assert_eq!(
+            c.post("/clients", &body).await.unwrap().0,
+            StatusCode::CREATED
+        );
+    }
+
+    let running = post_analyses(
+        &c,
+        &job_body("silent", 1.0, "ust"),
+        &[("Prefer", "respond-async")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(running.status, StatusCode::ACCEPTED, "{}", running.body);
+    let running_id = running.job_id().unwrap();
+    let failed = post_analyses(&c, &job_body("closed", 1.0, "ust"), &[])
+        .await
+        .unwrap();
+    let failed_id = failed.job_id().unwrap();
+    assert_eq!(failed.body["status"], -1, "{}", failed.body);
+    assert_eq!(
+        failed.body["error"]["step"], "ssh-connect",
+        "{}",
+        failed.body
+    );
+
+    // The failed job goes within a few pruning rounds; the running one stays meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = c.get(&format!("/jobs/{failed_id}")).await.unwrap();
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job {failed_id} never deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let job = get_job(&c, running_id).await.unwrap();
+    assert!(
+        matches!(job["status"].as_i64(), Some(1..=3)),
+        "still running, so kept: {job}"
+    );
+    let listed: Vec<u64> = list_jobs(&c, true)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["jobid"].as_u64())
+        .collect();
+    assert!(
+        listed.contains(&running_id) && !listed.contains(&failed_id),
+        "{listed:?}"
+    );
+    assert!(c
+        .logs()
+        .contains("deleted finished jobs past their retention"));
+
+    // Once it has failed too (SSH connect timeout), it goes as well.
+    let ended = wait_ended(&c, running_id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(ended["status"], -1, "{ended}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.get(&format!("/jobs/{running_id}")).await.unwrap().0 != StatusCode::NOT_FOUND {
+        assert!(Instant::now() < deadline, "job {running_id} never deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
