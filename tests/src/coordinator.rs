@@ -60,6 +60,17 @@ impl Coordinator {
         Self::start_with(data_dir, "127.0.0.1:0", extra, &[])
     }
 
+    /// Starts with `toml` as its configuration file (written into the data directory as
+    /// `tracevisor.toml`) and `extra` flags.
+    pub fn start_with_config(data_dir: &Path, toml: &str, extra: &[&str]) -> Result<Coordinator> {
+        let file = data_dir.join("tracevisor.toml");
+        std::fs::write(&file, toml).with_context(|| format!("writing {}", file.display()))?;
+        let file = file.display().to_string();
+        let mut args = vec!["--config", file.as_str()];
+        args.extend_from_slice(extra);
+        Self::start(data_dir, &args)
+    }
+
     /// Starts with a given listen address, extra flags and extra environment. The built-in
     /// local agent is off unless `extra` holds [`LOCAL_AGENT`] (a harness marker, not passed
     /// to the binary).

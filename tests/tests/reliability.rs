@@ -128,9 +128,12 @@ async fn storage_memory_is_bounded_by_the_configuration() {
         .prefix("tv-mem-")
         .tempdir()
         .unwrap();
-    let config = dir.path().join("c.toml");
-    std::fs::write(&config, "db_memtable_mib = 40\ndb_block_cache_mib = 8\n").unwrap();
-    let c = Coordinator::start(dir.path(), &["--config", config.to_str().unwrap()]).unwrap();
+    let c = Coordinator::start_with_config(
+        dir.path(),
+        "db_memtable_mib = 40\ndb_block_cache_mib = 8\n",
+        &[],
+    )
+    .unwrap();
     let pid = c.pid();
     let arena_kib = 40 * 1024 + 4;
     let mappings = procfs::anon_mappings(pid).unwrap();
@@ -170,13 +173,12 @@ async fn finished_jobs_are_deleted_after_their_retention_running_ones_are_kept()
         .prefix("tv-retention-")
         .tempdir()
         .unwrap();
-    let config = dir.path().join("c.toml");
-    std::fs::write(
-        &config,
+    let c = Coordinator::start_with_config(
+        dir.path(),
         "job_retention_secs = 1\nssh_connect_timeout_secs = 6\n",
+        &[],
     )
     .unwrap();
-    let c = Coordinator::start(dir.path(), &["--config", config.to_str().unwrap()]).unwrap();
 
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

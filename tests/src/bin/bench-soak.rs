@@ -96,12 +96,10 @@ async fn main() -> Result<()> {
     let memtable_mib = flag("--memtable-mib", 32) as u64;
     lttng::ensure_sessiond()?;
     let dir = tempfile::Builder::new().prefix("tv-soak-").tempdir()?;
-    let config = dir.path().join("soak.toml");
-    std::fs::write(&config, format!("db_memtable_mib = {memtable_mib}\n"))?;
-    let config = config.display().to_string();
-    let c = Coordinator::start(
+    let c = Coordinator::start_with_config(
         dir.path(),
-        &[LOCAL_AGENT, "--agent-token", TOKEN, "--config", &config],
+        &format!("db_memtable_mib = {memtable_mib}\n"),
+        &[LOCAL_AGENT, "--agent-token", TOKEN],
     )?;
     c.wait_log("agent connected", Duration::from_secs(60))?;
     let pid = c.pid();
