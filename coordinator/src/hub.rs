@@ -196,6 +196,11 @@ impl Hub {
         self.links().len()
     }
 
+    /// Agent links upgraded and not yet closed, including those not yet registered.
+    pub fn open_links(&self) -> u64 {
+        self.open_links.load(Ordering::Relaxed)
+    }
+
     /// Whether an agent is connected for `hostname`, and its capabilities.
     pub fn capabilities(&self, hostname: &str) -> Option<Capabilities> {
         self.links().get(hostname).map(|l| l.capabilities.clone())

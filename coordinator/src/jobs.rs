@@ -425,6 +425,11 @@ impl Engine {
         })
     }
 
+    /// Jobs (single or fleet) running now.
+    pub fn running(&self) -> usize {
+        lock(&self.cancels).len()
+    }
+
     /// Deletes finished jobs past their retention now and then, until `shutdown`. A retention of
     /// zero keeps every job.
     pub fn spawn_pruner(self: &Arc<Self>, retention: Duration, shutdown: CancellationToken) {

@@ -98,6 +98,7 @@ pub async fn run(
         store,
         ssh,
         rest_token,
+        started: std::time::Instant::now(),
     });
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     if config.local_agent {

@@ -831,3 +831,53 @@ async fn links_registered_late_are_not_timed_out() {
         early[0]
     );
 }
+
+/// `GET /status` says the database answers and counts what the coordinator holds: links open
+/// before their hello, agents registered, its own memory and descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_links_and_agents() {
+    let dir = data_dir();
+    let c = Coordinator::start(dir.path(), &["--agent-token", TOKEN]).unwrap();
+    let (code, s) = c.get("/status").await.unwrap();
+    assert_eq!(code.as_u16(), 200, "{s}");
+    assert_eq!(s["database"], "ok", "{s}");
+    assert!(s["schema_version"].as_u64().unwrap() >= 4, "{s}");
+    assert_eq!(
+        (
+            s["agents_connected"].as_u64(),
+            s["agent_links_open"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["jobs_running"], 0, "{s}");
+    assert!(
+        s["resident_memory_bytes"].as_u64().unwrap() > 1 << 20,
+        "{s}"
+    );
+    assert!(s["open_fds"].as_u64().unwrap() > 3, "{s}");
+
+    let url = hub_url(c.addr, false);
+    let mut registered = RawLink::connect(&url, TOKEN).await.unwrap();
+    registered.hello("status-1").await.unwrap();
+    let _silent = RawLink::connect(&url, TOKEN).await.unwrap();
+    let (_, s) = c.get("/status").await.unwrap();
+    assert_eq!(s["agents_connected"], 1, "{s}");
+    assert_eq!(
+        s["agent_links_open"], 2,
+        "one link has not said hello yet: {s}"
+    );
+    drop(registered);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, s) = c.get("/status").await.unwrap();
+        if s["agents_connected"] == 0 && s["agent_links_open"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed link still counted: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -350,6 +350,17 @@ fn jobs_analyses_and_refused_requests() {
         "{table}"
     );
 
+    let status = tv(&s, &["status", "--json"]).expect(0).json();
+    assert_eq!(status["database"], "ok", "{status}");
+    assert_eq!(status["jobs_running"], 0, "{status}");
+    let text = tv(&s, &["status"]).expect(0).stdout;
+    assert!(
+        text.contains("database          ok (schema")
+            && text.contains("resident memory   ")
+            && text.contains(" MiB"),
+        "{text}"
+    );
+
     assert_eq!(
         tv(&s, &["jobs", "--json"]).expect(0).json(),
         json!({"sessions": []})

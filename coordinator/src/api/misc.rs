@@ -1,8 +1,9 @@
-//! The small read-only endpoints: server root, SSH keys, analysis profiles, sessions, OpenAPI.
+//! The small read-only endpoints: server root, status, SSH keys, analysis profiles, OpenAPI.
 
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 
@@ -25,6 +26,62 @@ pub async fn root() -> Json<ServerInfo> {
         version: env!("CARGO_PKG_VERSION"),
         api: super::API_BASE,
     })
+}
+
+/// `GET /status`: whether the coordinator can serve, and what it holds.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// `ok`, or why the database does not answer (then the status is 503).
+    pub database: String,
+    pub schema_version: u64,
+    pub version: &'static str,
+    pub uptime_secs: u64,
+    pub agents_connected: usize,
+    /// Agent links open, including those not yet registered.
+    pub agent_links_open: u64,
+    /// Trace jobs (single or fleet) running.
+    pub jobs_running: usize,
+    /// Resident memory of the coordinator process (Linux `/proc`).
+    pub resident_memory_bytes: Option<u64>,
+    /// Open file descriptors of the coordinator process (Linux `/proc`).
+    pub open_fds: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/trace/api/v1.0/status", tag = "server",
+    responses((status = 200, description = "serving", body = Status),
+              (status = 503, description = "the database does not answer", body = Status)))]
+pub async fn status(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Status>) {
+    let (database, schema_version) = match state.store.schema_version().await {
+        Ok(version) => ("ok".to_owned(), version),
+        Err(error) => (error.to_string(), 0),
+    };
+    let code = if database == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let resident_memory_bytes = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count);
+    let body = Status {
+        database,
+        schema_version,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: state.started.elapsed().as_secs(),
+        agents_connected: state.hub.connected(),
+        agent_links_open: state.hub.open_links(),
+        jobs_running: state.engine.running(),
+        resident_memory_bytes,
+        open_fds,
+    };
+    (code, Json(body))
 }
 
 /// `GET /ssh`: the public keys the SSH fallback uses.

@@ -34,13 +34,15 @@ pub struct AppState {
     pub ssh: SshIdentity,
     /// The REST bearer token, when authentication is on.
     pub rest_token: Option<String>,
+    /// When this process started serving.
+    pub started: std::time::Instant,
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tracevisor", description = "Control plane for LTTng tracing across a fleet of Linux hosts"),
     paths(
-        misc::root, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel, jobs::events,
+        misc::root, misc::status, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel, jobs::events,
         registry::relays::list, registry::relays::create, registry::relays::get, registry::relays::update, registry::relays::delete,
         registry::clients::list, registry::clients::create, registry::clients::get, registry::clients::update, registry::clients::delete,
         registry::analyses_servers::list, registry::analyses_servers::create, registry::analyses_servers::get,
@@ -74,6 +76,7 @@ pub async fn openapi() -> Response {
 /// Builds the router with every route, auth, CORS and the body limit.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
+        .route("/status", get(misc::status))
         .route("/ssh", get(misc::ssh))
         .route("/analyses", get(misc::analyses).post(jobs::create))
         .route("/list", get(jobs::list))

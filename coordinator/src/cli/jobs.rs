@@ -43,6 +43,48 @@ pub struct AnalysesArgs {
     pub conn: Connection,
 }
 
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// Shows `GET /status`: the database's health and what the coordinator holds.
+pub async fn status(top: &TopConnection, args: StatusArgs) -> Result<u8, CliError> {
+    let client = Client::new(&Settings::resolve(top, &args.conn))?;
+    let status = client.get("/status").await?;
+    if args.conn.json {
+        print_json(&status);
+    } else {
+        let mib = |v: &Json| {
+            v.as_u64().map_or("unknown".to_owned(), |b| {
+                format!("{:.1} MiB", b as f64 / 1048576.0)
+            })
+        };
+        let field = |k: &str| match &status[k] {
+            Json::String(s) => s.clone(),
+            Json::Null => "unknown".to_owned(),
+            other => other.to_string(),
+        };
+        println!(
+            "database          {} (schema {})",
+            field("database"),
+            field("schema_version")
+        );
+        println!("version           {}", field("version"));
+        println!("uptime            {} s", field("uptime_secs"));
+        println!("agents connected  {}", field("agents_connected"));
+        println!("agent links open  {}", field("agent_links_open"));
+        println!("jobs running      {}", field("jobs_running"));
+        println!(
+            "resident memory   {}",
+            mib(&status["resident_memory_bytes"])
+        );
+        println!("open descriptors  {}", field("open_fds"));
+    }
+    Ok(EXIT_OK)
+}
+
 const JOBS_HINT: &str = "`tracevisor jobs --all` lists the jobs";
 
 pub async fn list(top: &TopConnection, args: JobsArgs) -> Result<u8, CliError> {

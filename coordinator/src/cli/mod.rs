@@ -136,6 +136,8 @@ pub enum Command {
     Cancel(jobs::CancelArgs),
     /// List the analysis types and what each one records and runs
     Analyses(jobs::AnalysesArgs),
+    /// Whether the coordinator's database answers, and its agents, links, jobs and memory
+    Status(jobs::StatusArgs),
 }
 
 const TRACE_HELP: &str = "\
@@ -222,6 +224,7 @@ async fn dispatch(top: &TopConnection, command: Command) -> u8 {
         Command::Job(args) => jobs::show(top, args).await,
         Command::Cancel(args) => jobs::cancel(top, args).await,
         Command::Analyses(args) => jobs::analyses(top, args).await,
+        Command::Status(args) => jobs::status(top, args).await,
     };
     match result {
         Ok(code) => code,
