@@ -68,7 +68,9 @@ pub const MIGRATIONS: &[&str] = &[
     // BENCHMARKS.md). Each sequence restarts at its next unused value, so no id is reused; a
     // restart may skip the rest of a block.
     // (`$next_<sequence>` is drawn by `migrate_to` before the migration's transaction: a draw
-    // inside it would conflict with the redefinition.)
+    // inside it would conflict with the redefinition.) With `ws://` and several coordinators
+    // on one server, stop the others while one migrates: an id they draw between the draw and
+    // the redefinition could be handed out again.
     r#"
     DEFINE SEQUENCE OVERWRITE relay_id BATCH 100 START $next_relay_id;
     DEFINE SEQUENCE OVERWRITE client_id BATCH 100 START $next_client_id;
