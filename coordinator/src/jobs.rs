@@ -310,6 +310,45 @@ impl FleetRequest {
 }
 
 /// Counts of each outcome.
+/// Most bytes of per-host results a fleet record holds: one transaction must fit the storage
+/// engine's write buffer (`db_memtable_mib`, at least 32 MiB).
+pub const FLEET_RESULTS_BUDGET: usize = 24 << 20;
+
+/// `entries` with the results past `budget` bytes (in host order) replaced by a note; `None`
+/// when they all fit.
+fn within_results_budget(entries: &[Json], budget: usize) -> Option<Vec<Json>> {
+    let sizes: Vec<usize> = entries
+        .iter()
+        .map(|e| match &e["result"] {
+            Json::Null => 0,
+            result => serde_json::to_vec(result).map_or(0, |v| v.len()),
+        })
+        .collect();
+    if sizes.iter().sum::<usize>() <= budget {
+        return None;
+    }
+    let mut used = 0;
+    let bounded = entries
+        .iter()
+        .zip(sizes)
+        .map(|(entry, size)| {
+            if size == 0 || used + size <= budget {
+                used += size;
+                return entry.clone();
+            }
+            let mut entry = entry.clone();
+            entry["result"] = json!({
+                "omitted": format!(
+                    "this host's result ({size} bytes) is not stored: a fleet record holds at most {} MiB of results; trace the host on its own to get it",
+                    budget >> 20
+                )
+            });
+            entry
+        })
+        .collect();
+    Some(bounded)
+}
+
 fn outcome_counts(entries: &[Json]) -> Json {
     let mut counts = serde_json::Map::new();
     for key in [
@@ -1215,14 +1254,19 @@ impl Engine {
                     if more > 0 { format!(" and {more} more") } else { String::new() }) }),
             )
         };
-        let _ = self
+        if let Err(error) = self
             .set_fleet(fleet_id, status, &entries, Some(error))
-            .await;
+            .await
+        {
+            tracing::error!(job_id = fleet_id, %error, "could not store the end of a fleet job");
+        }
         lock(&self.cancels).remove(&fleet_id);
         lock(&self.watchers).remove(&fleet_id);
     }
 
-    /// Writes a fleet's per-host outcomes (and its end), and wakes its watchers.
+    /// Writes a fleet's per-host outcomes (and its end), and wakes its watchers. Results beyond
+    /// [`FLEET_RESULTS_BUDGET`] are left out of the record (each replaced by a note), so the
+    /// write always fits the storage engine's write buffer.
     async fn set_fleet(
         &self,
         fleet_id: u64,
@@ -1230,6 +1274,8 @@ impl Engine {
         entries: &[Json],
         error: Option<Json>,
     ) -> Result<(), StoreError> {
+        let bounded = within_results_budget(entries, FLEET_RESULTS_BUDGET);
+        let entries: &[Json] = bounded.as_deref().unwrap_or(entries);
         let finished = error.is_some();
         let rows = self
             .store
@@ -1345,4 +1391,33 @@ fn sanitize(name: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_results_past_the_budget_are_left_out_in_host_order() {
+        let entry = |host: &str, bytes: usize| json!({"host": host, "outcome": "complete", "result": {"blob": "x".repeat(bytes)}});
+        let failed = json!({"host": "f", "outcome": "error", "result": null});
+        let entries = vec![
+            entry("a", 400),
+            failed.clone(),
+            entry("b", 400),
+            entry("c", 100),
+        ];
+        assert!(within_results_budget(&entries, 10_000).is_none(), "all fit");
+        let bounded = within_results_budget(&entries, 600).unwrap();
+        assert_eq!(bounded[0], entries[0]);
+        assert_eq!(bounded[1], failed);
+        let note = bounded[2]["result"]["omitted"].as_str().unwrap();
+        assert!(note.contains("bytes) is not stored"), "{note}");
+        assert_eq!(bounded[2]["outcome"], "complete", "the outcome stays");
+        assert_eq!(
+            bounded[3], entries[3],
+            "a later result that still fits is kept"
+        );
+    }
 }

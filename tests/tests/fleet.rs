@@ -319,3 +319,74 @@ async fn hosts_without_the_kernel_tracer_are_skipped_for_a_kernel_profile() {
         );
     }
 }
+
+/// A fleet record holds at most 24 MiB of results, so its write always fits the storage
+/// engine's write buffer: four simulated hosts answer with 10 MiB each (40 MiB, more than the
+/// 32 MiB buffer), the fleet completes, every host keeps its outcome, and the results past the
+/// budget are replaced by a note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_results_past_the_record_budget_are_left_out_not_lost_with_the_job() {
+    let dir = tempfile::Builder::new()
+        .prefix("tv-fleet-big-")
+        .tempdir()
+        .unwrap();
+    // The smallest write buffer allowed: without the budget, 30 MiB of results would not fit.
+    let c = Coordinator::start_with_config(
+        dir.path(),
+        "db_memtable_mib = 32\n",
+        &["--agent-token", TOKEN],
+    )
+    .unwrap();
+    let url = hub_url(c.addr, false);
+    let mut hosts = Vec::new();
+    for name in ["big-1", "big-2", "big-3", "big-4"] {
+        let mut link = RawLink::connect(&url, TOKEN).await.unwrap();
+        link.hello(name).await.unwrap();
+        hosts.push(tokio::spawn(async move {
+            loop {
+                match link.recv(PATIENCE).await {
+                    Received::Frame(Message::Heartbeat { seq }) => {
+                        link.send(Message::HeartbeatAck { seq }).await.unwrap();
+                    }
+                    Received::Frame(Message::StartJob { job_id, .. }) => {
+                        let result = json!({"kind": "ust", "blob": "x".repeat(10 << 20)});
+                        link.send(Message::JobResult {
+                            job_id,
+                            outcome: JobOutcome::Ok {
+                                result_json: result.to_string(),
+                            },
+                        })
+                        .await
+                        .unwrap();
+                    }
+                    Received::Frame(Message::ResultAck { .. }) => return,
+                    Received::Frame(_) | Received::Other(_) => {}
+                    other => panic!("simulated host: {other:?}"),
+                }
+            }
+        }));
+    }
+    let body = json!({"hosts": ["big-1", "big-2", "big-3", "big-4"], "duration": 0.01,
+        "type": "ust", "username": "root"});
+    let (status, job) = c.post("/analyses", &body).await.unwrap();
+    for host in hosts {
+        host.await.unwrap();
+    }
+    assert_eq!(status.as_u16(), 200, "{}", job["error"]);
+    assert_eq!(job["status"], 4);
+    let (kept, omitted): (Vec<&Json>, Vec<&Json>) = job["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|e| assert_eq!(e["outcome"], "complete", "{}", e["host"]))
+        .partition(|e| e["result"]["blob"].is_string());
+    assert_eq!((kept.len(), omitted.len()), (2, 2));
+    let note = omitted[0]["result"]["omitted"].as_str().unwrap();
+    assert!(note.contains("at most 24 MiB"), "{note}");
+    // The stored record reads back the same.
+    let id = job["id"].as_u64().unwrap();
+    let (status, stored) = c.get(&format!("/jobs/{id}")).await.unwrap();
+    assert_eq!(status.as_u16(), 200);
+    assert_eq!(stored["status"], 4);
+    assert_eq!(stored["hosts"], job["hosts"]);
+}
