@@ -310,6 +310,9 @@ impl FleetRequest {
 }
 
 /// Counts of each outcome.
+/// Largest result a job stores: the agent link's frame limit, applied to every path.
+pub const MAX_RESULT_BYTES: usize = tracevisor_protocol::MAX_FRAME_BYTES;
+
 /// Most bytes of per-host results a fleet record holds: one transaction must fit the storage
 /// engine's write buffer (`db_memtable_mib`, at least 32 MiB).
 pub const FLEET_RESULTS_BUDGET: usize = 24 << 20;
@@ -1021,6 +1024,22 @@ impl Engine {
     /// Stores the end of a job (once) and wakes its waiters.
     async fn finish(&self, job_id: u64, result: Result<Json, JobError>) -> Result<(), StoreError> {
         let now = rfc3339(OffsetDateTime::now_utc());
+        // Results are bounded like on the agent link (its frame limit), whichever path made
+        // them: an SSH host's analysis could print any amount.
+        let result = result.and_then(|r| {
+            let size = serde_json::to_vec(&r).map_or(0, |v| v.len());
+            if size <= MAX_RESULT_BYTES {
+                return Ok(r);
+            }
+            Err(JobError {
+                step: "result".into(),
+                host: r["host"].as_str().unwrap_or_default().to_owned(),
+                message: format!(
+                    "the result is {size} bytes; results are limited to {} MiB",
+                    MAX_RESULT_BYTES >> 20
+                ),
+            })
+        });
         let (status, result, error) = match result {
             Ok(r) => (COMPLETE, r, Json::Null),
             Err(e) => {

@@ -396,8 +396,25 @@ fn ust_job_over_ssh_counts_exactly_and_a_changed_host_key_is_refused() {
     run(async {
         let mut traces = TraceCleanup::default();
         let dir = data_dir();
-        // No agent at all: the registered client is reached over SSH.
-        let c = Coordinator::start(dir.path(), &[]).unwrap();
+        // No agent at all: the registered client is reached over SSH. The `huge` profile's
+        // analysis prints a result over the 16 MiB limit.
+        let huge = dir.path().join("huge-mi");
+        std::fs::write(
+            &huge,
+            "#!/usr/bin/env python3\nimport json\nprint(json.dumps({'blob': 'x' * (17 << 20)}))\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&huge, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let c = Coordinator::start_with_config(
+            dir.path(),
+            &format!(
+                "[analyses.huge]\nuserspace_events = [\"*\"]\ncommands = [[\"{}\", \"{{trace}}\"]]\n",
+                huge.display()
+            ),
+            &[],
+        )
+        .unwrap();
         let (status, keys) = c.get("/ssh").await.unwrap();
         assert_eq!(status.as_u16(), 200, "{keys}");
         let key = keys["keys"][0].as_str().unwrap().to_owned();
@@ -437,6 +454,28 @@ fn ust_job_over_ssh_counts_exactly_and_a_changed_host_key_is_refused() {
         let old_key = sshd.host_public_key().unwrap();
         let old_blob = old_key.split_whitespace().nth(1).unwrap();
         assert!(pinned.contains(old_blob), "{pinned}");
+
+        // A result over the limit fails the job at step `result` instead of being stored.
+        let answer = post_analyses(&c, &job_body("sshhost", 0.2, "huge"), &[])
+            .await
+            .unwrap();
+        let big = &answer.body;
+        assert_eq!(answer.status.as_u16(), 502, "{}", big["error"]);
+        assert_eq!(big["error"]["step"], "result", "{}", big["error"]);
+        assert!(
+            big["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("limited to 16 MiB"),
+            "{}",
+            big["error"]
+        );
+        let suffix = format!("-{}-sshhost", answer.job_id().unwrap());
+        for trace in std::fs::read_dir(SSH_TRACE_ROOT).unwrap().flatten() {
+            if trace.file_name().to_string_lossy().ends_with(&suffix) {
+                traces.add(&trace.path());
+            }
+        }
 
         // The host key changes: the next job is refused before any command runs.
         let new_key = sshd.rotate_host_key().unwrap();
