@@ -199,18 +199,44 @@ impl Executor for SshExecutor {
         cmd.args(["-k", "5", secs.as_str(), program.as_str()])
             .args(args);
         let started = Instant::now();
-        let output =
-            match tokio::time::timeout(timeout + Duration::from_secs(15), cmd.output()).await {
-                Ok(Ok(output)) => output,
-                Ok(Err(e)) => return Err(io_err(command, format!("ssh: {e}"))),
-                Err(_) => {
-                    return Err(RunError::TimedOut {
-                        command,
-                        timeout,
-                        stderr: String::new(),
-                    })
-                }
-            };
+        // Output is read as it comes and bounded like the local runner's: an analysis that
+        // prints without end fails with `OutputTooLarge` instead of filling memory.
+        let collect = async {
+            let mut child = cmd
+                .stdin(openssh::Stdio::null())
+                .stdout(openssh::Stdio::piped())
+                .stderr(openssh::Stdio::piped())
+                .spawn()
+                .await
+                .map_err(|e| io_err(command.clone(), format!("ssh: {e}")))?;
+            let (stdout, stderr) = tracesd::runner::collect_output(
+                &command,
+                child.stdout().take(),
+                child.stderr().take(),
+                tracesd::runner::DEFAULT_MAX_STDOUT,
+            )
+            .await?;
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| io_err(command.clone(), format!("ssh: {e}")))?;
+            Ok::<_, RunError>(std::process::Output {
+                status,
+                stdout,
+                stderr,
+            })
+        };
+        let output = match tokio::time::timeout(timeout + Duration::from_secs(15), collect).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(RunError::TimedOut {
+                    command,
+                    timeout,
+                    stderr: String::new(),
+                })
+            }
+        };
         tracing::debug!(host = %self.display, %command, elapsed_ms = started.elapsed().as_millis() as u64, "ssh command");
         let stderr = String::from_utf8_lossy(&output.stderr)
             .trim()

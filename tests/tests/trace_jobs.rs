@@ -406,11 +406,25 @@ fn ust_job_over_ssh_counts_exactly_and_a_changed_host_key_is_refused() {
         .unwrap();
         std::fs::set_permissions(&huge, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
+        // The `endless` profile's analysis prints more than the 64 MiB the executor reads.
+        let endless = dir.path().join("endless-mi");
+        std::fs::write(
+            &endless,
+            "#!/usr/bin/env python3\nimport sys\nsys.stdout.write('x' * (80 << 20))\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &endless,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let c = Coordinator::start_with_config(
             dir.path(),
             &format!(
-                "[analyses.huge]\nuserspace_events = [\"*\"]\ncommands = [[\"{}\", \"{{trace}}\"]]\n",
-                huge.display()
+                "[analyses.huge]\nuserspace_events = [\"*\"]\ncommands = [[\"{}\", \"{{trace}}\"]]\n\
+                 [analyses.endless]\nuserspace_events = [\"*\"]\ncommands = [[\"{}\", \"{{trace}}\"]]\n",
+                huge.display(),
+                endless.display()
             ),
             &[],
         )
@@ -470,10 +484,36 @@ fn ust_job_over_ssh_counts_exactly_and_a_changed_host_key_is_refused() {
             "{}",
             big["error"]
         );
-        let suffix = format!("-{}-sshhost", answer.job_id().unwrap());
-        for trace in std::fs::read_dir(SSH_TRACE_ROOT).unwrap().flatten() {
-            if trace.file_name().to_string_lossy().ends_with(&suffix) {
-                traces.add(&trace.path());
+        // Output past the executor's bound stops the analysis instead of filling memory.
+        let endless_answer = post_analyses(&c, &job_body("sshhost", 0.2, "endless"), &[])
+            .await
+            .unwrap();
+        let endless_job = &endless_answer.body;
+        assert_eq!(
+            endless_answer.status.as_u16(),
+            502,
+            "{}",
+            endless_job["error"]
+        );
+        assert_eq!(
+            endless_job["error"]["step"], "analysis",
+            "{}",
+            endless_job["error"]
+        );
+        assert!(
+            endless_job["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("bytes to standard output"),
+            "{}",
+            endless_job["error"]
+        );
+        for id in [answer.job_id().unwrap(), endless_answer.job_id().unwrap()] {
+            let suffix = format!("-{id}-sshhost");
+            for trace in std::fs::read_dir(SSH_TRACE_ROOT).unwrap().flatten() {
+                if trace.file_name().to_string_lossy().ends_with(&suffix) {
+                    traces.add(&trace.path());
+                }
             }
         }
 

@@ -358,6 +358,38 @@ async fn read_stderr<R: AsyncRead + Unpin>(
     Ok(())
 }
 
+/// Reads a child's standard output (at most `max_stdout` bytes, else
+/// [`RunError::OutputTooLarge`]) and standard error (the first [`MAX_STDERR`] bytes kept, the
+/// rest drained so the program never blocks) together, the way the runner does: for executors
+/// whose children are not local processes (the coordinator's SSH executor).
+pub async fn collect_output<O, E>(
+    command: &str,
+    stdout: Option<O>,
+    stderr: Option<E>,
+    max_stdout: usize,
+) -> Result<(Vec<u8>, Vec<u8>), RunError>
+where
+    O: AsyncRead + Unpin,
+    E: AsyncRead + Unpin,
+{
+    let stderr_buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let read = tokio::try_join!(
+        read_bounded(stdout, max_stdout),
+        read_stderr(stderr, stderr_buffer.clone())
+    );
+    match read {
+        Ok((stdout, ())) => Ok((stdout, std::mem::take(&mut *lock(&stderr_buffer)))),
+        Err(Bounded::TooLarge) => Err(RunError::OutputTooLarge {
+            command: command.to_owned(),
+            limit: max_stdout,
+        }),
+        Err(Bounded::Io(source)) => Err(RunError::Io {
+            command: command.to_owned(),
+            source,
+        }),
+    }
+}
+
 enum Bounded {
     TooLarge,
     Io(std::io::Error),
