@@ -292,11 +292,7 @@ impl Cmd {
         // Stderr is collected into a shared buffer so it is still there when the timeout fires.
         let stderr_buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let collect = async {
-            // try_join: too much stdout stops at once instead of waiting for stderr to end.
-            let (stdout, ()) = tokio::try_join!(
-                read_bounded(stdout, max_stdout),
-                read_stderr(stderr, stderr_buffer.clone())
-            )?;
+            let stdout = read_streams(stdout, stderr, max_stdout, &stderr_buffer).await?;
             let status = child.wait().await.map_err(Bounded::Io)?;
             Ok::<_, Bounded>((status, stdout))
         };
@@ -317,14 +313,7 @@ impl Cmd {
                     elapsed,
                 })
             }
-            Ok(Err(Bounded::TooLarge)) => Err(RunError::OutputTooLarge {
-                command: self.display(),
-                limit: max_stdout,
-            }),
-            Ok(Err(Bounded::Io(source))) => Err(RunError::Io {
-                command: self.display(),
-                source,
-            }),
+            Ok(Err(bounded)) => Err(bounded.into_run_error(self.display(), max_stdout)),
             Err(_elapsed) => Err(RunError::TimedOut {
                 command: self.display(),
                 timeout: self.timeout,
@@ -373,26 +362,44 @@ where
     E: AsyncRead + Unpin,
 {
     let stderr_buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let read = tokio::try_join!(
+    match read_streams(stdout, stderr, max_stdout, &stderr_buffer).await {
+        Ok(stdout) => Ok((stdout, std::mem::take(&mut *lock(&stderr_buffer)))),
+        Err(bounded) => Err(bounded.into_run_error(command.to_owned(), max_stdout)),
+    }
+}
+
+/// Reads standard output (at most `max_stdout` bytes) and standard error (into
+/// `stderr_buffer`, so it is still there if a timeout fires) together. `try_join`: too much
+/// stdout stops at once instead of waiting for stderr to end.
+async fn read_streams<O, E>(
+    stdout: Option<O>,
+    stderr: Option<E>,
+    max_stdout: usize,
+    stderr_buffer: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) -> Result<Vec<u8>, Bounded>
+where
+    O: AsyncRead + Unpin,
+    E: AsyncRead + Unpin,
+{
+    let (stdout, ()) = tokio::try_join!(
         read_bounded(stdout, max_stdout),
         read_stderr(stderr, stderr_buffer.clone())
-    );
-    match read {
-        Ok((stdout, ())) => Ok((stdout, std::mem::take(&mut *lock(&stderr_buffer)))),
-        Err(Bounded::TooLarge) => Err(RunError::OutputTooLarge {
-            command: command.to_owned(),
-            limit: max_stdout,
-        }),
-        Err(Bounded::Io(source)) => Err(RunError::Io {
-            command: command.to_owned(),
-            source,
-        }),
-    }
+    )?;
+    Ok(stdout)
 }
 
 enum Bounded {
     TooLarge,
     Io(std::io::Error),
+}
+
+impl Bounded {
+    fn into_run_error(self, command: String, limit: usize) -> RunError {
+        match self {
+            Bounded::TooLarge => RunError::OutputTooLarge { command, limit },
+            Bounded::Io(source) => RunError::Io { command, source },
+        }
+    }
 }
 
 async fn read_bounded<R: AsyncRead + Unpin>(
