@@ -317,23 +317,42 @@ pub const MAX_RESULT_BYTES: usize = tracevisor_protocol::MAX_FRAME_BYTES;
 /// engine's write buffer (`db_memtable_mib`, at least 32 MiB).
 pub const FLEET_RESULTS_BUDGET: usize = 24 << 20;
 
+/// Bytes of `value` as JSON text, counted without building the text.
+fn json_size(value: &Json) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing a `Value` into a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// Size of a fleet entry's result, measured once when the entry arrives (0 without one).
+fn result_size(entry: &Json) -> usize {
+    match &entry["result"] {
+        Json::Null => 0,
+        result => json_size(result),
+    }
+}
+
 /// `entries` with the results past `budget` bytes (in host order) replaced by a note; `None`
-/// when they all fit.
-fn within_results_budget(entries: &[Json], budget: usize) -> Option<Vec<Json>> {
-    let sizes: Vec<usize> = entries
-        .iter()
-        .map(|e| match &e["result"] {
-            Json::Null => 0,
-            result => serde_json::to_vec(result).map_or(0, |v| v.len()),
-        })
-        .collect();
+/// when they all fit. `sizes[i]` is [`result_size`] of `entries[i]`.
+fn within_results_budget(entries: &[Json], sizes: &[usize], budget: usize) -> Option<Vec<Json>> {
     if sizes.iter().sum::<usize>() <= budget {
         return None;
     }
     let mut used = 0;
     let bounded = entries
         .iter()
-        .zip(sizes)
+        .zip(sizes.iter().copied())
         .map(|(entry, size)| {
             if size == 0 || used + size <= budget {
                 used += size;
@@ -1027,7 +1046,7 @@ impl Engine {
         // Results are bounded like on the agent link (its frame limit), whichever path made
         // them: an SSH host's analysis could print any amount.
         let result = result.and_then(|r| {
-            let size = serde_json::to_vec(&r).map_or(0, |v| v.len());
+            let size = json_size(&r);
             if size <= MAX_RESULT_BYTES {
                 return Ok(r);
             }
@@ -1227,8 +1246,9 @@ impl Engine {
             });
         }
         drop(done_tx);
+        let mut sizes = vec![0; entries.len()];
         let _ = self
-            .set_fleet(fleet_id, TRACE_RUNNING, &entries, None)
+            .set_fleet(fleet_id, TRACE_RUNNING, &entries, &sizes, None)
             .await;
         // Outcomes are written in batches: a 10,000-host fleet must not rewrite its record
         // 10,000 times.
@@ -1238,13 +1258,14 @@ impl Engine {
             tokio::select! {
                 next = done_rx.recv() => match next {
                     Some((index, entry)) => {
+                        sizes[index] = result_size(&entry);
                         entries[index] = entry;
                         dirty = true;
                     }
                     None => break,
                 },
                 _ = flush.tick(), if dirty => {
-                    let _ = self.set_fleet(fleet_id, TRACE_RUNNING, &entries, None).await;
+                    let _ = self.set_fleet(fleet_id, TRACE_RUNNING, &entries, &sizes, None).await;
                     dirty = false;
                 }
             }
@@ -1274,7 +1295,7 @@ impl Engine {
             )
         };
         if let Err(error) = self
-            .set_fleet(fleet_id, status, &entries, Some(error))
+            .set_fleet(fleet_id, status, &entries, &sizes, Some(error))
             .await
         {
             tracing::error!(job_id = fleet_id, %error, "could not store the end of a fleet job");
@@ -1291,9 +1312,10 @@ impl Engine {
         fleet_id: u64,
         status: i64,
         entries: &[Json],
+        sizes: &[usize],
         error: Option<Json>,
     ) -> Result<(), StoreError> {
-        let bounded = within_results_budget(entries, FLEET_RESULTS_BUDGET);
+        let bounded = within_results_budget(entries, sizes, FLEET_RESULTS_BUDGET);
         let entries: &[Json] = bounded.as_deref().unwrap_or(entries);
         let finished = error.is_some();
         let rows = self
@@ -1427,8 +1449,16 @@ mod tests {
             entry("b", 400),
             entry("c", 100),
         ];
-        assert!(within_results_budget(&entries, 10_000).is_none(), "all fit");
-        let bounded = within_results_budget(&entries, 600).unwrap();
+        let sizes: Vec<usize> = entries.iter().map(result_size).collect();
+        assert_eq!(
+            sizes[0],
+            serde_json::to_vec(&entries[0]["result"]).unwrap().len()
+        );
+        assert!(
+            within_results_budget(&entries, &sizes, 10_000).is_none(),
+            "all fit"
+        );
+        let bounded = within_results_budget(&entries, &sizes, 600).unwrap();
         assert_eq!(bounded[0], entries[0]);
         assert_eq!(bounded[1], failed);
         let note = bounded[2]["result"]["omitted"].as_str().unwrap();
