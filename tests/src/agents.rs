@@ -241,13 +241,6 @@ pub fn agent_token(data_dir: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// Writes a coordinator TOML config with `heartbeat_interval_secs` and returns its path.
-pub fn heartbeat_config(dir: &Path, secs: u64) -> Result<PathBuf> {
-    let path = dir.join("tracevisor.toml");
-    std::fs::write(&path, format!("heartbeat_interval_secs = {secs}\n"))?;
-    Ok(path)
-}
-
 /// `GET /clients` as a list.
 pub async fn clients(c: &Coordinator) -> Result<Vec<Json>> {
     let (status, body) = c.get("/clients").await?;

@@ -8,8 +8,8 @@ use serde_json::{json, Value as Json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracevisor_protocol::{codec, CloseReason, Hello, Message, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use tracevisor_tests::agents::{
-    agent_token, client, clients, eventually, free_port, heartbeat_config, hub_url, is_connected,
-    is_disconnected, simulated_hello, wait_clients, Agent, CutOff, RawLink, TestCa, Upgrade,
+    agent_token, client, clients, eventually, free_port, hub_url, is_connected, is_disconnected,
+    simulated_hello, wait_clients, Agent, CutOff, RawLink, TestCa, Upgrade,
 };
 use tracevisor_tests::coordinator::{Coordinator, LOCAL_AGENT};
 
@@ -164,10 +164,10 @@ async fn agents_register_and_link_to_hand_registered_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_and_silent_agents_are_marked_disconnected() {
     let dir = data_dir();
-    let config = heartbeat_config(dir.path(), 1).unwrap();
-    let c = Coordinator::start(
+    let c = Coordinator::start_with_config(
         dir.path(),
-        &["--agent-token", TOKEN, "--config", config.to_str().unwrap()],
+        "heartbeat_interval_secs = 1\n",
+        &["--agent-token", TOKEN],
     )
     .unwrap();
     let url = hub_url(c.addr, false);
@@ -618,10 +618,10 @@ async fn garbage_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_link_for_a_hostname_replaces_the_first() {
     let dir = data_dir();
-    let config = heartbeat_config(dir.path(), 1).unwrap();
-    let c = Coordinator::start(
+    let c = Coordinator::start_with_config(
         dir.path(),
-        &["--agent-token", TOKEN, "--config", config.to_str().unwrap()],
+        "heartbeat_interval_secs = 1\n",
+        &["--agent-token", TOKEN],
     )
     .unwrap();
     let url = hub_url(c.addr, false);
@@ -774,10 +774,10 @@ async fn links_registered_late_are_not_timed_out() {
     // more than a default soft limit of 1024.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let dir = data_dir();
-    let config = heartbeat_config(dir.path(), 1).unwrap();
-    let c = Coordinator::start(
+    let c = Coordinator::start_with_config(
         dir.path(),
-        &["--agent-token", TOKEN, "--config", config.to_str().unwrap()],
+        "heartbeat_interval_secs = 1\n",
+        &["--agent-token", TOKEN],
     )
     .unwrap();
     let url = hub_url(c.addr, false);

@@ -92,6 +92,19 @@ fn tv(server: &str, args: &[&str]) -> Run {
     )
 }
 
+/// `tracevisor ARGS... --server URL`, started with its output piped (finish it with
+/// [`finish`] on `wait_with_output`).
+fn tv_spawn(server: &str, args: &[&str]) -> std::process::Child {
+    cli()
+        .args(args)
+        .arg("--server")
+        .arg(server)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn server(c: &Coordinator) -> String {
     format!("http://{}", c.addr)
 }
@@ -724,8 +737,9 @@ fn ust_trace_fleet_cancel_and_interrupt_through_the_local_agent() {
         spawn_ust_app(&UstAppOptions::new(TICKS).tag(unique_tag()).wait_file(&go)).unwrap();
     app.wait_ready(PATIENCE).unwrap();
     let app_pid = app.pid();
-    let child = cli()
-        .args([
+    let child = tv_spawn(
+        &s,
+        &[
             "trace",
             "localhost",
             "--type",
@@ -733,13 +747,8 @@ fn ust_trace_fleet_cancel_and_interrupt_through_the_local_agent() {
             "--duration",
             "4",
             "--json",
-            "--server",
-            &s,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     wait_running_job(&s);
     std::fs::write(&go, b"go").unwrap();
     assert_eq!(app.wait(PATIENCE).unwrap(), TICKS);
@@ -838,21 +847,10 @@ fn ust_trace_fleet_cancel_and_interrupt_through_the_local_agent() {
     assert!(host_row.contains("ssh"), "{fleet_text}");
 
     // `cancel` stops a running trace; the following `trace` then fails with exit 6.
-    let child = cli()
-        .args([
-            "trace",
-            "localhost",
-            "--type",
-            "ust",
-            "--duration",
-            "60",
-            "--server",
-            &s,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = tv_spawn(
+        &s,
+        &["trace", "localhost", "--type", "ust", "--duration", "60"],
+    );
     let running = wait_running_job(&s);
     let cancelled = tv(&s, &["cancel", &running.to_string()]).expect(0);
     assert!(
@@ -868,21 +866,10 @@ fn ust_trace_fleet_cancel_and_interrupt_through_the_local_agent() {
     );
 
     // Ctrl-C (SIGINT) cancels the job and exits 130.
-    let child = cli()
-        .args([
-            "trace",
-            "localhost",
-            "--type",
-            "ust",
-            "--duration",
-            "60",
-            "--server",
-            &s,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = tv_spawn(
+        &s,
+        &["trace", "localhost", "--type", "ust", "--duration", "60"],
+    );
     let running = wait_running_job(&s);
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracevisor_tests::agents::{heartbeat_config, is_connected, wait_clients, Agent};
+use tracevisor_tests::agents::{is_connected, wait_clients, Agent};
 use tracevisor_tests::coordinator::Coordinator;
 use tracevisor_tests::jobs_support::{job_body, wait_ended, wait_status, PATIENCE};
 use tracevisor_tests::lttng::{self, ensure_sessiond};
@@ -79,10 +79,10 @@ async fn a_cut_link_delivers_the_result_after_the_reconnect_exactly_once() {
         .tempdir()
         .unwrap();
     // Long enough a heartbeat that the cut link is not declared lost before the agent is back.
-    let config = heartbeat_config(dir.path(), 2).unwrap();
-    let c = Coordinator::start(
+    let c = Coordinator::start_with_config(
         dir.path(),
-        &["--agent-token", TOKEN, "--config", config.to_str().unwrap()],
+        "heartbeat_interval_secs = 2\n",
+        &["--agent-token", TOKEN],
     )
     .unwrap();
     let proxy = Proxy::start(c.addr).await;

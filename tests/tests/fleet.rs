@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value as Json};
 use tracevisor_protocol::{Capabilities, Hello, JobOutcome, Message};
 use tracevisor_tests::agents::{
-    heartbeat_config, hub_url, is_connected, simulated_hello, wait_clients, Agent, RawLink,
-    Received,
+    hub_url, is_connected, simulated_hello, wait_clients, Agent, RawLink, Received,
 };
 use tracevisor_tests::coordinator::{Coordinator, LOCAL_AGENT};
 use tracevisor_tests::lttng::{self, ensure_sessiond};
@@ -73,16 +72,10 @@ async fn every_host_gets_its_own_outcome_and_the_stream_ends() {
         .prefix("tv-fleet-")
         .tempdir()
         .unwrap();
-    let config = heartbeat_config(dir.path(), 1).unwrap();
-    let c = Coordinator::start(
+    let c = Coordinator::start_with_config(
         dir.path(),
-        &[
-            LOCAL_AGENT,
-            "--agent-token",
-            TOKEN,
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        "heartbeat_interval_secs = 1\n",
+        &[LOCAL_AGENT, "--agent-token", TOKEN],
     )
     .unwrap();
     let url = hub_url(c.addr, false);
