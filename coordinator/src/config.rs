@@ -136,7 +136,7 @@ pub struct Config {
     /// Most REST requests handled at once (more wait their turn).
     pub max_concurrent_requests: usize,
     /// Memory bounds of the embedded storage engine.
-    pub storage: crate::db::StorageLimits,
+    pub storage: crate::store::StorageLimits,
     /// How long finished jobs (and their results) are kept; zero keeps them forever.
     pub job_retention: Duration,
 }
@@ -175,7 +175,7 @@ impl Config {
             max_agent_links: 100_000,
             agent_takeover: crate::hub::TakeoverPolicy::PinAddress,
             max_concurrent_requests: 4096,
-            storage: crate::db::StorageLimits::default(),
+            storage: crate::store::StorageLimits::default(),
             job_retention: Duration::from_secs(DEFAULT_JOB_RETENTION_SECS),
         }
     }
@@ -516,6 +516,6 @@ mod tests {
         assert_eq!(c.storage.memtable_bytes, 48 << 20);
         assert_eq!(c.storage.block_cache_bytes, 16 << 20);
         let d = load_toml("").unwrap();
-        assert_eq!(d.storage, crate::db::StorageLimits::default());
+        assert_eq!(d.storage, crate::store::StorageLimits::default());
     }
 }

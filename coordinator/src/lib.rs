@@ -1,18 +1,20 @@
-//! The Tracevisor coordinator: REST API, registry store and (soon) the agent hub and job engine.
+//! The Tracevisor coordinator: REST API, registry store, agent hub and job engine.
 //!
 //! [`run`] is the whole server: the caller binds the listener (tests bind port 0) and passes a
-//! cancellation token; `run` returns once every connection has drained after cancellation.
+//! cancellation token; `run` returns once every connection has drained after cancellation and
+//! every task it started (jobs, agent links, the local agent) has ended, each within a bound.
 
 pub mod api;
 pub mod cli;
 pub mod config;
-pub mod db;
 pub mod hub;
 pub mod jobs;
+pub mod model;
 pub mod profiles;
 pub mod registry;
 pub mod secrets;
 pub mod ssh;
+pub mod store;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -30,7 +32,7 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
-    Store(#[from] db::StoreError),
+    Store(#[from] store::StoreError),
     #[error(transparent)]
     Secret(#[from] secrets::SecretError),
     #[error("data dir {path}: {message}")]
@@ -45,6 +47,10 @@ pub enum RunError {
 
 /// How long in-flight requests may take to finish after shutdown is asked.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long running jobs may take to end after shutdown (SSH jobs destroy their sessions).
+const JOB_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long agent links and the local agent may take to close after shutdown.
+const LINK_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
 pub async fn run(
@@ -54,7 +60,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     config.validate()?;
     prepare_data_dir(&config)?;
-    let store = db::Store::open(&config.db, config.storage).await?;
+    let store = store::Store::open(&config.db, config.storage).await?;
     let instance = store.instance_id().await?;
     let ssh = secrets::load_or_create_ssh_key(&config.data_dir)?;
     let rest_token = rest_token(&config)?;
@@ -87,23 +93,31 @@ pub async fn run(
             connect_timeout: config.ssh_connect_timeout,
         },
         instance,
+        shutdown.clone(),
     );
     engine.recover().await?;
     engine.spawn_event_loop(agent_events);
-    engine.spawn_pruner(config.job_retention, shutdown.clone());
+    engine.spawn_pruner(config.job_retention);
     let state = Arc::new(api::AppState {
         config: config.clone(),
-        hub,
-        engine,
+        hub: hub.clone(),
+        engine: engine.clone(),
         store,
         ssh,
         rest_token,
         started: std::time::Instant::now(),
     });
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    if config.local_agent {
-        spawn_local_agent(&config, local_addr, &agent_token, shutdown.clone())?;
-    }
+    let local_agent = if config.local_agent {
+        Some(spawn_local_agent(
+            &config,
+            local_addr,
+            &agent_token,
+            shutdown.clone(),
+        )?)
+    } else {
+        None
+    };
     tracing::info!(
         address = %local_addr,
         tls = config.tls.is_some(),
@@ -119,10 +133,20 @@ pub async fn run(
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| RunError::Serve(e.to_string()))?;
             let stop = shutdown.clone();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .map_err(|e| RunError::Serve(e.to_string()))?;
+            let server = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            // In-flight requests get DRAIN_TIMEOUT after shutdown, as on TLS.
+            let drain_limit = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            };
+            tokio::select! {
+                served = server => served.map_err(|e| RunError::Serve(e.to_string()))?,
+                _ = drain_limit => tracing::warn!(
+                    seconds = DRAIN_TIMEOUT.as_secs(),
+                    "requests still open after the drain time; closing them"
+                ),
+            }
         }
         Some(tls) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -151,6 +175,29 @@ pub async fn run(
                 .map_err(|e| RunError::Serve(e.to_string()))?;
         }
     }
+    // Everything the coordinator started ends before `run` returns: jobs (SSH sessions are
+    // destroyed, agent jobs are left to their agents), the event loop, the pruner, agent links
+    // and the local agent.
+    let left = engine.stopped(JOB_DRAIN_TIMEOUT).await;
+    if left > 0 {
+        tracing::warn!(
+            tasks = left,
+            seconds = JOB_DRAIN_TIMEOUT.as_secs(),
+            "job tasks still running after the drain time; abandoning them"
+        );
+    }
+    let open = hub.closed(LINK_DRAIN_TIMEOUT).await;
+    if open > 0 {
+        tracing::warn!(links = open, "agent links still open at exit");
+    }
+    if let Some(agent) = local_agent {
+        if tokio::time::timeout(LINK_DRAIN_TIMEOUT, agent)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the built-in local agent did not stop in time");
+        }
+    }
     tracing::info!("tracevisor stopped");
     Ok(())
 }
@@ -162,7 +209,7 @@ fn spawn_local_agent(
     addr: SocketAddr,
     token: &str,
     shutdown: CancellationToken,
-) -> Result<(), RunError> {
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
     let mut target = addr;
     if target.ip().is_unspecified() {
         target.set_ip(if target.is_ipv4() {
@@ -180,12 +227,11 @@ fn spawn_local_agent(
         agent.ca_cert = Some(tls.cert.clone());
     }
     tracing::info!(hostname = %config.local_agent_hostname, %url, "starting the built-in local agent");
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         if let Err(error) = tracesd::run(agent, shutdown).await {
             tracing::error!(%error, "the built-in local agent stopped");
         }
-    });
-    Ok(())
+    }))
 }
 
 fn prepare_data_dir(config: &Config) -> Result<(), RunError> {

@@ -3,7 +3,6 @@
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
-use crate::db::{record_key, StoreError};
 use crate::validate;
 
 /// Default relay control port (`lttng-relayd`).
@@ -224,35 +223,6 @@ impl HostRecord {
             }
         }
         Json::Object(map)
-    }
-
-    /// Reads a stored row back.
-    pub fn from_row(kind: Kind, row: Json) -> Result<Self, StoreError> {
-        let corrupt =
-            |what: &str| StoreError::Corrupt(format!("{} record: {what}", kind.singular()));
-        let id = record_key(row.get("id").unwrap_or(&Json::Null))?;
-        let text = |key: &str| row.get(key).and_then(Json::as_str).map(str::to_owned);
-        let port = |key: &str| -> Result<Option<u16>, StoreError> {
-            row.get(key)
-                .filter(|v| !v.is_null())
-                .map(|v| {
-                    v.as_u64()
-                        .and_then(|n| u16::try_from(n).ok())
-                        .ok_or_else(|| corrupt(key))
-                })
-                .transpose()
-        };
-        Ok(HostRecord {
-            id,
-            hostname: text("hostname").ok_or_else(|| corrupt("hostname"))?,
-            ipv4: text("ipv4"),
-            ipv6: text("ipv6"),
-            ctrlport: port("ctrlport")?,
-            dataport: port("dataport")?,
-            sshport: port("sshport")?,
-            sshuser: text("sshuser"),
-            output_dir: text("output_dir"),
-        })
     }
 
     /// The address to connect to: IPv4 first, then IPv6, then the hostname.

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use openssh::{KnownHosts, Session, SessionBuilder};
-use tracesd::lifecycle::{Executor, StepError};
-use tracesd::runner::{Output, RunError};
+use tracevisor_lttng::lifecycle::{Executor, StepError};
+use tracevisor_lttng::runner::{Output, RunError};
 
 /// How a changed or unknown host key is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -209,11 +209,11 @@ impl Executor for SshExecutor {
                 .spawn()
                 .await
                 .map_err(|e| io_err(command.clone(), format!("ssh: {e}")))?;
-            let (stdout, stderr) = tracesd::runner::collect_output(
+            let (stdout, stderr) = tracevisor_lttng::runner::collect_output(
                 &command,
                 child.stdout().take(),
                 child.stderr().take(),
-                tracesd::runner::DEFAULT_MAX_STDOUT,
+                tracevisor_lttng::runner::DEFAULT_MAX_STDOUT,
             )
             .await?;
             let status = child

@@ -246,13 +246,14 @@ impl Coordinator {
         if !status.success() {
             bail!("kill -TERM failed");
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Its own bounds: 10 s of request drain, 30 s for jobs to end, 5 s for agent links.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status.code());
             }
             if Instant::now() > deadline {
-                bail!("tracevisor did not exit within 30 s of SIGTERM");
+                bail!("tracevisor did not exit within 60 s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

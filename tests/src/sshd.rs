@@ -69,8 +69,20 @@ pub struct Sshd {
 }
 
 impl Sshd {
-    /// Start sshd accepting the given `authorized_keys` content (one or more public key lines).
+    /// Start sshd on a free port accepting the given `authorized_keys` content (one or more
+    /// public key lines).
     pub fn start(authorized_keys: &str) -> Result<Sshd> {
+        Self::start_at(authorized_keys, None)
+    }
+
+    /// Start sshd on 127.0.0.1:`port` (for hosts reached without a port setting, on 22).
+    pub fn start_on_port(authorized_keys: &str, port: u16) -> Result<Sshd> {
+        Self::start_at(authorized_keys, Some(port)).with_context(|| {
+            format!("cannot start sshd on 127.0.0.1:{port} (is another sshd listening there?)")
+        })
+    }
+
+    fn start_at(authorized_keys: &str, port: Option<u16>) -> Result<Sshd> {
         std::fs::create_dir_all("/run/sshd").context("cannot create /run/sshd")?;
         let dir = tempfile::Builder::new().prefix("tv-sshd-").tempdir()?;
         generate_keypair(dir.path(), "ssh_host_ed25519_key")?;
@@ -82,7 +94,10 @@ impl Sshd {
         sshd.set_authorized_keys(authorized_keys)?;
         let mut last_err = None;
         for _ in 0..5 {
-            sshd.port = free_ports(1)?[0];
+            sshd.port = match port {
+                Some(port) => port,
+                None => free_ports(1)?[0],
+            };
             match sshd.launch() {
                 Ok(()) => return Ok(sshd),
                 Err(e) => last_err = Some(e),

@@ -310,7 +310,7 @@ fn units_run_the_packaged_binaries_with_the_packaged_configs() {
 
 #[test]
 fn systemd_analyze_verify_accepts_the_units() {
-    let Some(analyze) = tracesd::runner::find_in_path("systemd-analyze") else {
+    let Some(analyze) = tracevisor_lttng::runner::find_in_path("systemd-analyze") else {
         let message = "SKIPPED systemd_analyze_verify_accepts_the_units: needs systemd-analyze (install systemd)";
         assert!(!tracevisor_tests::skip::require_all(), "{message}");
         eprintln!("{message}");

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde_json::{json, Value as Json};
 use tokio_util::sync::CancellationToken;
-use tracesd::lifecycle::{run_job, LocalExecutor};
+use tracevisor_lttng::lifecycle::{run_job, LocalExecutor};
 use tracevisor_protocol::{JobSpec, Summary, TraceLocator, TraceOutput};
 use tracevisor_tests::agents::{hub_url, is_connected, wait_clients, Agent};
 use tracevisor_tests::coordinator::Coordinator;

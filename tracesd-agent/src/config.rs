@@ -13,12 +13,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::http::Uri;
 use tracevisor_protocol::HUB_PATH;
-
-use crate::link::LinkSettings;
 
 /// Command-line flags of `tracesd`, each also read from its `TRACESD_*` variable.
 #[derive(Debug, Clone, Default, clap::Parser)]
@@ -120,6 +119,43 @@ impl Token {
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Timeouts, backoff and other tuning of the link; the defaults suit production.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// Bound on TCP connect, TLS handshake and WebSocket upgrade together.
+    pub connect_timeout: Duration,
+    /// Bound on the wait for `HelloAck` after the upgrade.
+    pub hello_timeout: Duration,
+    /// Bound on sending one frame (a peer that stops reading must not block the agent).
+    pub send_timeout: Duration,
+    /// Bound on each step of closing the link.
+    pub close_timeout: Duration,
+    /// Backoff: the first retry waits at most this long.
+    pub backoff_base: Duration,
+    /// Backoff: no retry waits longer than this.
+    pub backoff_cap: Duration,
+    /// A link that stayed up this long resets the backoff, so its loss is retried quickly.
+    pub stable_after: Duration,
+    /// Whether to detect the capabilities before each hello (false sends empty ones: for
+    /// tests and simulators).
+    pub detect_capabilities: bool,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(30),
+            stable_after: Duration::from_secs(30),
+            detect_capabilities: true,
+        }
     }
 }
 

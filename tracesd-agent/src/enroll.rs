@@ -13,11 +13,11 @@
 //!    when the check fails (`--no-check` skips it, for images provisioned offline);
 //! 3. writes the agent's TOML configuration atomically (temporary file of mode 0600 in the same
 //!    directory, fsync, rename, fsync of the directory);
-//! 4. checks that lttng-sessiond answers ([`crate::capabilities::detect`]); a missing session
-//!    daemon is a warning with the command that fixes it, not an error;
+//! 4. checks that lttng-sessiond answers ([`tracevisor_lttng::capabilities::detect`]); a
+//!    missing session daemon is a warning with the command that fixes it, not an error;
 //! 5. enables and (re)starts `tracesd.service` when systemd is running and the configuration is
 //!    the one the unit reads, else prints the next step. `systemctl` runs through the command
-//!    runner ([`crate::runner::Cmd`]): argv and a timeout, never a shell string.
+//!    runner ([`tracevisor_lttng::runner::Cmd`]): argv and a timeout, never a shell string.
 //!
 //! Exit codes (see [`EnrollError::exit_code`]): 0 enrolled, 1 a check or a step failed, 2 an
 //! invalid value.
@@ -29,11 +29,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Error as WsError;
+use tracevisor_lttng::runner::Cmd;
 use tracevisor_protocol::Capabilities;
 
 use crate::config::{AgentConfig, Cli, ConfigError, FileConfig};
 use crate::link::LinkError;
-use crate::runner::Cmd;
 
 /// The configuration file `tracesd.service` reads.
 pub const DEFAULT_CONFIG: &str = "/etc/tracevisor/tracesd.toml";
@@ -247,9 +247,10 @@ pub async fn enroll(
 
     let capabilities = match &system.search_path {
         Some(path) => {
-            crate::capabilities::detect_in(path, Path::new("/sys/module/lttng_tracer")).await
+            tracevisor_lttng::capabilities::detect_in(path, Path::new("/sys/module/lttng_tracer"))
+                .await
         }
-        None => crate::capabilities::detect().await,
+        None => tracevisor_lttng::capabilities::detect().await,
     };
     let sessiond_running = capabilities.sessiond_running;
     for line in lttng_report(&capabilities) {

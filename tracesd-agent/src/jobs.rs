@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracevisor_lttng::lifecycle::{self, LocalExecutor};
 use tracevisor_protocol::{encode, Frame, JobOutcome, JobSpec, Message};
-
-use crate::lifecycle::{self, LocalExecutor};
 
 /// Results kept at most while waiting for their acknowledgement; beyond it the oldest are
 /// dropped (a coordinator that never acknowledges must not grow the agent without bound).

@@ -7,23 +7,20 @@
 //!   and enables the service.
 //! - [`link`]: dial out, hello, heartbeats, reconnect with backoff ([`link::run`] is the entry
 //!   point); [`link::drive`] runs one link over any WebSocket stream.
-//! - [`jobs`]: where job commands from the coordinator land.
-//! - [`capabilities`]: what the host can trace, asked from the real tools.
-//! - [`runner`]: the one way to run external commands (also used by the coordinator).
+//! - [`jobs`]: where job commands from the coordinator land; they run the trace lifecycle of
+//!   [`tracevisor_lttng`] (which also holds the command runner and the capability detection,
+//!   shared with the coordinator's SSH path).
 //! - [`tls`]: the rustls client configuration.
 //! - [`host`]: hostname and addresses.
 //!
 //! Architecture invariant: the agent never listens on a port; it only dials out.
 
-pub mod capabilities;
 pub mod config;
 pub mod enroll;
 pub mod host;
 pub mod jobs;
-pub mod lifecycle;
 pub mod link;
-pub mod runner;
 pub mod tls;
 
-pub use config::{AgentConfig, Cli};
-pub use link::{run, LinkError, LinkSettings};
+pub use config::{AgentConfig, Cli, LinkSettings};
+pub use link::{run, LinkError};

@@ -4,8 +4,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value as Json};
 
-use crate::db::StoreError;
 use crate::registry::FieldError;
+use crate::store::StoreError;
 
 /// An error answer of the REST API.
 #[derive(Debug)]

@@ -13,7 +13,8 @@ use serde_json::{json, Value as Json_};
 use super::error::ApiError;
 use super::extract::JsonObject;
 use super::{AppState, API_BASE};
-use crate::jobs::{status_for_step, FleetRequest, JobRequest, COMPLETE, FAILED, TRACE_RUNNING};
+use crate::jobs::{FleetRequest, JobRequest};
+use crate::model::{JobRecord, JobStatus, Outcome};
 
 /// The seed's trace request.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -52,16 +53,9 @@ fn prefers_async(headers: &HeaderMap) -> bool {
 }
 
 /// The HTTP answer of a job that ended or is still running.
-fn job_response(job: Json_) -> Response {
-    let status = match job["status"].as_i64() {
-        Some(COMPLETE) => StatusCode::OK,
-        Some(FAILED) => {
-            let step = job["error"]["step"].as_str().unwrap_or_default();
-            StatusCode::from_u16(status_for_step(step)).unwrap_or(StatusCode::BAD_GATEWAY)
-        }
-        _ => StatusCode::ACCEPTED,
-    };
-    let mut body = job;
+fn job_response(job: JobRecord) -> Response {
+    let status = StatusCode::from_u16(job.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut body = json!(job);
     if status.is_client_error() || status.is_server_error() {
         body["error_message"] = body["error"]["message"].clone();
     }
@@ -102,7 +96,7 @@ pub async fn create(
     let location = format!("{API_BASE}/jobs/{job_id}");
     if !wait {
         let current = updates.borrow().clone();
-        let job = current.unwrap_or_else(|| json!({ "id": job_id, "jobid": job_id }));
+        let job = current.map_or_else(|| json!({ "id": job_id, "jobid": job_id }), |j| json!(j));
         let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
         if let Ok(v) = HeaderValue::from_str(&location) {
             response.headers_mut().insert(header::LOCATION, v);
@@ -113,10 +107,7 @@ pub async fn create(
     loop {
         let done = {
             let current = updates.borrow_and_update();
-            matches!(
-                current.as_ref().and_then(|j| j["status"].as_i64()),
-                Some(COMPLETE | FAILED)
-            )
+            current.as_ref().is_some_and(|j| j.status.is_ended())
         };
         if done || updates.changed().await.is_err() {
             break;
@@ -150,7 +141,7 @@ fn parse_job_id(raw: &str) -> Result<u64, ApiError> {
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
-) -> Result<Json<Json_>, ApiError> {
+) -> Result<Json<JobRecord>, ApiError> {
     let id = parse_job_id(&raw)?;
     state
         .engine
@@ -183,7 +174,7 @@ pub async fn cancel(
     } else {
         Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("job {id} is not running (status {})", job["status"]),
+            format!("job {id} is not running (status {})", job.status),
         )
         .with(json!({ "job": job })))
     }
@@ -217,7 +208,7 @@ pub async fn events(
         let mut updates = updates;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
-            let status = current["status"].as_i64();
+            let status = Some(current.status);
             if status != last_status {
                 last_status = status;
                 if tx
@@ -228,20 +219,18 @@ pub async fn events(
                     return;
                 }
             }
-            if let Some(hosts) = current["hosts"].as_array() {
+            if let Some(hosts) = &current.hosts {
                 for h in hosts {
-                    let outcome = h["outcome"].as_str().unwrap_or("pending");
-                    let host = h["host"].as_str().unwrap_or_default().to_owned();
-                    if outcome != "pending"
-                        && seen_hosts.insert(host)
-                        && tx.send(event("host", h)).await.is_err()
+                    if h.outcome != Outcome::Pending
+                        && seen_hosts.insert(h.host.clone())
+                        && tx.send(event("host", &json!(h))).await.is_err()
                     {
                         return;
                     }
                 }
             }
-            if matches!(status, Some(COMPLETE | FAILED)) {
-                let _ = tx.send(event("done", &current)).await;
+            if current.status.is_ended() {
+                let _ = tx.send(event("done", &json!(current))).await;
                 return;
             }
             let Some(rx) = updates.as_mut() else {
@@ -262,7 +251,7 @@ pub async fn events(
                     }
                     if closed {
                         // The job ended (its final view was sent) or its task went away.
-                        if !matches!(current["status"].as_i64(), Some(COMPLETE | FAILED)) {
+                        if !current.status.is_ended() {
                             if let Ok(Some(job)) = engine.get(id).await {
                                 current = job;
                             }
@@ -271,7 +260,7 @@ pub async fn events(
                     }
                 }
                 _ = tick.tick() => {
-                    if status == Some(TRACE_RUNNING) {
+                    if current.status == JobStatus::TraceRunning {
                         if let Some(fraction) = elapsed_fraction(&current) {
                             if tx.send(event("progress", &json!({ "jobid": id, "fraction": fraction }))).await.is_err() {
                                 return;
@@ -293,11 +282,9 @@ pub async fn events(
 }
 
 /// Share of the duration elapsed since the trace started, 0 to 1.
-fn elapsed_fraction(job: &Json_) -> Option<f64> {
-    let duration = job["duration"].as_f64()?;
-    let started = job["trace_started"]
-        .as_str()
-        .or_else(|| job["started"].as_str())?;
+fn elapsed_fraction(job: &JobRecord) -> Option<f64> {
+    let duration = job.duration;
+    let started = job.trace_started.as_deref().unwrap_or(&job.started);
     let started =
         time::OffsetDateTime::parse(started, &time::format_description::well_known::Rfc3339)
             .ok()?;
@@ -318,7 +305,7 @@ pub struct ListQuery {
 pub struct SessionList {
     /// Jobs as `{"jobid", "status", "host", "type", "started", ...}`.
     #[schema(value_type = Vec<Object>)]
-    pub sessions: Vec<Json_>,
+    pub sessions: Vec<JobRecord>,
 }
 
 #[utoipa::path(get, path = "/trace/api/v1.0/list", tag = "analyses", params(ListQuery),

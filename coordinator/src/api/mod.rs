@@ -1,5 +1,6 @@
 //! The REST API: routes under `/trace/api/v1.0`, authentication, CORS, limits and the OpenAPI document.
 
+pub mod agents;
 pub mod error;
 pub mod extract;
 pub mod jobs;
@@ -18,8 +19,8 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use utoipa::OpenApi;
 
 use crate::config::Config;
-use crate::db::Store;
 use crate::secrets::{secret_eq, SshIdentity};
+use crate::store::Store;
 use error::ApiError;
 
 /// Base path of every API route, as in the seed.
@@ -83,7 +84,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/jobs/{id}/events", get(jobs::events))
         .route("/openapi.json", get(openapi))
-        .route("/agents", get(crate::hub::upgrade))
+        .route("/agents", get(agents::upgrade))
         .route(
             "/relays",
             get(registry::relays::list).post(registry::relays::create),

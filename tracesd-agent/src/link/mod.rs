@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+use tracevisor_lttng::lifecycle::LocalExecutor;
 use tracevisor_protocol::{
     Capabilities, CloseReason, Hello, MAX_FRAME_BYTES, PROTOCOL_VERSION, PROTOCOL_VERSION_HEADER,
 };
@@ -32,43 +33,6 @@ use crate::tls::TlsError;
 
 /// The agent's version, sent in `Hello` and in the `User-Agent` header.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Timeouts, backoff and other tuning of the link; the defaults suit production.
-#[derive(Debug, Clone)]
-pub struct LinkSettings {
-    /// Bound on TCP connect, TLS handshake and WebSocket upgrade together.
-    pub connect_timeout: Duration,
-    /// Bound on the wait for `HelloAck` after the upgrade.
-    pub hello_timeout: Duration,
-    /// Bound on sending one frame (a peer that stops reading must not block the agent).
-    pub send_timeout: Duration,
-    /// Bound on each step of closing the link.
-    pub close_timeout: Duration,
-    /// Backoff: the first retry waits at most this long.
-    pub backoff_base: Duration,
-    /// Backoff: no retry waits longer than this.
-    pub backoff_cap: Duration,
-    /// A link that stayed up this long resets the backoff, so its loss is retried quickly.
-    pub stable_after: Duration,
-    /// Whether to detect the capabilities before each hello (false sends empty ones: for
-    /// tests and simulators).
-    pub detect_capabilities: bool,
-}
-
-impl Default for LinkSettings {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(10),
-            hello_timeout: Duration::from_secs(10),
-            send_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(2),
-            backoff_base: Duration::from_millis(500),
-            backoff_cap: Duration::from_secs(30),
-            stable_after: Duration::from_secs(30),
-            detect_capabilities: true,
-        }
-    }
-}
 
 /// Why a link attempt ended (other than for shutdown). Only [`LinkError::is_fatal`] errors
 /// stop [`run`]; every other one is logged and retried.
@@ -93,7 +57,8 @@ pub enum LinkError {
         /// The transport's error.
         source: WsError,
     },
-    /// Connecting took longer than [`LinkSettings::connect_timeout`].
+    /// Connecting took longer than
+    /// [`LinkSettings::connect_timeout`](crate::config::LinkSettings::connect_timeout).
     #[error("cannot connect to {url}: timed out after {} s", .timeout.as_secs_f64())]
     ConnectTimeout {
         /// The hub URL.
@@ -109,7 +74,8 @@ pub enum LinkError {
         /// The response body (trimmed, bounded), usually the reason.
         body: String,
     },
-    /// No `HelloAck` within [`LinkSettings::hello_timeout`].
+    /// No `HelloAck` within
+    /// [`LinkSettings::hello_timeout`](crate::config::LinkSettings::hello_timeout).
     #[error("no hello-ack from the coordinator within {} s", .0.as_secs_f64())]
     HelloTimeout(Duration),
     /// The coordinator sent something this agent cannot accept; the link was closed with
@@ -133,7 +99,8 @@ pub enum LinkError {
     /// Nothing was received for three heartbeat intervals.
     #[error("no frame from the coordinator for {} s (3 heartbeat intervals): link considered dead", .0.as_secs_f64())]
     Dead(Duration),
-    /// Sending a frame took longer than [`LinkSettings::send_timeout`].
+    /// Sending a frame took longer than
+    /// [`LinkSettings::send_timeout`](crate::config::LinkSettings::send_timeout).
     #[error("sending to the coordinator timed out after {} s", .0.as_secs_f64())]
     SendTimeout(Duration),
     /// The connection failed while in use.
@@ -159,7 +126,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     };
     let url = config.coordinator.to_string();
     let settings = &config.link;
-    let mut jobs = Jobs::new(crate::lifecycle::LocalExecutor::new(&config.hostname));
+    let mut jobs = Jobs::new(LocalExecutor::new(&config.hostname));
     let mut capabilities = CapabilityCache::default();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
     tracing::info!(
@@ -259,7 +226,7 @@ impl CapabilityCache {
                 return capabilities.clone();
             }
         }
-        let capabilities = crate::capabilities::detect().await;
+        let capabilities = tracevisor_lttng::capabilities::detect().await;
         tracing::info!(
             lttng = capabilities.lttng_version.as_deref().unwrap_or("not installed"),
             sessiond = capabilities.sessiond_running,

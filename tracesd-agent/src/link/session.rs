@@ -14,7 +14,8 @@ use tracevisor_protocol::{
     decode, encode, CloseReason, CodecError, Frame, Hello, Message, DEAD_AFTER_INTERVALS,
 };
 
-use super::{LinkError, LinkSettings};
+use super::LinkError;
+use crate::config::LinkSettings;
 use crate::jobs::{JobCommand, JobEvent, Jobs};
 
 /// What the session loop waits on.

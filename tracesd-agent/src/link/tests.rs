@@ -21,6 +21,7 @@ use tracevisor_protocol::{
 };
 
 use super::*;
+use crate::config::LinkSettings;
 
 const TOKEN: &str = "s3cr3t-token";
 const STEP: Duration = Duration::from_secs(5);
@@ -609,7 +610,7 @@ async fn drive_works_over_an_in_memory_stream() {
         running_jobs: vec![4],
     };
     let shutdown = CancellationToken::new();
-    let mut jobs = crate::jobs::Jobs::new(crate::lifecycle::LocalExecutor {
+    let mut jobs = crate::jobs::Jobs::new(LocalExecutor {
         hostname: "in-memory".into(),
         trace_root: std::env::temp_dir(),
     });
@@ -768,10 +769,10 @@ async fn hello_carries_the_detected_capabilities() {
         caps.kernel_tracer || caps.kernel_tracer_error.is_some(),
         "{caps:?}"
     );
-    if crate::runner::find_in_path("lttng").is_some() {
+    if tracevisor_lttng::runner::find_in_path("lttng").is_some() {
         assert!(caps.lttng_version.is_some(), "{caps:?}");
     }
-    if crate::runner::find_in_path("lttng-cputop-mi").is_some() {
+    if tracevisor_lttng::runner::find_in_path("lttng-cputop-mi").is_some() {
         assert!(caps.analyses.iter().any(|name| name == "lttng-cputop-mi"));
     }
     stop(shutdown, task).await;

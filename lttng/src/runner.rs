@@ -2,9 +2,9 @@
 //! a timeout, kill on drop, output captured and bounded, errors that name the command.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), tracesd::runner::RunError> {
+//! # async fn demo() -> Result<(), tracevisor_lttng::runner::RunError> {
 //! use std::time::Duration;
-//! use tracesd::runner::Cmd;
+//! use tracevisor_lttng::runner::Cmd;
 //!
 //! let output = Cmd::new("lttng")
 //!     .args(["--mi", "xml", "list"])

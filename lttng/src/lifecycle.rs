@@ -551,6 +551,15 @@ pub async fn list_sessions(exec: &impl Executor) -> Result<Vec<String>, StepErro
     Ok(names)
 }
 
+/// Destroys the session `name` if it exists; `Ok(false)` when there was none.
+pub async fn destroy_session(exec: &impl Executor, name: &str) -> Result<bool, StepError> {
+    if !list_sessions(exec).await?.iter().any(|s| s == name) {
+        return Ok(false);
+    }
+    lttng_step(exec, "destroy", &["destroy", name]).await?;
+    Ok(true)
+}
+
 /// Destroys the sessions of `coordinator`'s jobs on this host that no job runs any more (after
 /// an agent restart); returns the job ids they belonged to.
 pub async fn destroy_orphans(exec: &impl Executor, coordinator: &str, hostname: &str) -> Vec<u64> {

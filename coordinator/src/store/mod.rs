@@ -1,10 +1,11 @@
-//! The store: SurrealDB (embedded SurrealKV by default, or a server over ws://) holding the registry.
+//! The store: SurrealDB (embedded SurrealKV by default, or a server over ws://) holding the
+//! registry, the agents' last known state and the jobs.
 //!
-//! Every query goes through [`Store::query`], which binds parameters (never string formatting)
-//! and converts results to JSON. The schema is versioned in `meta:schema` and brought forward
+//! This module folder is the only place that writes SurrealQL: the rest of the coordinator calls
+//! typed methods (`registry.rs`, `agents.rs`, `jobs.rs`). Every query goes through the private
+//! `Store::query`, which binds parameters (never string formatting) and converts results to JSON. The schema is versioned in `meta:schema` and brought forward
 //! by [`MIGRATIONS`] at start-up; nothing is ever dropped because the version changed.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,15 @@ use surrealdb::engine::any::Any;
 use surrealdb::engine::local::Db;
 use surrealdb::Surreal;
 
-use crate::registry::{HostRecord, Kind};
+use crate::registry::Kind;
+
+mod agents;
+mod jobs;
+mod registry;
+
+pub use agents::AgentRow;
+pub use jobs::FleetUpdate;
+use registry::RegistryCache;
 
 /// Namespace and database used inside SurrealDB.
 const NAMESPACE: &str = "tracevisor";
@@ -155,78 +164,6 @@ pub struct Store {
     cache: Option<Arc<RegistryCache>>,
 }
 
-/// The registry in memory, written through: a record enters the cache only after its write
-/// committed. Writes to the same id are serialized by a sharded lock so the cache applies
-/// them in commit order; ids are never reused, so a deleted id stays deleted.
-struct RegistryCache {
-    kinds: std::sync::RwLock<CachedKinds>,
-    shards: Vec<tokio::sync::Mutex<()>>,
-}
-
-/// Records by kind and id, and ids by kind and hostname.
-#[derive(Default)]
-struct CachedKinds {
-    records: HashMap<Kind, BTreeMap<u64, HostRecord>>,
-    names: HashMap<(Kind, String), u64>,
-}
-
-const CACHE_SHARDS: usize = 64;
-
-impl RegistryCache {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, CachedKinds> {
-        self.kinds.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CachedKinds> {
-        self.kinds.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn list(&self, kind: Kind) -> Vec<HostRecord> {
-        self.read()
-            .records
-            .get(&kind)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn get(&self, kind: Kind, id: u64) -> Option<HostRecord> {
-        self.read()
-            .records
-            .get(&kind)
-            .and_then(|m| m.get(&id).cloned())
-    }
-
-    fn by_hostname(&self, kind: Kind, hostname: &str) -> Option<HostRecord> {
-        let kinds = self.read();
-        let id = kinds.names.get(&(kind, hostname.to_owned()))?;
-        kinds.records.get(&kind).and_then(|m| m.get(id).cloned())
-    }
-
-    fn shard(&self, id: u64) -> &tokio::sync::Mutex<()> {
-        &self.shards[(id % CACHE_SHARDS as u64) as usize]
-    }
-
-    fn put(&self, kind: Kind, record: HostRecord) {
-        let mut kinds = self.write();
-        let previous = kinds
-            .records
-            .entry(kind)
-            .or_default()
-            .insert(record.id, record.clone());
-        if let Some(old) = previous {
-            kinds.names.remove(&(kind, old.hostname));
-        }
-        kinds.names.insert((kind, record.hostname), record.id);
-    }
-
-    fn remove(&self, kind: Kind, id: u64) {
-        let mut kinds = self.write();
-        if let Some(old) = kinds.records.get_mut(&kind).and_then(|m| m.remove(&id)) {
-            kinds.names.remove(&(kind, old.hostname));
-        }
-    }
-}
-
 /// Opens the embedded datastore the way the SDK's own `connect` does (build without
 /// maintenance tasks, check the on-disk version, bootstrap, then start the tasks), except that
 /// the storage engine gets its memory limits: the SDK passes no configuration to an embedded
@@ -268,12 +205,7 @@ impl Store {
         let mut store = Store::connect(url, limits).await?;
         store.migrate().await?;
         if matches!(store.db, Conn::Embedded(_)) {
-            let cache = RegistryCache {
-                kinds: Default::default(),
-                shards: (0..CACHE_SHARDS)
-                    .map(|_| tokio::sync::Mutex::new(()))
-                    .collect(),
-            };
+            let cache = RegistryCache::new();
             for kind in [Kind::Relays, Kind::Clients, Kind::AnalysesServers] {
                 for record in store.list(kind).await? {
                     cache.put(kind, record);
@@ -387,7 +319,8 @@ impl Store {
     }
 
     /// Runs SurrealQL with bound parameters and returns the rows of the last statement as JSON.
-    pub async fn query(&self, sql: &str, vars: Json) -> Result<Vec<Json>, StoreError> {
+    /// Private to the store: callers use its typed methods.
+    async fn query(&self, sql: &str, vars: Json) -> Result<Vec<Json>, StoreError> {
         // A database that stops answering (a full disk can wedge the storage engine's commit
         // pipeline) must turn into an error answer, not a request that hangs.
         let answer = match &self.db {
@@ -429,166 +362,11 @@ impl Store {
             }
         }
     }
-
-    /// Lists the records of a kind in id order.
-    pub async fn list(&self, kind: Kind) -> Result<Vec<HostRecord>, StoreError> {
-        if let Some(cache) = &self.cache {
-            return Ok(cache.list(kind));
-        }
-        let rows = self
-            .query(
-                "SELECT * FROM type::table($tb) ORDER BY id",
-                json!({ "tb": kind.table() }),
-            )
-            .await?;
-        rows.into_iter()
-            .map(|r| HostRecord::from_row(kind, r))
-            .collect()
-    }
-
-    /// One record by id.
-    pub async fn get(&self, kind: Kind, id: u64) -> Result<Option<HostRecord>, StoreError> {
-        if let Some(cache) = &self.cache {
-            return Ok(cache.get(kind, id));
-        }
-        let rows = self
-            .query(
-                "SELECT * FROM type::record($tb, $id)",
-                json!({ "tb": kind.table(), "id": id }),
-            )
-            .await?;
-        rows.into_iter()
-            .next()
-            .map(|r| HostRecord::from_row(kind, r))
-            .transpose()
-    }
-
-    /// One record by hostname.
-    pub async fn find_by_hostname(
-        &self,
-        kind: Kind,
-        hostname: &str,
-    ) -> Result<Option<HostRecord>, StoreError> {
-        if let Some(cache) = &self.cache {
-            return Ok(cache.by_hostname(kind, hostname));
-        }
-        self.find_by_hostname_in_db(kind, hostname).await
-    }
-
-    /// One record by hostname, read from the database whatever the cache holds.
-    async fn find_by_hostname_in_db(
-        &self,
-        kind: Kind,
-        hostname: &str,
-    ) -> Result<Option<HostRecord>, StoreError> {
-        let rows = self
-            .query(
-                "SELECT * FROM type::table($tb) WHERE hostname = $hostname LIMIT 1",
-                json!({ "tb": kind.table(), "hostname": hostname }),
-            )
-            .await?;
-        rows.into_iter()
-            .next()
-            .map(|r| HostRecord::from_row(kind, r))
-            .transpose()
-    }
-
-    /// Creates a record with the next id of its kind; ids are never reused.
-    pub async fn create(&self, kind: Kind, record: &HostRecord) -> Result<HostRecord, StoreError> {
-        let vars = json!({
-            "tb": kind.table(),
-            "seq": format!("{}_id", kind.table()),
-            "data": record.content(kind),
-        });
-        let rows = self
-            .write(
-                "CREATE type::record($tb, sequence::nextval($seq)) CONTENT $data RETURN AFTER",
-                vars,
-            )
-            .await
-            .map_err(|e| duplicate(e, kind, &record.hostname));
-        if let (Err(StoreError::Duplicate { .. }), Some(cache)) = (&rows, &self.cache) {
-            // The record exists though the cache lacks it (a write that timed out here but
-            // committed): bring the cache back in line so the next lookup finds it.
-            if let Ok(Some(existing)) = self.find_by_hostname_in_db(kind, &record.hostname).await {
-                cache.put(kind, existing);
-            }
-        }
-        let rows = rows?;
-        let row = rows
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Db("create returned no record".into()))?;
-        let created = HostRecord::from_row(kind, row)?;
-        if let Some(cache) = &self.cache {
-            // A new id: nothing else writes it yet.
-            cache.put(kind, created.clone());
-        }
-        Ok(created)
-    }
-
-    /// Replaces the fields of an existing record; `None` when the id is unknown.
-    pub async fn replace(
-        &self,
-        kind: Kind,
-        id: u64,
-        record: &HostRecord,
-    ) -> Result<Option<HostRecord>, StoreError> {
-        let vars = json!({ "tb": kind.table(), "id": id, "data": record.content(kind) });
-        let _order = match &self.cache {
-            Some(cache) => Some(cache.shard(id).lock().await),
-            None => None,
-        };
-        let rows = self
-            .write(
-                "UPDATE type::record($tb, $id) CONTENT $data RETURN AFTER",
-                vars,
-            )
-            .await
-            .map_err(|e| duplicate(e, kind, &record.hostname))?;
-        let updated = rows
-            .into_iter()
-            .next()
-            .map(|r| HostRecord::from_row(kind, r))
-            .transpose()?;
-        if let (Some(cache), Some(record)) = (&self.cache, &updated) {
-            cache.put(kind, record.clone());
-        }
-        Ok(updated)
-    }
-
-    /// Deletes a record; `false` when the id is unknown.
-    pub async fn delete(&self, kind: Kind, id: u64) -> Result<bool, StoreError> {
-        let _order = match &self.cache {
-            Some(cache) => Some(cache.shard(id).lock().await),
-            None => None,
-        };
-        let rows = self
-            .write(
-                "DELETE type::record($tb, $id) RETURN BEFORE",
-                json!({ "tb": kind.table(), "id": id }),
-            )
-            .await?;
-        if let Some(cache) = &self.cache {
-            cache.remove(kind, id);
-        }
-        Ok(!rows.is_empty())
-    }
 }
 
 fn is_conflict(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("conflict") || m.contains("can be retried") || m.contains("retry")
-}
-
-fn duplicate(error: StoreError, kind: Kind, hostname: &str) -> StoreError {
-    match error {
-        StoreError::Db(message) if message.contains("already contains") => StoreError::Duplicate {
-            kind: kind.singular(),
-            hostname: hostname.to_owned(),
-        },
-        other => other,
-    }
 }
 
 /// Parses the integer key out of a record id rendered as JSON (`"relay:5"`).
@@ -605,6 +383,7 @@ pub fn record_key(value: &Json) -> Result<u64, StoreError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::registry::HostRecord;
 
     fn relay(hostname: &str) -> HostRecord {
         HostRecord::new(Kind::Relays, hostname.into(), Some("10.0.0.1".into()), None)

@@ -1,0 +1,303 @@
+//! One agent link, from hello to close: a loop over a closed set of events (a frame from the
+//! agent, a frame to send, the heartbeat tick, shutdown).
+//!
+//! [`serve_link`] is generic over the socket (a `Stream` of WebSocket messages and a `Sink` for
+//! them), so it runs on axum's WebSocket in the coordinator and on in-memory channels in tests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage};
+use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tracevisor_protocol::{
+    codec, CloseReason, Frame, Message, DEAD_AFTER_INTERVALS, PROTOCOL_VERSION,
+};
+
+use super::{
+    unix_ms, AgentEvent, Hub, LiveLink, Outgoing, RegisterError, HELLO_TIMEOUT, OUTGOING_QUEUE,
+};
+use crate::validate;
+
+/// What a link runs on: WebSocket messages in and out (axum's `WebSocket`, or channels in
+/// tests).
+pub trait Socket:
+    Stream<Item = Result<WsMessage, axum::Error>> + Sink<WsMessage, Error = axum::Error> + Unpin + Send
+{
+}
+
+impl<S> Socket for S where
+    S: Stream<Item = Result<WsMessage, axum::Error>>
+        + Sink<WsMessage, Error = axum::Error>
+        + Unpin
+        + Send
+{
+}
+
+/// One agent link, from hello to close.
+pub async fn serve_link<S: Socket>(hub: Arc<Hub>, mut socket: S, peer: SocketAddr) {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut socket)).await {
+        Ok(Ok(Some(Message::Hello(hello)))) => hello,
+        Ok(Ok(Some(other))) => {
+            let why = format!("expected hello, got {}", other.kind());
+            return close(socket, CloseReason::ProtocolError, &why, peer).await;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err((reason, why))) => return close(socket, reason, &why, peer).await,
+        Err(_) => {
+            return close(
+                socket,
+                CloseReason::ProtocolError,
+                "no hello within 10 s",
+                peer,
+            )
+            .await
+        }
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let why = format!(
+            "protocol version {} is not supported; this coordinator speaks version {PROTOCOL_VERSION}",
+            hello.protocol_version
+        );
+        return close(socket, CloseReason::UnsupportedVersion, &why, peer).await;
+    }
+    if let Err(e) = validate::dns_name(&hello.hostname) {
+        let why = format!("hostname {:?} {e}", hello.hostname);
+        return close(socket, CloseReason::ProtocolError, &why, peer).await;
+    }
+    let registered = async {
+        // The semaphore is never closed, so acquiring only waits.
+        let _turn = hub.registrations.acquire().await.ok();
+        let now = OffsetDateTime::now_utc();
+        hub.register(&hello, peer, now).await.map(|id| (id, now))
+    };
+    let (client_id, now) = match registered.await {
+        Ok(id) => id,
+        Err(RegisterError::Refused(why)) => {
+            tracing::warn!(hostname = %hello.hostname, %peer, why = %why, "agent refused: hostname belongs to another host");
+            return close(socket, CloseReason::Unauthorized, &why, peer).await;
+        }
+        Err(error) => {
+            tracing::error!(hostname = %hello.hostname, %error, "agent registration failed");
+            return close(
+                socket,
+                CloseReason::Shutdown,
+                "registration failed; retry later",
+                peer,
+            )
+            .await;
+        }
+    };
+    let link_id = hub.next_link.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel(OUTGOING_QUEUE);
+    // The silence clock starts once the link is registered: registration may have queued
+    // behind many others, and the agent owes nothing before HelloAck.
+    let last_seen = Arc::new(AtomicI64::new(unix_ms(OffsetDateTime::now_utc())));
+    let replaced = hub.links().insert(
+        hello.hostname.clone(),
+        LiveLink {
+            link_id,
+            client_id,
+            tx,
+            version: hello.agent_version.clone(),
+            connected_since: now,
+            last_seen: last_seen.clone(),
+            capabilities: hello.capabilities.clone(),
+            addresses: hello.addresses.clone(),
+        },
+    );
+    if let Some(old) = replaced {
+        tracing::warn!(hostname = %hello.hostname, %peer, "agent link replaced by a newer one for the same hostname");
+        let _ = old.tx.try_send(Outgoing::Close(
+            CloseReason::Replaced,
+            "a newer link for this hostname replaced this one".into(),
+        ));
+    }
+    tracing::info!(
+        hostname = %hello.hostname, %peer, client_id, version = %hello.agent_version,
+        kernel_tracer = hello.capabilities.kernel_tracer, "agent connected"
+    );
+    hub.emit(AgentEvent {
+        client_id,
+        hostname: hello.hostname.clone(),
+        message: Message::Hello(hello.clone()),
+    })
+    .await;
+
+    let ack = Message::HelloAck {
+        agent_id: client_id,
+        heartbeat_interval_ms: u32::try_from(hub.heartbeat.as_millis()).unwrap_or(u32::MAX),
+        coordinator_id: hub.instance.clone(),
+    };
+    let mut end: Option<(CloseReason, String)> = None;
+    if send_frame(&mut socket, ack).await.is_err() {
+        end = Some((CloseReason::Shutdown, "could not send hello-ack".into()));
+    }
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + hub.heartbeat, hub.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let dead_after = hub.heartbeat * DEAD_AFTER_INTERVALS;
+    let mut seq = 0u64;
+    while end.is_none() {
+        tokio::select! {
+            frame = next_frame(&mut socket) => match frame {
+                Ok(Some(message)) => {
+                    last_seen.store(unix_ms(OffsetDateTime::now_utc()), Ordering::Relaxed);
+                    match message {
+                        Message::Heartbeat { seq } => {
+                            if send_frame(&mut socket, Message::HeartbeatAck { seq }).await.is_err() {
+                                end = Some((CloseReason::Shutdown, "send failed".into()));
+                            }
+                        }
+                        Message::HeartbeatAck { .. } => {}
+                        Message::Close { reason, message } => {
+                            tracing::info!(hostname = %hello.hostname, %reason, %message, "agent closed its link");
+                            break;
+                        }
+                        m @ (Message::JobProgress { .. } | Message::JobResult { .. }) => {
+                            hub.emit(AgentEvent { client_id, hostname: hello.hostname.clone(), message: m }).await;
+                        }
+                        other => {
+                            end = Some((CloseReason::ProtocolError, format!("unexpected {} from an agent", other.kind())));
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err((reason, why)) => end = Some((reason, why)),
+            },
+            out = rx.recv() => match out {
+                Some(Outgoing::Frame(message)) => {
+                    if send_frame(&mut socket, message).await.is_err() {
+                        end = Some((CloseReason::Shutdown, "send failed".into()));
+                    }
+                }
+                Some(Outgoing::Close(reason, why)) => end = Some((reason, why)),
+                None => end = Some((CloseReason::Shutdown, "hub dropped the link".into())),
+            },
+            _ = tick.tick() => {
+                let silent_ms = unix_ms(OffsetDateTime::now_utc()) - last_seen.load(Ordering::Relaxed);
+                if silent_ms > i64::try_from(dead_after.as_millis()).unwrap_or(i64::MAX) {
+                    end = Some((CloseReason::HeartbeatTimeout, format!("nothing received for {} ms", silent_ms)));
+                } else {
+                    if send_frame(&mut socket, Message::Heartbeat { seq }).await.is_err() {
+                        end = Some((CloseReason::Shutdown, "send failed".into()));
+                    }
+                    seq += 1;
+                }
+            }
+            _ = hub.shutdown.cancelled() => end = Some((CloseReason::Shutdown, "coordinator shutting down".into())),
+        }
+    }
+    // Only the link still registered for this hostname removes it (a replaced one does not).
+    let removed = {
+        let mut links = hub.links();
+        match links.get(&hello.hostname) {
+            Some(l) if l.link_id == link_id => links.remove(&hello.hostname).is_some(),
+            _ => false,
+        }
+    };
+    if removed {
+        hub.record_disconnect(
+            client_id,
+            &hello.hostname,
+            last_seen.load(Ordering::Relaxed),
+        )
+        .await;
+        let (reason, why) = end
+            .clone()
+            .unwrap_or((CloseReason::Shutdown, "closed by the agent".into()));
+        hub.emit(AgentEvent {
+            client_id,
+            hostname: hello.hostname.clone(),
+            message: Message::Close {
+                reason,
+                message: why,
+            },
+        })
+        .await;
+    }
+    match &end {
+        Some((reason, why)) => {
+            tracing::warn!(hostname = %hello.hostname, %peer, %reason, why = %why, "agent disconnected");
+        }
+        None => tracing::info!(hostname = %hello.hostname, %peer, "agent disconnected"),
+    }
+    if let Some((reason, why)) = end {
+        close(socket, reason, &why, peer).await;
+    }
+}
+
+/// Receives the next protocol frame; `Ok(None)` when the peer closed.
+async fn next_frame<S: Socket>(socket: &mut S) -> Result<Option<Message>, (CloseReason, String)> {
+    loop {
+        match socket.next().await {
+            None => return Ok(None),
+            Some(Err(e)) => {
+                return Err((CloseReason::ProtocolError, format!("websocket error: {e}")))
+            }
+            Some(Ok(WsMessage::Binary(bytes))) => {
+                return match codec::decode(&bytes) {
+                    Ok(frame) => Ok(Some(frame.body)),
+                    Err(codec::CodecError::UnsupportedVersion { .. }) => Err((
+                        CloseReason::UnsupportedVersion,
+                        format!("frame version is not {PROTOCOL_VERSION}"),
+                    )),
+                    Err(e) => Err((CloseReason::ProtocolError, e.to_string())),
+                };
+            }
+            Some(Ok(WsMessage::Close(_))) => return Ok(None),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Text(_))) => {
+                return Err((
+                    CloseReason::ProtocolError,
+                    "text messages are not part of the protocol".into(),
+                ))
+            }
+        }
+    }
+}
+
+async fn send_frame<S: Socket>(socket: &mut S, message: Message) -> Result<(), ()> {
+    let bytes = codec::encode(&Frame::new(message)).map_err(|e| {
+        tracing::error!(error = %e, "cannot encode a frame");
+    })?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        socket.send(WsMessage::Binary(bytes.into())),
+    )
+    .await
+    .map_err(|_| ())?
+    .map_err(|_| ())
+}
+
+/// Sends `Close` with a reason, then closes the WebSocket.
+async fn close<S: Socket>(mut socket: S, reason: CloseReason, why: &str, peer: SocketAddr) {
+    if !matches!(reason, CloseReason::Shutdown | CloseReason::Replaced) {
+        tracing::warn!(%peer, %reason, why, "closing agent link");
+    }
+    let _ = send_frame(
+        &mut socket,
+        Message::Close {
+            reason,
+            message: why.to_owned(),
+        },
+    )
+    .await;
+    let code = match reason {
+        CloseReason::ProtocolError => 1002,
+        CloseReason::Shutdown => 1001,
+        _ => 1000,
+    };
+    let reason_text: String = why.chars().take(120).collect();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        socket.send(WsMessage::Close(Some(CloseFrame {
+            code,
+            reason: reason_text.into(),
+        }))),
+    )
+    .await;
+}

@@ -1,0 +1,525 @@
+//! The agent hub: accepts agents' outbound WebSocket links, registers their hosts, keeps
+//! heartbeats, and carries messages between agents and the job engine.
+//!
+//! Each link is one task looping over a closed set of events (a frame from the agent, a frame
+//! to send, the heartbeat tick, shutdown). Live link state is kept in memory; the store holds
+//! each agent's last known state (`agent` table, keyed by its client id), written when a link
+//! opens and when it closes, so heartbeats never touch the database.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod auth;
+mod link;
+
+use axum::extract::WebSocketUpgrade;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Serialize;
+use serde_json::{json, Value as Json};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracevisor_protocol::{
+    Capabilities, CloseReason, Hello, Message, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_HEADER,
+};
+
+use crate::registry::{HostRecord, Kind};
+use crate::secrets::secret_eq;
+use crate::store::{AgentRow, Store, StoreError};
+use auth::AuthFailures;
+pub use link::serve_link;
+
+/// How long an agent has to send `Hello` after the upgrade.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Agent events queued towards the job engine before links wait.
+const EVENT_QUEUE: usize = 1024;
+/// Frames queued towards one agent before senders wait.
+const OUTGOING_QUEUE: usize = 64;
+
+/// Registrations (database writes after a hello) in progress at once; later hellos wait their
+/// turn in arrival order. Unbounded, a simultaneous start of 10,000 agents ran thousands of
+/// database transactions at once and the coordinator's memory peaked at 1.6 GiB (kept by the
+/// allocator afterwards); see BENCHMARKS.md.
+const REGISTRATION_CONCURRENCY: usize = 32;
+
+/// Something an agent reported about a job, for the job engine.
+#[derive(Debug, Clone)]
+pub struct AgentEvent {
+    /// The client id of the agent's host.
+    pub client_id: u64,
+    /// The agent's hostname.
+    pub hostname: String,
+    /// The message: `JobProgress` or `JobResult` from the agent, `Hello` when a link opens,
+    /// and `Close` (with why) when the host's live link ended, whoever closed it.
+    pub message: Message,
+}
+
+/// What `GET /clients` shows about an agent.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AgentStatus {
+    pub connected: bool,
+    pub version: String,
+    /// RFC 3339.
+    pub connected_since: String,
+    /// RFC 3339: the last frame received from the agent.
+    pub last_seen: String,
+    #[schema(value_type = Object)]
+    pub capabilities: Json,
+}
+
+struct LiveLink {
+    link_id: u64,
+    client_id: u64,
+    tx: mpsc::Sender<Outgoing>,
+    version: String,
+    connected_since: OffsetDateTime,
+    /// Unix milliseconds of the last frame received.
+    last_seen: Arc<AtomicI64>,
+    capabilities: Capabilities,
+    addresses: Vec<IpAddr>,
+}
+
+enum Outgoing {
+    Frame(Message),
+    Close(CloseReason, String),
+}
+
+/// The hub: live links by hostname.
+pub struct Hub {
+    store: Store,
+    agent_token: String,
+    heartbeat: Duration,
+    links: Mutex<HashMap<String, LiveLink>>,
+    /// Last known state of every agent ever registered, by hostname (mirrors the `agent` table).
+    known: Mutex<HashMap<String, AgentStatus>>,
+    next_link: AtomicU64,
+    /// Towards the job engine; bounded, so a slow engine slows the links that report, not
+    /// the coordinator's memory.
+    events: mpsc::Sender<AgentEvent>,
+    shutdown: CancellationToken,
+    /// The registry's instance id, sent in `HelloAck`.
+    instance: String,
+    /// Whether a link may take over a hostname registered from elsewhere.
+    takeover: TakeoverPolicy,
+    /// Most agent links served at once; upgrades beyond are refused with 503.
+    max_links: usize,
+    /// Links upgraded and not yet closed (including those still before `Hello`).
+    open_links: AtomicU64,
+    auth_failures: AuthFailures,
+    /// Permits for [`REGISTRATION_CONCURRENCY`] registrations at once.
+    registrations: tokio::sync::Semaphore,
+}
+
+/// Why a message could not be sent to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("host {0}: no agent connected")]
+    NotConnected(String),
+    #[error("host {0}: agent link closed while sending")]
+    Closed(String),
+}
+
+impl Hub {
+    /// A hub; agent events go to the returned receiver.
+    pub fn new(
+        store: Store,
+        agent_token: String,
+        heartbeat: Duration,
+        shutdown: CancellationToken,
+        instance: String,
+        max_links: usize,
+        takeover: TakeoverPolicy,
+    ) -> (Arc<Hub>, mpsc::Receiver<AgentEvent>) {
+        let (events, rx) = mpsc::channel(EVENT_QUEUE);
+        let hub = Hub {
+            store,
+            agent_token,
+            heartbeat,
+            links: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
+            next_link: AtomicU64::new(1),
+            events,
+            shutdown,
+            instance,
+            max_links,
+            takeover,
+            open_links: AtomicU64::new(0),
+            auth_failures: AuthFailures::default(),
+            registrations: tokio::sync::Semaphore::new(REGISTRATION_CONCURRENCY),
+        };
+        (Arc::new(hub), rx)
+    }
+
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveLink>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands an agent's event to the job engine, waiting for room (not past shutdown).
+    async fn emit(&self, event: AgentEvent) {
+        tokio::select! {
+            _ = self.events.send(event) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+
+    /// Waits (at most `limit`) until every agent link has closed after shutdown; returns how
+    /// many were still open.
+    pub async fn closed(&self, limit: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.open_links() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.open_links()
+    }
+
+    /// Number of connected agents.
+    pub fn connected(&self) -> usize {
+        self.links().len()
+    }
+
+    /// Agent links upgraded and not yet closed, including those not yet registered.
+    pub fn open_links(&self) -> u64 {
+        self.open_links.load(Ordering::Relaxed)
+    }
+
+    /// Whether an agent is connected for `hostname`, and its capabilities.
+    pub fn capabilities(&self, hostname: &str) -> Option<Capabilities> {
+        self.links().get(hostname).map(|l| l.capabilities.clone())
+    }
+
+    /// The hostname of the connected agent whose hostname or one of whose addresses is `host`.
+    pub fn find(&self, host: &str) -> Option<String> {
+        let links = self.links();
+        if links.contains_key(host) {
+            return Some(host.to_owned());
+        }
+        let ip = host.parse::<IpAddr>().ok()?;
+        links
+            .iter()
+            .find(|(_, l)| l.addresses.contains(&ip))
+            .map(|(name, _)| name.clone())
+    }
+
+    /// The client id of the connected agent of `hostname`.
+    pub fn client_id(&self, hostname: &str) -> Option<u64> {
+        self.links().get(hostname).map(|l| l.client_id)
+    }
+
+    /// Hostnames of all connected agents.
+    pub fn hostnames(&self) -> Vec<String> {
+        self.links().keys().cloned().collect()
+    }
+
+    /// Sends a message to the agent of `hostname`.
+    pub async fn send(&self, hostname: &str, message: Message) -> Result<(), SendError> {
+        let tx = self
+            .links()
+            .get(hostname)
+            .map(|l| l.tx.clone())
+            .ok_or_else(|| SendError::NotConnected(hostname.to_owned()))?;
+        tx.send(Outgoing::Frame(message))
+            .await
+            .map_err(|_| SendError::Closed(hostname.to_owned()))
+    }
+
+    /// The agent status of every host that ever had an agent, by hostname.
+    pub fn statuses(&self) -> HashMap<String, AgentStatus> {
+        let mut map = self.known().clone();
+        for (hostname, link) in self.links().iter() {
+            map.insert(
+                hostname.clone(),
+                AgentStatus {
+                    connected: true,
+                    version: link.version.clone(),
+                    connected_since: rfc3339(link.connected_since),
+                    last_seen: rfc3339_ms(link.last_seen.load(Ordering::Relaxed)),
+                    capabilities: capabilities_json(&link.capabilities),
+                },
+            );
+        }
+        map
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentStatus>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the last known state of every agent from the store (once, at start-up); from then
+    /// on it is kept in memory and written through.
+    pub async fn load(&self) -> Result<(), StoreError> {
+        let rows = self.store.agents().await?;
+        let mut known = self.known();
+        for row in rows {
+            known.insert(
+                row.hostname.clone(),
+                AgentStatus {
+                    connected: false,
+                    version: row.version,
+                    connected_since: row.connected_since,
+                    last_seen: row.last_seen,
+                    capabilities: row.capabilities,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Finds or creates the client record of an agent's host, and records the agent.
+    async fn register(
+        &self,
+        hello: &Hello,
+        peer: SocketAddr,
+        now: OffsetDateTime,
+    ) -> Result<u64, RegisterError> {
+        let peer_ip = canonical(peer.ip());
+        let (client, pinned) = match self
+            .store
+            .find_by_hostname(Kind::Clients, &hello.hostname)
+            .await?
+        {
+            Some(existing) => {
+                let pinned = self.store.agent_pinned_peers(existing.id).await?;
+                if self.takeover == TakeoverPolicy::PinAddress
+                    && !peer_allowed(&existing, &pinned, peer_ip)
+                {
+                    return Err(RegisterError::Refused(format!(
+                        "hostname {} is registered for {}; this link comes from {peer_ip} (agent_takeover = \"pin-address\"): update the client's address to move it",
+                        hello.hostname,
+                        [existing.ipv4.clone(), existing.ipv6.clone()].into_iter().flatten().chain(pinned.iter().cloned()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                (existing, pinned)
+            }
+            None => {
+                let (ipv4, ipv6) = addresses(&hello.addresses, peer_ip);
+                let record = HostRecord::new(Kind::Clients, hello.hostname.clone(), ipv4, ipv6);
+                match self.store.create(Kind::Clients, &record).await {
+                    Ok(created) => {
+                        tracing::info!(hostname = %hello.hostname, id = created.id, "agent host registered");
+                        (created, vec![peer_ip.to_string()])
+                    }
+                    // Another link for the same hostname registered it first: try again.
+                    Err(StoreError::Duplicate { .. }) => {
+                        return Err(RegisterError::Store(StoreError::Db(
+                            "concurrent registration of the same hostname; retry".into(),
+                        )))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        self.store
+            .upsert_agent(
+                client.id,
+                &AgentRow {
+                    hostname: hello.hostname.clone(),
+                    version: hello.agent_version.clone(),
+                    connected_since: rfc3339(now),
+                    last_seen: rfc3339(now),
+                    addresses: hello.addresses.iter().map(ToString::to_string).collect(),
+                    peer: peer_ip.to_string(),
+                    peers: pinned,
+                    capabilities: capabilities_json(&hello.capabilities),
+                },
+            )
+            .await?;
+        self.known().insert(
+            hello.hostname.clone(),
+            AgentStatus {
+                connected: false,
+                version: hello.agent_version.clone(),
+                connected_since: rfc3339(now),
+                last_seen: rfc3339(now),
+                capabilities: capabilities_json(&hello.capabilities),
+            },
+        );
+        Ok(client.id)
+    }
+
+    async fn record_disconnect(&self, client_id: u64, hostname: &str, last_seen_ms: i64) {
+        if let Some(status) = self.known().get_mut(hostname) {
+            status.last_seen = rfc3339_ms(last_seen_ms);
+        }
+        let result = self
+            .store
+            .set_agent_last_seen(client_id, &rfc3339_ms(last_seen_ms))
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(client_id, %error, "could not record the agent's last contact");
+        }
+    }
+}
+
+/// Whether a link for an existing hostname may take it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TakeoverPolicy {
+    /// Only from the client record's addresses, the address its agent first registered from,
+    /// or loopback (default).
+    PinAddress,
+    /// Any agent holding the enrollment token may take over any hostname.
+    Allow,
+}
+
+/// Why an agent's upgrade request is refused, before any WebSocket exists.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("too many failed agent authentications from this address; retry later")]
+    Throttled,
+    #[error("missing Authorization: Bearer AGENT_TOKEN header")]
+    NoToken,
+    #[error("invalid agent enrollment token")]
+    WrongToken,
+    #[error("agent protocol version {0:?} is not supported; this coordinator speaks version {PROTOCOL_VERSION}")]
+    Version(String),
+    #[error("this coordinator serves at most {0} agent links (max_agent_links)")]
+    Full(usize),
+}
+
+impl Hub {
+    /// Checks an upgrade request before the upgrade: not throttled, the enrollment token, the
+    /// protocol version. Failed token checks count towards the source address's throttle.
+    pub fn admit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+        if self.auth_failures.blocked(peer.ip()) {
+            return Err(Refusal::Throttled);
+        }
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match token {
+            Some(t) if secret_eq(t.trim(), &self.agent_token) => {}
+            Some(_) => {
+                self.auth_failures.record(peer.ip());
+                tracing::warn!(%peer, "agent rejected: wrong enrollment token");
+                return Err(Refusal::WrongToken);
+            }
+            None => {
+                self.auth_failures.record(peer.ip());
+                tracing::warn!(%peer, "agent rejected: no enrollment token");
+                return Err(Refusal::NoToken);
+            }
+        }
+        if let Some(version) = headers.get(PROTOCOL_VERSION_HEADER) {
+            let speaks = version
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u16>().ok());
+            if speaks != Some(PROTOCOL_VERSION) {
+                let shown = String::from_utf8_lossy(version.as_bytes()).into_owned();
+                tracing::warn!(%peer, version = %shown, "agent rejected: unsupported protocol version");
+                return Err(Refusal::Version(shown));
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepts an admitted upgrade within the link limit and serves the link.
+    pub fn accept(
+        self: &Arc<Self>,
+        ws: WebSocketUpgrade,
+        peer: SocketAddr,
+    ) -> Result<Response, Refusal> {
+        if self.open_links.load(Ordering::Relaxed) >= self.max_links as u64 {
+            tracing::warn!(%peer, max = self.max_links, "agent refused: link limit reached");
+            return Err(Refusal::Full(self.max_links));
+        }
+        self.open_links.fetch_add(1, Ordering::Relaxed);
+        let hub = self.clone();
+        Ok(ws
+            .max_message_size(MAX_FRAME_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
+            // tungstenite's default 128 KiB read buffer is zero-filled, so resident for every
+            // link: 4 KiB (it grows for larger frames) keeps an idle link at about 33 KiB.
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .on_failed_upgrade({
+                let hub = hub.clone();
+                move |_| {
+                    hub.open_links.fetch_sub(1, Ordering::Relaxed);
+                }
+            })
+            .on_upgrade(move |socket| async move {
+                serve_link(hub.clone(), socket, peer).await;
+                hub.open_links.fetch_sub(1, Ordering::Relaxed);
+            }))
+    }
+}
+
+/// Why a link was not registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn peer_allowed(record: &HostRecord, pinned: &[String], peer: IpAddr) -> bool {
+    let peer_text = peer.to_string();
+    peer.is_loopback()
+        || record.ipv4.as_deref() == Some(peer_text.as_str())
+        || record.ipv6.as_deref() == Some(peer_text.as_str())
+        || pinned.contains(&peer_text)
+}
+
+/// Picks the record's addresses: the agent's own first, else the address it connected from.
+fn addresses(reported: &[IpAddr], peer: IpAddr) -> (Option<String>, Option<String>) {
+    // A link from another address than the ones the agent reports (NAT) is pinned by its peer
+    // address in the agent record; the client record keeps what the host says about itself.
+    let v4 = reported.iter().find(|a| a.is_ipv4()).copied();
+    let v6 = reported.iter().find(|a| a.is_ipv6()).copied();
+    match (v4, v6) {
+        (None, None) => match peer {
+            IpAddr::V4(a) => (Some(a.to_string()), None),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => (Some(v4.to_string()), None),
+                None => (None, Some(a.to_string())),
+            },
+        },
+        (v4, v6) => (v4.map(|a| a.to_string()), v6.map(|a| a.to_string())),
+    }
+}
+
+pub fn capabilities_json(c: &Capabilities) -> Json {
+    json!({
+        "lttng_version": c.lttng_version,
+        "sessiond_running": c.sessiond_running,
+        "kernel_tracer": c.kernel_tracer,
+        "kernel_tracer_error": c.kernel_tracer_error,
+        "userspace_tracer": c.userspace_tracer,
+        "userspace_tracer_error": c.userspace_tracer_error,
+        "babeltrace2": c.babeltrace2,
+        "analyses": c.analyses,
+    })
+}
+
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(rfc3339)
+        .unwrap_or_default()
+}
