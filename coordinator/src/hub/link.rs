@@ -301,3 +301,157 @@ async fn close<S: Socket>(mut socket: S, reason: CloseReason, why: &str, peer: S
     )
     .await;
 }
+
+/// A link over in-memory channels, driven by a test as an agent would drive its WebSocket.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio_util::sync::PollSender;
+
+    use super::*;
+
+    /// One end of a link: what the hub reads and where it writes.
+    struct ChannelSocket {
+        incoming: mpsc::Receiver<WsMessage>,
+        outgoing: PollSender<WsMessage>,
+    }
+
+    impl Stream for ChannelSocket {
+        type Item = Result<WsMessage, axum::Error>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<WsMessage> for ChannelSocket {
+        type Error = axum::Error;
+
+        fn poll_ready(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.outgoing)
+                .poll_ready(cx)
+                .map_err(axum::Error::new)
+        }
+
+        fn start_send(mut self: Pin<&mut Self>, item: WsMessage) -> Result<(), Self::Error> {
+            Pin::new(&mut self.outgoing)
+                .start_send(item)
+                .map_err(axum::Error::new)
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.outgoing)
+                .poll_flush(cx)
+                .map_err(axum::Error::new)
+        }
+
+        fn poll_close(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.outgoing)
+                .poll_close(cx)
+                .map_err(axum::Error::new)
+        }
+    }
+
+    /// A test's agent: speaks the real protocol to [`serve_link`] over channels.
+    pub(crate) struct FakeAgent {
+        to_hub: Option<mpsc::Sender<WsMessage>>,
+        from_hub: mpsc::Receiver<WsMessage>,
+        link: tokio::task::JoinHandle<()>,
+    }
+
+    impl FakeAgent {
+        /// Opens a link for `hostname` (from loopback) and waits for `HelloAck`.
+        pub(crate) async fn connect(
+            hub: &Arc<Hub>,
+            hostname: &str,
+            running_jobs: Vec<u64>,
+        ) -> FakeAgent {
+            let (to_hub, incoming) = mpsc::channel(64);
+            let (outgoing, from_hub) = mpsc::channel(64);
+            let socket = ChannelSocket {
+                incoming,
+                outgoing: PollSender::new(outgoing),
+            };
+            let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+            let link = tokio::spawn(serve_link(hub.clone(), socket, peer));
+            let mut agent = FakeAgent {
+                to_hub: Some(to_hub),
+                from_hub,
+                link,
+            };
+            agent
+                .send(Message::Hello(tracevisor_protocol::Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    hostname: hostname.to_owned(),
+                    addresses: Vec::new(),
+                    agent_version: "0.0.0-test".into(),
+                    capabilities: Default::default(),
+                    running_jobs,
+                }))
+                .await;
+            agent
+                .expect("hello-ack", |m| matches!(m, Message::HelloAck { .. }))
+                .await;
+            agent
+        }
+
+        pub(crate) async fn send(&self, message: Message) {
+            let bytes = codec::encode(&Frame::new(message)).expect("encodable");
+            if let Some(tx) = &self.to_hub {
+                let _ = tx.send(WsMessage::Binary(bytes.into())).await;
+            }
+        }
+
+        /// The next frame within `limit` (heartbeats answered and skipped).
+        pub(crate) async fn recv(&mut self, limit: Duration) -> Option<Message> {
+            let deadline = tokio::time::Instant::now() + limit;
+            loop {
+                let ws = tokio::time::timeout_at(deadline, self.from_hub.recv())
+                    .await
+                    .ok()??;
+                let WsMessage::Binary(bytes) = ws else {
+                    continue;
+                };
+                match codec::decode(&bytes).expect("decodable").body {
+                    Message::Heartbeat { seq } => self.send(Message::HeartbeatAck { seq }).await,
+                    Message::HeartbeatAck { .. } => {}
+                    other => return Some(other),
+                }
+            }
+        }
+
+        /// Waits (10 s at most) for a frame matching `pred`, skipping others.
+        pub(crate) async fn expect(
+            &mut self,
+            what: &str,
+            pred: impl Fn(&Message) -> bool,
+        ) -> Message {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match self.recv(left).await {
+                    Some(m) if pred(&m) => return m,
+                    Some(_) => {}
+                    None => panic!("no {what} within 10 s"),
+                }
+            }
+        }
+
+        /// Cuts the link as a dropped connection would, and waits for the hub to notice.
+        pub(crate) async fn cut(mut self) {
+            self.to_hub = None;
+            let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.link).await;
+        }
+    }
+}

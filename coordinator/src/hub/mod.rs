@@ -33,6 +33,8 @@ use crate::secrets::secret_eq;
 use crate::store::{AgentRow, Store, StoreError};
 use auth::AuthFailures;
 pub use link::serve_link;
+#[cfg(test)]
+pub(crate) use link::testing;
 
 /// How long an agent has to send `Hello` after the upgrade.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

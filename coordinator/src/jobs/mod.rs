@@ -19,6 +19,8 @@ mod recovery;
 mod request;
 mod route;
 mod single;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
