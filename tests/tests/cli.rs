@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
-use tracevisor::cli::render;
+use tracevisor::cli::{job_view, render};
 use tracevisor_tests::agents::{free_port, TestCa};
 use tracevisor_tests::coordinator::{binary, Coordinator, LOCAL_AGENT};
 use tracevisor_tests::jobs_support::{
@@ -1058,9 +1058,11 @@ fn job_results_and_fleets_render_per_host() {
             {"command": "lttng-memtop-mi", "result": {"results": []}},
         ]
     });
+    // Jobs as the server sends them, read as its own types (`JobRecord`).
     let job = json!({"id": 3, "jobid": 3, "status": 4, "host": "web1", "type": "cpu", "via": "agent", "duration": 2.0,
+                     "username": "root", "started": "2024-05-01T10:00:00Z",
                      "created": "2024-05-01T10:00:00Z", "finished": "2024-05-01T10:00:03.5Z", "result": result, "error": null});
-    let text = render::job(&job, 10);
+    let text = job_view::job(&job_view::parse(&job).unwrap(), 10);
     assert!(
         text.starts_with("job 3: cpu on web1 (via agent), complete, traced 2 s, took 3.5 s\n"),
         "{text}"
@@ -1074,6 +1076,7 @@ fn job_results_and_fleets_render_per_host() {
 
     let fleet = json!({
         "id": 9, "jobid": 9, "kind": "fleet", "status": -1, "type": "cpu", "duration": 1.0,
+        "username": "root", "created": "2024-05-01T10:00:00Z", "started": "2024-05-01T10:00:00Z",
         "error": {"step": "fleet", "host": null, "message": "2 of 3 hosts did not complete"},
         "hosts": [
             {"host": "web1", "outcome": "complete", "jobid": 10, "status": 4, "result": result},
@@ -1082,7 +1085,8 @@ fn job_results_and_fleets_render_per_host() {
         ],
         "outcomes": {"complete": 1, "error": 1, "offline": 1, "timeout": 0, "skipped": 0}
     });
-    let text = render::job(&fleet, 10);
+    let fleet = job_view::parse(&fleet).unwrap();
+    let text = job_view::job(&fleet, 10);
     assert!(
         text.starts_with("fleet job 9: cpu on 3 hosts, error"),
         "{text}"
@@ -1101,7 +1105,7 @@ fn job_results_and_fleets_render_per_host() {
         text.contains("===== web1 =====") && !text.contains("===== web2"),
         "{text}"
     );
-    let failures = render::fleet_failures(&fleet);
+    let failures = job_view::fleet_failures(&fleet);
     assert_eq!(failures.len(), 2);
     assert!(failures[1].starts_with("web3 (offline: "), "{failures:?}");
 }

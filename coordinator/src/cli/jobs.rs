@@ -6,7 +6,8 @@ use serde_json::Value as Json;
 
 use super::client::Client;
 use super::{
-    print_json, render, trace, CliError, Connection, Settings, TopConnection, EXIT_OK, EXIT_REFUSED,
+    job_view, print_json, render, trace, CliError, Connection, Settings, TopConnection, EXIT_OK,
+    EXIT_REFUSED,
 };
 
 #[derive(Args, Debug)]
@@ -97,11 +98,14 @@ pub async fn list(top: &TopConnection, args: JobsArgs) -> Result<u8, CliError> {
         let sessions = answer["sessions"]
             .as_array()
             .map(Vec::as_slice)
-            .unwrap_or(&[]);
+            .unwrap_or(&[])
+            .iter()
+            .map(job_view::parse)
+            .collect::<Result<Vec<_>, _>>()?;
         if sessions.is_empty() && !args.all {
             println!("no running jobs (--all shows finished ones)");
         } else {
-            print!("{}", render::jobs_table(sessions));
+            print!("{}", job_view::jobs_table(&sessions));
         }
     }
     Ok(EXIT_OK)
@@ -114,15 +118,16 @@ pub async fn show(top: &TopConnection, args: JobArgs) -> Result<u8, CliError> {
         .get(&format!("/jobs/{}", args.id))
         .await
         .map_err(|e| e.if_not_found(JOBS_HINT))?;
-    if !render::is_final(&job) {
+    let record = job_view::parse(&job)?;
+    if !record.status.is_ended() {
         if args.conn.json {
             print_json(&job);
         } else {
-            print!("{}", render::job(&job, args.top));
+            print!("{}", job_view::job(&record, args.top));
         }
         return Ok(EXIT_OK);
     }
-    trace::report(&job, args.conn.json, args.top, true)
+    trace::report(&job, &record, args.conn.json, args.top, true)
 }
 
 pub async fn cancel(top: &TopConnection, args: CancelArgs) -> Result<u8, CliError> {
@@ -140,7 +145,7 @@ pub async fn cancel(top: &TopConnection, args: CancelArgs) -> Result<u8, CliErro
         return Ok(EXIT_OK);
     }
     if answer.status == reqwest::StatusCode::CONFLICT {
-        let status = render::status_name(&answer.body["job"]["status"]);
+        let status = job_view::status_name_of(&answer.body["job"]["status"]);
         return Err(CliError::new(
             EXIT_REFUSED,
             format!("job {id} is not running ({status}): nothing to cancel (409)"),

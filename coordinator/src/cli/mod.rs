@@ -6,9 +6,11 @@
 //! the [exit codes](EXIT_CODES_HELP); an error is one line on stderr that says what to do.
 
 pub mod client;
+pub mod job_view;
 mod jobs;
 mod registry;
 pub mod render;
+mod table;
 mod trace;
 
 use std::path::PathBuf;

@@ -10,11 +10,12 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value as Json};
 
 use super::client::Client;
-use super::render;
+use super::{job_view, render};
 use super::{
     print_json, CliError, Connection, Settings, TopConnection, EXIT_INTERRUPTED, EXIT_JOB_FAILED,
     EXIT_OK, EXIT_OTHER,
 };
+use crate::model::{FleetEntry, JobRecord, JobStatus, Outcome, Step};
 
 /// Hosts named in the error line of a fleet with failures.
 const MAX_FAILURES_SHOWN: usize = 5;
@@ -139,10 +140,12 @@ pub async fn run(top: &TopConnection, args: TraceArgs) -> Result<u8, CliError> {
         format!("job {id} ({} on {})", args.analysis_type, args.hosts[0])
     };
     let mut progress = Progress::new(&label, args.duration, json_out);
-    let job = if render::is_final(&submitted) && answer.status != StatusCode::ACCEPTED {
+    let job = if job_view::is_final(&submitted) && answer.status != StatusCode::ACCEPTED {
         Ok(submitted)
     } else {
-        progress.update(&submitted);
+        if let Ok(record) = job_view::parse(&submitted) {
+            progress.update(&record);
+        }
         tokio::select! {
             job = follow(&client, id, &mut progress) => job,
             _ = tokio::signal::ctrl_c() => {
@@ -159,24 +162,28 @@ pub async fn run(top: &TopConnection, args: TraceArgs) -> Result<u8, CliError> {
     };
     progress.finish();
     let job = job?;
-    report(&job, json_out, args.top, false)
+    let record = job_view::parse(&job)?;
+    report(&job, &record, json_out, args.top, false)
 }
 
 /// Prints a final job (text or JSON) and returns the exit code: 6 for a failed job or a
 /// fleet where some host did not complete, with one line on stderr saying why. A failed
 /// single job's text goes to stdout only with `show_failed` (`tracevisor job ID`).
-pub fn report(job: &Json, json_out: bool, top: usize, show_failed: bool) -> Result<u8, CliError> {
-    let fleet = render::is_fleet(job);
+pub fn report(
+    json: &Json,
+    job: &JobRecord,
+    json_out: bool,
+    top: usize,
+    show_failed: bool,
+) -> Result<u8, CliError> {
+    let fleet = job.hosts.is_some();
     if json_out {
-        print_json(job);
-    } else if fleet || show_failed || job["status"].as_i64() != Some(-1) {
-        print!("{}", render::job(job, top));
+        print_json(json);
+    } else if fleet || show_failed || job.status != JobStatus::Failed {
+        print!("{}", job_view::job(job, top));
     }
     let _ = std::io::stdout().flush();
-    let id = job["jobid"]
-        .as_u64()
-        .or_else(|| job["id"].as_u64())
-        .unwrap_or(0);
+    let id = job.jobid.max(job.id);
     // Tool output quoted in errors can be long: the line stays readable, the JSON has it all.
     let whole = format!(" (`tracevisor job {id} --json` has the whole message)");
     let clip = |text: String, max: usize, clipped: &mut bool| {
@@ -186,9 +193,9 @@ pub fn report(job: &Json, json_out: bool, top: usize, show_failed: bool) -> Resu
     };
     let mut clipped = false;
     if fleet {
-        let failures = render::fleet_failures(job);
+        let failures = job_view::fleet_failures(job);
         if !failures.is_empty() {
-            let total = job["hosts"].as_array().map_or(0, Vec::len);
+            let total = job.hosts.as_ref().map_or(0, Vec::len);
             let mut shown: Vec<String> = failures
                 .iter()
                 .take(MAX_FAILURES_SHOWN)
@@ -205,8 +212,8 @@ pub fn report(job: &Json, json_out: bool, top: usize, show_failed: bool) -> Resu
             );
             return Ok(EXIT_JOB_FAILED);
         }
-        if job["status"].as_i64() == Some(-1) {
-            let line = clip(render::error_line(&job["error"]), 400, &mut clipped);
+        if let (JobStatus::Failed, Some(error)) = (job.status, &job.error) {
+            let line = clip(job_view::error_line(error), 400, &mut clipped);
             eprintln!(
                 "tracevisor: fleet job {id} failed: {line}{}",
                 if clipped { whole.as_str() } else { "" }
@@ -215,35 +222,40 @@ pub fn report(job: &Json, json_out: bool, top: usize, show_failed: bool) -> Resu
         }
         return Ok(EXIT_OK);
     }
-    match job["status"].as_i64() {
-        Some(-1) => {
-            let hint = hint_for_step(job["error"]["step"].as_str().unwrap_or(""));
-            let line = clip(render::error_line(&job["error"]), 400, &mut clipped);
+    match job.status {
+        JobStatus::Failed => {
+            let (hint, line) = match &job.error {
+                Some(error) => (
+                    hint_for_step(error.step),
+                    clip(job_view::error_line(error), 400, &mut clipped),
+                ),
+                None => ("", "no error recorded".to_owned()),
+            };
             eprintln!(
                 "tracevisor: job {id} failed at {line}{}{hint}",
                 if clipped { whole.as_str() } else { "" }
             );
             Ok(EXIT_JOB_FAILED)
         }
-        Some(4) => Ok(EXIT_OK),
-        _ => Err(CliError::new(
+        JobStatus::Complete => Ok(EXIT_OK),
+        status => Err(CliError::new(
             EXIT_OTHER,
             format!(
                 "job {id} did not finish ({}); `tracevisor job {id}` shows it later",
-                render::status_name(&job["status"])
+                job_view::status_name(status)
             ),
         )),
     }
 }
 
 /// What to do about a failed step.
-fn hint_for_step(step: &str) -> &'static str {
+fn hint_for_step(step: Step) -> &'static str {
     match step {
-        "kernel" => "; kernel analyses need the LTTng kernel tracer (lttng-modules) on the host: use --type ust, or a host whose agent reports kernel_tracer",
-        "preflight" => "; the host needs a root lttng-sessiond and a user that is root or in the tracing group",
-        "ssh-connect" => "; run tracesd on the host, or register it as a client and authorize the key `curl SERVER/trace/api/v1.0/ssh` shows",
-        "agent-lost" | "agent-restart" => "; the host's agent went away: check tracesd there and trace again",
-        "timeout" => "; raise --host-timeout or the duration",
+        Step::Kernel => "; kernel analyses need the LTTng kernel tracer (lttng-modules) on the host: use --type ust, or a host whose agent reports kernel_tracer",
+        Step::Preflight => "; the host needs a root lttng-sessiond and a user that is root or in the tracing group",
+        Step::SshConnect => "; run tracesd on the host, or register it as a client and authorize the key `curl SERVER/trace/api/v1.0/ssh` shows",
+        Step::AgentLost | Step::AgentRestart => "; the host's agent went away: check tracesd there and trace again",
+        Step::Timeout => "; raise --host-timeout or the duration",
         _ => "",
     }
 }
@@ -255,13 +267,17 @@ async fn follow(client: &Client, id: u64, progress: &mut Progress) -> Result<Jso
         while let Ok(Some(event)) = stream.next().await {
             let data: Json = serde_json::from_str(&event.data).unwrap_or(Json::Null);
             match event.event.as_str() {
-                "status" => progress.status(data["status"].as_i64()),
+                "status" => progress.status(data["status"].as_i64().and_then(JobStatus::from_code)),
                 "progress" => {
                     if let Some(f) = data["fraction"].as_f64() {
                         progress.fraction(f);
                     }
                 }
-                "host" => progress.host(&data),
+                "host" => {
+                    if let Ok(entry) = serde_json::from_value::<FleetEntry>(data) {
+                        progress.host(&entry);
+                    }
+                }
                 "done" if data.is_object() => return Ok(data),
                 "done" => break,
                 _ => {}
@@ -278,8 +294,9 @@ pub async fn poll(client: &Client, id: u64, progress: &mut Progress) -> Result<J
             .get(&format!("/jobs/{id}"))
             .await
             .map_err(|e| e.if_not_found("`tracevisor jobs --all` lists the jobs"))?;
-        progress.update(&job);
-        if render::is_final(&job) {
+        let record = job_view::parse(&job)?;
+        progress.update(&record);
+        if record.status.is_ended() {
             return Ok(job);
         }
         tokio::time::sleep(POLL_INTERVAL).await;
@@ -293,7 +310,7 @@ pub struct Progress {
     duration: f64,
     tty: bool,
     plain: bool,
-    status: Option<i64>,
+    status: Option<JobStatus>,
     fraction: f64,
     trace_started: Option<Instant>,
     hosts_total: usize,
@@ -319,33 +336,32 @@ impl Progress {
     }
 
     /// Takes what a job view says: status, fleet hosts.
-    pub fn update(&mut self, job: &Json) {
-        self.status(job["status"].as_i64());
-        if let Some(hosts) = job["hosts"].as_array() {
+    pub fn update(&mut self, job: &JobRecord) {
+        self.status(Some(job.status));
+        if let Some(hosts) = &job.hosts {
             self.hosts_total = hosts.len();
             for h in hosts {
-                let outcome = h["outcome"].as_str().unwrap_or("pending");
-                if outcome != "pending" {
+                if h.outcome != Outcome::Pending {
                     self.host(h);
                 }
             }
         }
     }
 
-    pub fn status(&mut self, status: Option<i64>) {
+    pub fn status(&mut self, status: Option<JobStatus>) {
         let Some(s) = status else { return };
         if self.status == Some(s) {
             return;
         }
         self.status = Some(s);
-        if s == 2 && self.trace_started.is_none() {
+        if s == JobStatus::TraceRunning && self.trace_started.is_none() {
             self.trace_started = Some(Instant::now());
         }
-        if s >= 3 || s == -1 {
+        if s >= JobStatus::AnalysisRunning {
             self.fraction = 1.0;
         }
-        if self.plain && (1..=3).contains(&s) {
-            eprintln!("{}: {}", self.label, render::status_name(&json!(s)));
+        if self.plain && JobStatus::RUNNING.contains(&s) {
+            eprintln!("{}: {}", self.label, job_view::status_name(s));
         }
         self.draw();
     }
@@ -355,17 +371,18 @@ impl Progress {
         self.draw();
     }
 
-    pub fn host(&mut self, h: &Json) {
-        let host = h["host"].as_str().unwrap_or("?").to_owned();
+    pub fn host(&mut self, h: &FleetEntry) {
+        let host = h.host.clone();
         if self.hosts_done.contains(&host) {
             return;
         }
         self.hosts_done.push(host.clone());
-        let outcome = h["outcome"].as_str().unwrap_or("?");
-        let reason = match &h["error"] {
-            Json::Object(_) => format!(" ({})", render::error_line(&h["error"])),
-            _ => String::new(),
-        };
+        let outcome = h.outcome;
+        let reason = h
+            .error
+            .as_ref()
+            .map(|e| format!(" ({})", job_view::error_line(e)))
+            .unwrap_or_default();
         if self.tty {
             self.clear();
             eprintln!("  {host}: {outcome}{reason}");
@@ -388,7 +405,7 @@ impl Progress {
         }
         // Without progress events, the local clock estimates the share elapsed.
         let mut fraction = self.fraction;
-        if self.status == Some(2) && self.duration > 0.0 {
+        if self.status == Some(JobStatus::TraceRunning) && self.duration > 0.0 {
             if let Some(t) = self.trace_started {
                 fraction = fraction.max((t.elapsed().as_secs_f64() / self.duration).min(1.0));
             }
@@ -396,10 +413,7 @@ impl Progress {
         const WIDTH: usize = 30;
         let filled = ((fraction * WIDTH as f64).round() as usize).min(WIDTH);
         let bar = format!("{}{}", "#".repeat(filled), "-".repeat(WIDTH - filled));
-        let status = self
-            .status
-            .map(|s| render::status_name(&json!(s)))
-            .unwrap_or_else(|| "submitted".to_owned());
+        let status = self.status.map_or("submitted", job_view::status_name);
         let hosts = if self.hosts_total > 0 {
             format!(
                 "  {}/{} hosts done",
@@ -496,6 +510,7 @@ mod tests {
                 async move {
                     let status = if n < 2 { 2 } else { 4 };
                     axum::Json(json!({"id": 7, "jobid": 7, "status": status, "host": "h", "type": "ust",
+                        "username": "root", "duration": 1.0, "created": "2026-01-01T00:00:00Z", "started": "2026-01-01T00:00:00Z",
                         "result": if status == 4 { json!({"kind": "ust", "total": 0, "events": {}, "processes": []}) } else { Json::Null }}))
                 }
             }),
