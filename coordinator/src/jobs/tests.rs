@@ -102,9 +102,10 @@ async fn acked(agent: &mut FakeAgent, id: u64) {
         .await;
 }
 
-/// Polls the stored job until `pred` holds (10 s at most).
+/// Polls the stored job until `pred` holds (60 s at most: a bound for a loaded machine, well
+/// past the engine's own 10 s restart grace).
 async fn stored_until(store: &Store, id: u64, pred: impl Fn(&JobRecord) -> bool) -> JobRecord {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let job = store.job(id).await.unwrap().unwrap();
         if pred(&job) {
