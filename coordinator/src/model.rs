@@ -503,6 +503,44 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A job that has just started (status 1) at `now` (RFC 3339); the rest is set by the kind
+    /// of job with struct update syntax.
+    pub fn started(
+        analysis_type: &str,
+        username: &str,
+        duration: f64,
+        relay: Option<String>,
+        now: &str,
+    ) -> JobRecord {
+        JobRecord {
+            id: 0,
+            jobid: 0,
+            kind: None,
+            host: None,
+            analysis_type: analysis_type.to_owned(),
+            username: username.to_owned(),
+            duration,
+            relay,
+            analysis: None,
+            via: None,
+            analysis_via: None,
+            phases: None,
+            agent: None,
+            host_timeout: None,
+            status: JobStatus::Started,
+            created: now.to_owned(),
+            started: now.to_owned(),
+            trace_started: None,
+            finished: None,
+            result: None,
+            error: None,
+            hosts: None,
+            outcomes: None,
+            ssh_session: None,
+            parent: None,
+        }
+    }
+
     /// Whether this is a fleet record.
     pub fn is_fleet(&self) -> bool {
         self.kind == Some(JobKind::Fleet)

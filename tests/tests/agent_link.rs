@@ -20,10 +20,7 @@ const PATIENCE: Duration = Duration::from_secs(120);
 const TOKEN: &str = "agent-link-test-token";
 
 fn data_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("tv-link-")
-        .tempdir()
-        .unwrap()
+    tracevisor_tests::temp_dir("tv-link-")
 }
 
 fn all_connected<'a>(hosts: &'a [&'a str]) -> impl Fn(&[Json]) -> bool + 'a {

@@ -22,10 +22,7 @@ use tracevisor_tests::require;
 use tracevisor_tests::skip::Req;
 
 fn data_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("tv-cli-")
-        .tempdir()
-        .unwrap()
+    tracevisor_tests::temp_dir("tv-cli-")
 }
 
 /// What one CLI run printed and its exit code.

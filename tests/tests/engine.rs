@@ -12,7 +12,6 @@
 //! asserts how long something took.
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
@@ -29,20 +28,10 @@ use tracevisor_tests::skip::Req;
 use tracevisor_tests::sshd::Sshd;
 
 fn data_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("tv-engine-")
-        .tempdir()
-        .unwrap()
+    tracevisor_tests::temp_dir("tv-engine-")
 }
 
-fn run<F: Future<Output = ()>>(body: F) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(body)
-}
+use tracevisor_tests::block_on as run;
 
 /// The coordinator's SSH public key (`GET /ssh`).
 async fn ssh_key(c: &Coordinator) -> String {

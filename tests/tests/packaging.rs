@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tracevisor_tests::agents::{client, free_port, is_connected, wait_clients};
 use tracevisor_tests::coordinator::{binary, Coordinator};
+use tracevisor_tests::temp_dir;
 
 /// Generous bound for processes starting and links connecting on a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -28,10 +29,6 @@ fn workspace() -> PathBuf {
 
 fn packaging(path: &str) -> PathBuf {
     workspace().join("packaging").join(path)
-}
-
-fn temp_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(prefix).tempdir().unwrap()
 }
 
 /// `tracesd ARGS` with no `TRACESD_*` variable from the test's environment.

@@ -6,10 +6,7 @@ use serde_json::{json, Value as Json};
 use tracevisor_tests::coordinator::Coordinator;
 
 fn data_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("tv-reg-")
-        .tempdir()
-        .unwrap()
+    tracevisor_tests::temp_dir("tv-reg-")
 }
 
 /// The seed's sequence (register, list, get, update, delete) for one kind.

@@ -12,7 +12,6 @@
 //! long something took; waits poll with generous bounds.
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
 use std::path::Path;
 
 use serde_json::{json, Value as Json};
@@ -44,22 +43,10 @@ const TICKS: u64 = 500;
 const UST_SECS: f64 = 4.0;
 
 fn data_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("tv-jobs-")
-        .tempdir()
-        .unwrap()
+    tracevisor_tests::temp_dir("tv-jobs-")
 }
 
-/// Runs an async test body on its own runtime (the tests are plain `#[test]`s so that the
-/// process-wide [`lttng::ust_exclusive`] guard is never held across an `.await`).
-fn run<F: Future<Output = ()>>(body: F) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(body)
-}
+use tracevisor_tests::block_on as run;
 
 /// The entries of the agent trace directory.
 fn trace_dirs() -> Vec<String> {

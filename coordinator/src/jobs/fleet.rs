@@ -135,35 +135,27 @@ pub(super) fn child_view(fleet: &JobRecord, index: usize, job_id: u64) -> Option
     Some(JobRecord {
         id: job_id,
         jobid: job_id,
-        kind: None,
         host: Some(entry.host.clone()),
-        analysis_type: fleet.analysis_type.clone(),
-        username: fleet.username.clone(),
-        duration: fleet.duration,
-        relay: fleet.relay.clone(),
-        analysis: None,
         via: entry.via,
-        analysis_via: None,
-        phases: None,
-        agent: None,
-        host_timeout: None,
         status: match entry.outcome {
             Outcome::Complete => JobStatus::Complete,
             Outcome::Pending => fleet.status,
             _ => JobStatus::Failed,
         },
-        created: fleet.created.clone(),
         started: fleet.started.clone(),
-        trace_started: None,
         finished: (entry.outcome != Outcome::Pending)
             .then(|| fleet.finished.clone())
             .flatten(),
         result: entry.result.clone(),
         error: entry.error.clone(),
-        hosts: None,
-        outcomes: None,
-        ssh_session: None,
         parent: Some(fleet.id),
+        ..JobRecord::started(
+            &fleet.analysis_type,
+            &fleet.username,
+            fleet.duration,
+            fleet.relay.clone(),
+            &fleet.created,
+        )
     })
 }
 
@@ -231,33 +223,18 @@ impl Engine {
             };
             entries.push(entry);
         }
-        let now = now();
         let fleet = JobRecord {
-            id: 0,
-            jobid: 0,
             kind: Some(JobKind::Fleet),
-            host: None,
-            analysis_type: req.template.analysis_type.clone(),
-            username: req.template.username.clone(),
-            duration: req.template.duration,
-            relay: req.template.relay.clone(),
-            analysis: None,
-            via: None,
-            analysis_via: None,
-            phases: None,
-            agent: None,
             host_timeout: Some(req.host_timeout),
-            status: JobStatus::Started,
-            created: now.clone(),
-            started: now,
-            trace_started: None,
-            finished: None,
-            result: None,
-            error: None,
             outcomes: Some(crate::model::OutcomeCounts::of(&entries)),
             hosts: Some(entries.clone()),
-            ssh_session: None,
-            parent: None,
+            ..JobRecord::started(
+                &req.template.analysis_type,
+                &req.template.username,
+                req.template.duration,
+                req.template.relay.clone(),
+                &now(),
+            )
         };
         let (stored, rx, cancel) = self.store_new_job(&fleet).await?;
         let fleet_id = stored.id;

@@ -43,16 +43,8 @@ impl Engine {
     /// Creates a job from a validated request and starts it; returns its id and live view.
     pub async fn submit(self: &Arc<Self>, req: JobRequest) -> Result<(u64, JobView), StoreError> {
         let plan = self.plan(&req).await?;
-        let now = now();
         let record = JobRecord {
-            id: 0,
-            jobid: 0,
-            kind: None,
             host: Some(req.host.clone()),
-            analysis_type: req.analysis_type.clone(),
-            username: req.username.clone(),
-            duration: req.duration,
-            relay: req.relay.clone(),
             analysis: Some(
                 plan.analysis_host
                     .clone()
@@ -65,18 +57,13 @@ impl Engine {
                 Route::Agent { hostname } => Some(hostname.clone()),
                 Route::Ssh(_) => None,
             },
-            host_timeout: None,
-            status: JobStatus::Started,
-            created: now.clone(),
-            started: now,
-            trace_started: None,
-            finished: None,
-            result: None,
-            error: None,
-            hosts: None,
-            outcomes: None,
-            ssh_session: None,
-            parent: None,
+            ..JobRecord::started(
+                &req.analysis_type,
+                &req.username,
+                req.duration,
+                req.relay.clone(),
+                &now(),
+            )
         };
         let (stored, rx, cancel) = self.store_new_job(&record).await?;
         let job_id = stored.id;

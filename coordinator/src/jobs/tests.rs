@@ -295,31 +295,11 @@ async fn shutdown_leaves_agent_jobs_to_their_agent_and_every_task_ends() {
 
 fn record(host: &str, status: JobStatus) -> JobRecord {
     JobRecord {
-        id: 0,
-        jobid: 0,
-        kind: None,
         host: Some(host.into()),
-        analysis_type: "ust".into(),
-        username: "root".into(),
-        duration: 1.0,
-        relay: None,
         analysis: Some(host.into()),
-        via: None,
-        analysis_via: None,
         phases: Some(1),
-        agent: None,
-        host_timeout: None,
         status,
-        created: now(),
-        started: now(),
-        trace_started: None,
-        finished: None,
-        result: None,
-        error: None,
-        hosts: None,
-        outcomes: None,
-        ssh_session: None,
-        parent: None,
+        ..JobRecord::started("ust", "root", 1.0, None, &now())
     }
 }
 
