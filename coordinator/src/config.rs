@@ -19,6 +19,19 @@ pub const DEFAULT_MAX_DURATION_SECS: u64 = 3600;
 pub const DEFAULT_JOB_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// Default interval between heartbeats on agent links.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 10;
+/// Default time a connection may take to send a request's headers, and may stay idle between
+/// requests.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// Default most jobs running at once (fleet hosts count one each).
+pub const DEFAULT_MAX_RUNNING_JOBS: usize = 20_000;
+/// Default most jobs running at once on one host.
+pub const DEFAULT_MAX_JOBS_PER_HOST: usize = 8;
+/// Default most hosts a fleet request may name that are neither connected agents nor
+/// registered clients (reached over SSH by address).
+pub const DEFAULT_MAX_UNREGISTERED_FLEET_HOSTS: usize = 16;
+/// Descriptors kept for the database, SSH and the agent's commands when the connection cap is
+/// derived from the open-file limit.
+const RESERVED_DESCRIPTORS: u64 = 256;
 
 /// Flags of `tracevisor serve`; each also reads a `TRACEVISOR_*` environment variable.
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -79,6 +92,12 @@ struct FileConfig {
     max_agent_links: Option<usize>,
     agent_takeover: Option<crate::hub::TakeoverPolicy>,
     max_concurrent_requests: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_running_jobs: Option<usize>,
+    max_jobs_per_host: Option<usize>,
+    max_unregistered_fleet_hosts: Option<usize>,
+    allow_unregistered_relays: Option<bool>,
     db_memtable_mib: Option<u64>,
     db_block_cache_mib: Option<u64>,
     job_retention_secs: Option<u64>,
@@ -133,8 +152,21 @@ pub struct Config {
     pub max_agent_links: usize,
     /// Whether an agent may take over a hostname registered from another address.
     pub agent_takeover: crate::hub::TakeoverPolicy,
-    /// Most REST requests handled at once (more wait their turn).
+    /// Most REST requests handled at once (more wait their turn). A request waiting for its
+    /// job to end does not hold one; agent links never do.
     pub max_concurrent_requests: usize,
+    /// Time a connection has to send a request's headers, and may stay idle between requests.
+    pub header_read_timeout: Duration,
+    /// Most connections (REST and agent links) open at once; more are closed at once.
+    pub max_connections: usize,
+    /// Most jobs running at once (fleet hosts count one each); more are refused with 429.
+    pub max_running_jobs: usize,
+    /// Most jobs running at once on one host; more are refused with 429.
+    pub max_jobs_per_host: usize,
+    /// Most hosts of a fleet request that are neither connected agents nor registered clients.
+    pub max_unregistered_fleet_hosts: usize,
+    /// Whether a request may stream a trace to a relay that is not registered.
+    pub allow_unregistered_relays: bool,
     /// Memory bounds of the embedded storage engine.
     pub storage: crate::store::StorageLimits,
     /// How long finished jobs (and their results) are kept; zero keeps them forever.
@@ -164,7 +196,7 @@ impl Config {
             tls: None,
             local_agent: false,
             local_agent_hostname: "localhost".into(),
-            cors_allow_origins: vec!["*".into()],
+            cors_allow_origins: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_duration_secs: DEFAULT_MAX_DURATION_SECS,
             heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
@@ -175,6 +207,12 @@ impl Config {
             max_agent_links: 100_000,
             agent_takeover: crate::hub::TakeoverPolicy::PinAddress,
             max_concurrent_requests: 4096,
+            header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+            max_connections: default_max_connections(),
+            max_running_jobs: DEFAULT_MAX_RUNNING_JOBS,
+            max_jobs_per_host: DEFAULT_MAX_JOBS_PER_HOST,
+            max_unregistered_fleet_hosts: DEFAULT_MAX_UNREGISTERED_FLEET_HOSTS,
+            allow_unregistered_relays: false,
             storage: crate::store::StorageLimits::default(),
             job_retention: Duration::from_secs(DEFAULT_JOB_RETENTION_SECS),
         }
@@ -268,6 +306,24 @@ impl Config {
         }
         if let Some(v) = file.max_concurrent_requests {
             config.max_concurrent_requests = v;
+        }
+        if let Some(v) = file.header_read_timeout_secs {
+            config.header_read_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = file.max_connections {
+            config.max_connections = v;
+        }
+        if let Some(v) = file.max_running_jobs {
+            config.max_running_jobs = v;
+        }
+        if let Some(v) = file.max_jobs_per_host {
+            config.max_jobs_per_host = v;
+        }
+        if let Some(v) = file.max_unregistered_fleet_hosts {
+            config.max_unregistered_fleet_hosts = v;
+        }
+        if let Some(v) = file.allow_unregistered_relays {
+            config.allow_unregistered_relays = v;
         }
         if let Some(v) = file.db_memtable_mib {
             config.storage.memtable_bytes = v.saturating_mul(1 << 20);
@@ -421,6 +477,30 @@ impl Config {
                 self.max_concurrent_requests
             )));
         }
+        let header = self.header_read_timeout.as_secs();
+        if !(1..=300).contains(&header) {
+            return Err(err(format!(
+                "header_read_timeout_secs: {header} is outside 1..=300"
+            )));
+        }
+        for (key, value, range) in [
+            ("max_connections", self.max_connections, 16..=1_100_000),
+            ("max_running_jobs", self.max_running_jobs, 1..=1_000_000),
+            ("max_jobs_per_host", self.max_jobs_per_host, 1..=1_000),
+            (
+                "max_unregistered_fleet_hosts",
+                self.max_unregistered_fleet_hosts,
+                0..=crate::jobs::MAX_FLEET_HOSTS,
+            ),
+        ] {
+            if !range.contains(&value) {
+                return Err(err(format!(
+                    "{key}: {value} is outside {}..={}",
+                    range.start(),
+                    range.end()
+                )));
+            }
+        }
         for (name, profile) in &self.profiles {
             profile.validate(&format!("analyses.{name}")).map_err(err)?;
         }
@@ -431,6 +511,15 @@ impl Config {
     pub fn is_loopback(&self) -> bool {
         self.listen.ip().is_loopback()
     }
+}
+
+/// Default connection cap: the open-file limit less what the database, SSH and commands need.
+fn default_max_connections() -> usize {
+    let (soft, _) = rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024));
+    let usable = soft
+        .saturating_sub(RESERVED_DESCRIPTORS)
+        .clamp(16, 1_000_000);
+    usize::try_from(usable).unwrap_or(1_000_000)
 }
 
 /// The embedded database in the data directory.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod jobs;
+pub mod listener;
 pub mod model;
 pub mod profiles;
 pub mod registry;
@@ -45,8 +46,6 @@ pub enum RunError {
     Serve(String),
 }
 
-/// How long in-flight requests may take to finish after shutdown is asked.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long running jobs may take to end after shutdown (SSH jobs destroy their sessions).
 const JOB_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long agent links and the local agent may take to close after shutdown.
@@ -106,6 +105,7 @@ pub async fn run(
         ssh,
         rest_token,
         started: std::time::Instant::now(),
+        request_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
     });
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let local_agent = if config.local_agent {
@@ -125,56 +125,7 @@ pub async fn run(
         db = %config.db,
         "tracevisor listening"
     );
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| RunError::Serve(e.to_string()))?;
-    match &config.tls {
-        None => {
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .map_err(|e| RunError::Serve(e.to_string()))?;
-            let stop = shutdown.clone();
-            let server = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            // In-flight requests get DRAIN_TIMEOUT after shutdown, as on TLS.
-            let drain_limit = async {
-                shutdown.cancelled().await;
-                tokio::time::sleep(DRAIN_TIMEOUT).await;
-            };
-            tokio::select! {
-                served = server => served.map_err(|e| RunError::Serve(e.to_string()))?,
-                _ = drain_limit => tracing::warn!(
-                    seconds = DRAIN_TIMEOUT.as_secs(),
-                    "requests still open after the drain time; closing them"
-                ),
-            }
-        }
-        Some(tls) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls_config =
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                    .await
-                    .map_err(|e| {
-                        RunError::Tls(format!(
-                            "{} / {}: {e}",
-                            tls.cert.display(),
-                            tls.key.display()
-                        ))
-                    })?;
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                stopper.graceful_shutdown(Some(DRAIN_TIMEOUT));
-            });
-            axum_server::from_tcp_rustls(listener, tls_config)
-                .map_err(|e| RunError::Serve(e.to_string()))?
-                .handle(handle)
-                .serve(app)
-                .await
-                .map_err(|e| RunError::Serve(e.to_string()))?;
-        }
-    }
+    listener::serve(listener, app, &config, &shutdown).await?;
     // Everything the coordinator started ends before `run` returns: jobs (SSH sessions are
     // destroyed, agent jobs are left to their agents), the event loop, the pruner, agent links
     // and the local agent.

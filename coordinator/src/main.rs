@@ -59,6 +59,12 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
+    // Every agent link is a descriptor: take the soft open-file limit up to the hard one (the
+    // default connection cap is derived from it).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
     let config = match Config::load(args) {
         Ok(c) => c,
         Err(e) => {

@@ -1,13 +1,23 @@
 //! The SSH driver: one multiplexed SSH connection per job (openssh, native mux) with the
 //! coordinator's key, batch mode and a pinned-host-key policy; an [`Executor`] for the shared
-//! trace lifecycle, and the pre-flight checks the original made.
+//! trace lifecycle, and the pre-flight checks the original made. The `ssh` master starts from
+//! the runner's cleared environment (no token of this process reaches it), and local traces go
+//! to a per-user root checked on the host ([`SSH_TRACE_ROOT_PREFIX`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use openssh::{KnownHosts, Session, SessionBuilder};
+use openssh::Session;
 use tracevisor_lttng::lifecycle::{Executor, StepError};
-use tracevisor_lttng::runner::{Output, RunError};
+use tracevisor_lttng::runner::{child_env, Output, RunError};
+
+/// Where the SSH path writes local traces on a host: one root per SSH user,
+/// `/var/tmp/tracevisor-traces-<user>`, which the lifecycle creates with mode 0700 and refuses
+/// unless it is a directory that user owns and nobody else can write
+/// ([`tracevisor_lttng::lifecycle::create_trace_dir`]). `/var/tmp` is world-writable but
+/// sticky: once the root is that user's, nobody else can rename or replace it; a root
+/// someone else made first is refused, naming it.
+pub const SSH_TRACE_ROOT_PREFIX: &str = "/var/tmp/tracevisor-traces-";
 
 /// How a changed or unknown host key is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -43,6 +53,8 @@ pub struct SshSettings {
 pub struct SshExecutor {
     session: Session,
     display: String,
+    /// The SSH user (validated as a POSIX user name), which names the trace root.
+    user: String,
 }
 
 fn io_err(command: String, message: impl std::fmt::Display) -> RunError {
@@ -63,39 +75,12 @@ impl SshExecutor {
             host: target.display.clone(),
             message,
         };
-        // Unix socket paths are limited to 108 bytes: keep the control directory short.
-        let control = std::env::temp_dir();
-        let mut builder = SessionBuilder::default();
-        builder
-            .user(target.user.clone())
-            .port(target.port)
-            .keyfile(&settings.key_file)
-            .connect_timeout(settings.connect_timeout)
-            .server_alive_interval(Duration::from_secs(15))
-            .user_known_hosts_file(&settings.known_hosts)
-            .control_directory(&control)
-            .known_hosts_check(match settings.policy {
-                HostKeyPolicy::Tofu => KnownHosts::Add,
-                HostKeyPolicy::Strict => KnownHosts::Strict,
-            });
-        let session = builder.connect_mux(&target.address).await.map_err(|e| {
-            let text = e.to_string();
-            let detail = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
-            let all = format!("{text} {detail}");
-            if all.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") || all.contains("Host key verification failed") {
-                fail(format!(
-                    "ssh host key of {}:{} does not match the key pinned in {} (host key changed?); refusing to connect",
-                    target.address,
-                    target.port,
-                    settings.known_hosts.display()
-                ))
-            } else {
-                fail(format!("cannot reach {}@{}:{} over ssh: {}", target.user, target.address, target.port, all.trim()))
-            }
-        })?;
+        let dir = launch_master(target, settings).await.map_err(fail)?;
+        let session = Session::new_native_mux(dir);
         Ok(SshExecutor {
             session,
             display: target.display.clone(),
+            user: target.user.clone(),
         })
     }
 
@@ -162,6 +147,108 @@ impl SshExecutor {
     }
 }
 
+/// Starts the master connection (`ssh -M -f -N` on a control socket in a fresh private
+/// directory) and returns that directory, for [`Session::new_native_mux`]. The same options as
+/// openssh's `SessionBuilder`, but `ssh` starts from the runner's cleared environment
+/// ([`child_env`]) instead of inheriting this process's, so no `TRACEVISOR_*` token reaches it
+/// (nor a `ProxyCommand` or `LocalCommand` it runs, nor a `SendEnv` pattern). Commands then go
+/// over the control socket (native mux): no other local process is started.
+async fn launch_master(
+    target: &SshTarget,
+    settings: &SshSettings,
+) -> Result<tempfile::TempDir, String> {
+    // Unix socket paths are limited to 108 bytes: keep the control directory short. The
+    // directory is created with mode 0700 under a random name.
+    let control = std::env::temp_dir();
+    let dir = tempfile::Builder::new()
+        .prefix(".ssh-connection")
+        .tempdir_in(&control)
+        .map_err(|e| {
+            format!(
+                "cannot create the ssh control directory in {}: {e}",
+                control.display()
+            )
+        })?;
+    let log = dir.path().join("log");
+    let mut known_hosts = std::ffi::OsString::from("UserKnownHostsFile=");
+    known_hosts.push(&settings.known_hosts);
+    let mut ssh = tokio::process::Command::new("ssh");
+    ssh.env_clear()
+        .envs(child_env())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .arg("-E")
+        .arg(&log)
+        .arg("-S")
+        .arg(dir.path().join("master"))
+        .args(["-M", "-f", "-N"])
+        .args(["-o", "ControlPersist=yes", "-o", "BatchMode=yes", "-o"])
+        .arg(match settings.policy {
+            HostKeyPolicy::Tofu => "StrictHostKeyChecking=accept-new",
+            HostKeyPolicy::Strict => "StrictHostKeyChecking=yes",
+        })
+        .arg("-o")
+        .arg(format!(
+            "ConnectTimeout={}",
+            settings.connect_timeout.as_secs().max(1)
+        ))
+        .args(["-o", "ServerAliveInterval=15"])
+        .arg("-p")
+        .arg(target.port.to_string())
+        .arg("-l")
+        .arg(&target.user)
+        .args(["-o", "IdentitiesOnly=yes", "-i"])
+        .arg(&settings.key_file)
+        .arg("-o")
+        .arg(known_hosts)
+        .arg("--")
+        .arg(&target.address);
+    let reach = format!("{}@{}:{}", target.user, target.address, target.port);
+    let mut child = ssh
+        .spawn()
+        .map_err(|e| format!("cannot reach {reach} over ssh: cannot run ssh: {e}"))?;
+    // `ssh -f` exits once authenticated, leaving the master in the background. Bounded here
+    // too: `ConnectTimeout` covers the TCP connection, not a host that stalls after it.
+    let limit = settings.connect_timeout + Duration::from_secs(60);
+    let status = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => return Err(format!("cannot reach {reach} over ssh: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "cannot reach {reach} over ssh: no answer in {} s",
+                limit.as_secs()
+            ))
+        }
+    };
+    if status.success() {
+        return Ok(dir);
+    }
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let said = said
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let said = said.as_str();
+    if said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || said.contains("Host key verification failed")
+    {
+        Err(format!(
+            "ssh host key of {}:{} does not match the key pinned in {} (host key changed?); refusing to connect",
+            target.address,
+            target.port,
+            settings.known_hosts.display()
+        ))
+    } else if said.is_empty() {
+        Err(format!("cannot reach {reach} over ssh: ssh {status}"))
+    } else {
+        Err(format!("cannot reach {reach} over ssh: {said}"))
+    }
+}
+
 /// Whether `id` output shows uid 0 or membership of the `tracing` group.
 fn user_may_trace(id: &str) -> bool {
     let uid_root = id.split_whitespace().any(|f| f.starts_with("uid=0("));
@@ -182,7 +269,7 @@ impl Executor for SshExecutor {
     }
 
     fn trace_root(&self) -> String {
-        "/var/tmp/tracevisor-traces".to_owned()
+        format!("{SSH_TRACE_ROOT_PREFIX}{}", self.user)
     }
 
     async fn run(&self, argv: Vec<String>, timeout: Duration) -> Result<Output, RunError> {

@@ -16,10 +16,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the kernel shows the lttng-modules tracer once it is loaded.
 const LTTNG_MODULE_DIR: &str = "/sys/module/lttng_tracer";
 
-/// Detects the capabilities with the programs found in the process's `PATH`.
+/// Detects the capabilities with the programs found in the runner's `PATH`
+/// ([`CHILD_PATH`](crate::runner::CHILD_PATH)): what is found is what jobs can run.
 pub async fn detect() -> Capabilities {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    detect_in(&path, Path::new(LTTNG_MODULE_DIR)).await
+    detect_in(
+        OsStr::new(crate::runner::CHILD_PATH),
+        Path::new(LTTNG_MODULE_DIR),
+    )
+    .await
 }
 
 /// Detects the capabilities with the programs found in `search_path` (a `PATH`-style list);

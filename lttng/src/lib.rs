@@ -5,8 +5,9 @@
 //!   destroy, analyse), the [`Executor`](lifecycle::Executor) trait it runs commands through,
 //!   [`LocalExecutor`](lifecycle::LocalExecutor) for this host, spec validation and session
 //!   names.
-//! - [`runner`]: the one way to run external commands: argv only, a timeout, kill on drop,
-//!   bounded output, errors that name the command.
+//! - [`runner`]: the one way to run external commands: argv only, a cleared environment (no
+//!   token reaches a child), a timeout, kill on drop, bounded output, errors that name the
+//!   command.
 //! - [`capabilities`]: what a host can trace and analyse, asked from the real tools.
 
 pub mod capabilities;

@@ -5,6 +5,10 @@
 //! on this host; the coordinator's SSH driver implements the same trait over one multiplexed
 //! SSH connection. Every value that reaches a command line is checked by [`validate_spec`]
 //! first, and every command is an argv, never a shell string.
+//!
+//! A local trace goes to a directory the job creates itself ([`create_trace_dir`]): new, mode
+//! 0700, in a root the tracing user owns and nobody else can write, checked on the host before
+//! every job; a directory that exists in advance is never used.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,7 +37,9 @@ pub const MAX_SUMMARY_INPUT: usize = 512 * 1024 * 1024;
 pub trait Executor: Send + Sync {
     /// The host the commands run on, for error messages.
     fn host(&self) -> &str;
-    /// Where local traces go on that host (a directory the session's owner can create).
+    /// Where local traces go on that host: a directory the user the commands run as owns,
+    /// that nobody else can write. Each job's trace directory is made in it by
+    /// [`create_trace_dir`], which checks it first.
     fn trace_root(&self) -> String;
     /// Runs `argv` (program first) with a timeout; a non-zero exit is an error.
     fn run(
@@ -42,6 +48,12 @@ pub trait Executor: Send + Sync {
         timeout: Duration,
     ) -> impl Future<Output = Result<Output, RunError>> + Send;
 }
+
+/// The agent's trace root when it can be created (the agent runs as root, or as a user that
+/// owns `/var/lib/tracesd`, the packaged service's state directory).
+pub const SYSTEM_TRACE_ROOT: &str = "/var/lib/tracesd/traces";
+/// Name prefix of the private trace root made when [`SYSTEM_TRACE_ROOT`] cannot be created.
+pub const PRIVATE_TRACE_ROOT_PREFIX: &str = "tracesd-traces-";
 
 /// Runs commands on this host through the runner.
 #[derive(Debug, Clone)]
@@ -53,18 +65,55 @@ pub struct LocalExecutor {
 }
 
 impl LocalExecutor {
-    /// An executor with the default trace directory: `/var/lib/tracesd/traces` when it can be
-    /// created, else `$TMPDIR/tracesd-traces`.
+    /// An executor with the default trace root: [`SYSTEM_TRACE_ROOT`], created with mode 0700
+    /// when missing; when it cannot be created (an agent that is not root), a new private
+    /// directory `$TMPDIR/tracesd-traces-XXXXXX` (mode 0700, a random name made for this
+    /// process: never a fixed name in a world-writable directory). Whichever it is, it is
+    /// checked before every job ([`create_trace_dir`]): a root that is a symbolic link, is
+    /// owned by another user, or that others can write is refused, naming it.
     pub fn new(hostname: &str) -> Self {
-        let system = PathBuf::from("/var/lib/tracesd/traces");
-        let trace_root = if std::fs::create_dir_all(&system).is_ok() {
-            system
-        } else {
-            std::env::temp_dir().join("tracesd-traces")
-        };
         LocalExecutor {
             hostname: hostname.to_owned(),
-            trace_root,
+            trace_root: default_trace_root(),
+        }
+    }
+}
+
+fn default_trace_root() -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let system = PathBuf::from(SYSTEM_TRACE_ROOT);
+    let created = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&system);
+    let error = match created {
+        Ok(()) => return system,
+        Err(error) => error,
+    };
+    let temp = std::env::temp_dir();
+    match tempfile::Builder::new()
+        .prefix(PRIVATE_TRACE_ROOT_PREFIX)
+        .tempdir_in(&temp)
+    {
+        Ok(dir) => {
+            let dir = dir.keep();
+            tracing::warn!(
+                system = SYSTEM_TRACE_ROOT,
+                %error,
+                trace_root = %dir.display(),
+                "cannot create the system trace directory; traces go to a new private directory"
+            );
+            dir
+        }
+        Err(temp_error) => {
+            tracing::error!(
+                system = SYSTEM_TRACE_ROOT,
+                %error,
+                temp = %temp.display(),
+                %temp_error,
+                "cannot create a trace directory; local trace jobs will fail"
+            );
+            system
         }
     }
 }
@@ -212,6 +261,135 @@ async fn lttng_step(exec: &impl Executor, step: &str, args: &[&str]) -> Result<O
     })
 }
 
+fn argv(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// What is wrong with a trace root, from `stat` (`owner` uid, permission bits `mode`, `kind`
+/// as `stat -c %F` names it) and the `uid` the trace commands run as; `None` when it is a
+/// directory (not a symbolic link) that `uid` owns and neither its group nor others can write.
+pub fn trace_root_problem(owner: u32, mode: u32, kind: &str, uid: u32) -> Option<String> {
+    if kind == "symbolic link" {
+        return Some("it is a symbolic link, which could point anywhere".to_owned());
+    }
+    if kind != "directory" {
+        return Some(format!("it is a {kind}, not a directory"));
+    }
+    if owner != uid {
+        return Some(format!(
+            "it is owned by uid {owner}, not by uid {uid} that runs the trace commands"
+        ));
+    }
+    let writable = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (true, true) => "its group and everyone",
+        (true, false) => "its group",
+        (false, true) => "everyone",
+        (false, false) => return None,
+    };
+    Some(format!("it is writable by {writable} (mode {mode:04o})"))
+}
+
+/// `stat -c '%u %a %F'` output: owner uid, permission bits, file type.
+fn parse_stat(text: &str) -> Option<(u32, u32, String)> {
+    let (owner, rest) = text.trim().split_once(' ')?;
+    let (mode, kind) = rest.split_once(' ')?;
+    Some((
+        owner.parse().ok()?,
+        u32::from_str_radix(mode, 8).ok()?,
+        kind.to_owned(),
+    ))
+}
+
+/// Creates the trace directory of `session` in the executor's trace root, the same way on
+/// this host and over SSH (argv commands through the [`Executor`]), and returns its path:
+///
+/// 1. the root is created if missing (`mkdir -m 0700 -p`), then checked with `stat` against
+///    `id -u` ([`trace_root_problem`]): a symbolic link, another user's directory, or one its
+///    group or others can write is refused, naming the path and what is wrong;
+/// 2. `ROOT/SESSION` is created with mode 0700 by a plain `mkdir`, which fails if anything
+///    exists there: a directory someone made in advance to read or swap the trace is never
+///    used, the job fails at step `create` saying so.
+///
+/// Since the root is the tracing user's and nobody else can write it, nobody else can replace
+/// the job's directory afterwards either.
+pub async fn create_trace_dir(exec: &impl Executor, session: &str) -> Result<String, StepError> {
+    let fail = |message: String| step_err(exec, "create", message);
+    let root = exec.trace_root();
+    let root = match root.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    };
+    if !root.starts_with('/')
+        || root.split('/').any(|part| part == "..")
+        || root.chars().any(char::is_control)
+    {
+        return Err(fail(format!(
+            "the trace root {root:?} is not an absolute path"
+        )));
+    }
+    let (made, uid) = tokio::join!(
+        exec.run(argv(&["mkdir", "-m", "0700", "-p", root]), LTTNG_TIMEOUT),
+        exec.run(argv(&["id", "-u"]), LTTNG_TIMEOUT),
+    );
+    let uid: u32 = uid
+        .map_err(|e| {
+            fail(format!(
+                "cannot tell which user runs the trace commands: {e}"
+            ))
+        })?
+        .stdout_lossy()
+        .trim()
+        .parse()
+        .map_err(|_| fail("`id -u` did not print a user id".to_owned()))?;
+    let stat = exec
+        .run(argv(&["stat", "-c", "%u %a %F", root]), LTTNG_TIMEOUT)
+        .await;
+    let refuse = |problem: String| {
+        fail(format!(
+            "refusing the trace root {root}: {problem}; it must be a directory owned by uid {uid} that no one else can write (remove it, or fix its owner and mode)"
+        ))
+    };
+    match (stat, made) {
+        (Ok(out), made) => {
+            let text = out.stdout_lossy();
+            let Some((owner, mode, kind)) = parse_stat(&text) else {
+                return Err(fail(format!(
+                    "cannot read the trace root {root}: unexpected `stat` output {:?}",
+                    text.trim()
+                )));
+            };
+            if let Some(problem) = trace_root_problem(owner, mode, &kind, uid) {
+                return Err(refuse(problem));
+            }
+            if let Err(e) = made {
+                return Err(fail(format!("cannot create the trace root {root}: {e}")));
+            }
+        }
+        (Err(e), Ok(_)) => return Err(fail(format!("cannot read the trace root {root}: {e}"))),
+        (Err(_), Err(e)) => return Err(fail(format!("cannot create the trace root {root}: {e}"))),
+    }
+    let dir = format!("{}/{session}", root.trim_end_matches('/'));
+    match exec
+        .run(argv(&["mkdir", "-m", "0700", &dir]), LTTNG_TIMEOUT)
+        .await
+    {
+        Ok(_) => Ok(dir),
+        Err(e) => {
+            let existing = exec
+                .run(argv(&["stat", "-c", "%u %a %F", &dir]), LTTNG_TIMEOUT)
+                .await
+                .ok()
+                .and_then(|out| parse_stat(&out.stdout_lossy()));
+            Err(fail(match existing {
+                Some((owner, mode, kind)) => format!(
+                    "the trace directory {dir} already exists ({kind} owned by uid {owner}, mode {mode:04o}); refusing to use it: a job's trace directory is created by the job, mode 0700"
+                ),
+                None => format!("cannot create the trace directory {dir}: {e}"),
+            }))
+        }
+    }
+}
+
 /// Adds where the trace was going to a failed recording step, so an unreachable relay is named.
 fn with_output(mut error: StepError, output: &TraceOutput) -> StepError {
     if let TraceOutput::Relay {
@@ -259,7 +437,8 @@ async fn record(
     let name = spec.session_name.as_str();
     let (location, output_args) = match &spec.output {
         TraceOutput::Local => {
-            let dir = format!("{}/{name}", exec.trace_root().trim_end_matches('/'));
+            // Made by us, new, mode 0700 in a checked root; lttng writes into it.
+            let dir = create_trace_dir(exec, name).await?;
             (dir.clone(), vec!["--output".to_owned(), dir])
         }
         TraceOutput::Relay {
@@ -273,9 +452,15 @@ async fn record(
     };
     let mut create = vec!["create", name];
     create.extend(output_args.iter().map(String::as_str));
-    lttng_step(exec, "create", &create)
-        .await
-        .map_err(|e| with_output(e, &spec.output))?;
+    if let Err(e) = lttng_step(exec, "create", &create).await {
+        if matches!(spec.output, TraceOutput::Local) {
+            // The directory is still empty: leave nothing behind (rmdir removes only that).
+            let _ = exec
+                .run(argv(&["rmdir", location.as_str()]), LTTNG_TIMEOUT)
+                .await;
+        }
+        return Err(with_output(e, &spec.output));
+    }
     let result = traced(exec, spec, progress, cancel).await.map_err(|e| {
         if e.step == "cancelled" {
             e
@@ -584,7 +769,10 @@ pub async fn destroy_orphans(exec: &impl Executor, coordinator: &str, hostname: 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -603,6 +791,221 @@ mod tests {
             None
         );
         assert_eq!(owned_job("other-c0ffee00-1-web", "c0ffee00", "web"), None);
+    }
+
+    // Trace directories: the checks run for real through the local executor (mkdir, stat
+    // and id as the agent runs them); only the owner check needs root to set up.
+
+    fn executor(root: &Path) -> LocalExecutor {
+        LocalExecutor {
+            hostname: "h".into(),
+            trace_root: root.to_path_buf(),
+        }
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::symlink_metadata(path)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    fn local_spec(session: &str) -> JobSpec {
+        JobSpec {
+            session_name: session.into(),
+            analysis: "ust".into(),
+            kernel_events: vec![],
+            syscalls: false,
+            userspace_events: vec!["*".into()],
+            duration_ms: 1,
+            output: TraceOutput::Local,
+            analysis_commands: vec![],
+            run_analysis: false,
+            summary: Summary::Ust,
+            analysis_only: None,
+        }
+    }
+
+    const SESSION: &str = "tracevisor-c0ffee00-7-h";
+
+    #[tokio::test]
+    async fn trace_dirs_are_created_private_in_a_private_root() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("traces");
+        let exec = executor(&root);
+        let dir = create_trace_dir(&exec, SESSION).await.expect("created");
+        assert_eq!(dir, format!("{}/{SESSION}", root.display()));
+        assert_eq!(mode_of(&root), 0o700, "the root is created 0700");
+        assert_eq!(
+            mode_of(Path::new(&dir)),
+            0o700,
+            "the job's directory is 0700"
+        );
+        // A root that exists, is ours and 0755 (an older agent made it so) is fine.
+        chmod(&root, 0o755);
+        create_trace_dir(&exec, "tracevisor-c0ffee00-8-h")
+            .await
+            .expect("a 0755 root of ours is accepted");
+        // The same session twice: its directory exists now, the second is refused.
+        let again = create_trace_dir(&exec, SESSION).await.unwrap_err();
+        assert_eq!(again.step, "create");
+        assert!(again.message.contains("already exists"), "{again}");
+    }
+
+    #[tokio::test]
+    async fn a_pre_created_world_writable_trace_dir_is_not_used() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("traces");
+        let exec = executor(&root);
+        create_trace_dir(&exec, "tracevisor-c0ffee00-1-h")
+            .await
+            .expect("root created");
+        // An attacker's directory, made before the job, open to everyone, with a planted file.
+        let planted = root.join(SESSION);
+        std::fs::create_dir(&planted).expect("mkdir");
+        chmod(&planted, 0o777);
+        std::fs::write(planted.join("metadata"), b"forged").expect("plant");
+        let error = run_job(
+            &exec,
+            &local_spec(SESSION),
+            |_, _| {},
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.step, "create", "{error}");
+        assert_eq!(error.host, "h");
+        assert!(
+            error.message.contains(&planted.display().to_string())
+                && error.message.contains("already exists")
+                && error.message.contains("mode 0777"),
+            "{error}"
+        );
+        // Untouched, and not removed by the failed job either.
+        assert_eq!(
+            std::fs::read(planted.join("metadata")).expect("read"),
+            b"forged"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_or_world_writable_root_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("traces");
+        std::fs::create_dir(&root).expect("mkdir");
+        chmod(&root, 0o1777);
+        let exec = executor(&root);
+        let error = create_trace_dir(&exec, SESSION).await.unwrap_err();
+        assert_eq!(error.step, "create");
+        assert!(
+            error
+                .message
+                .starts_with(&format!("refusing the trace root {}: ", root.display()))
+                && error
+                    .message
+                    .contains("writable by its group and everyone (mode 1777)"),
+            "{error}"
+        );
+        assert!(!root.join(SESSION).exists(), "nothing created in it");
+        chmod(&root, 0o770);
+        let error = create_trace_dir(&exec, SESSION).await.unwrap_err();
+        assert!(
+            error.message.contains("writable by its group (mode 0770)"),
+            "{error}"
+        );
+        // /tmp itself (world-writable, sticky) is no trace root either.
+        let error = create_trace_dir(&executor(Path::new("/tmp")), SESSION)
+            .await
+            .unwrap_err();
+        assert!(
+            error.message.contains("refusing the trace root /tmp: "),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_root_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target = tmp.path().join("elsewhere");
+        std::fs::create_dir(&target).expect("mkdir");
+        chmod(&target, 0o700);
+        let root = tmp.path().join("traces");
+        std::os::unix::fs::symlink(&target, &root).expect("symlink");
+        let error = create_trace_dir(&executor(&root), SESSION)
+            .await
+            .unwrap_err();
+        assert_eq!(error.step, "create");
+        assert!(
+            error.message.contains(&root.display().to_string())
+                && error.message.contains("symbolic link"),
+            "{error}"
+        );
+        assert!(
+            !target.join(SESSION).exists(),
+            "nothing created where it points"
+        );
+        // A dangling link (mkdir -p fails on it) is named the same way.
+        let dangling = tmp.path().join("dangling");
+        std::os::unix::fs::symlink(tmp.path().join("nowhere"), &dangling).expect("symlink");
+        let error = create_trace_dir(&executor(&dangling), SESSION)
+            .await
+            .unwrap_err();
+        assert!(error.message.contains("symbolic link"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_root_owned_by_another_user_is_refused() {
+        use std::os::unix::fs::MetadataExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("traces");
+        std::fs::create_dir(&root).expect("mkdir");
+        chmod(&root, 0o700);
+        if std::fs::metadata(&root).expect("stat").uid() != 0 {
+            eprintln!("skipped: giving a directory to another user (chown 65534) needs root");
+            return;
+        }
+        std::os::unix::fs::chown(&root, Some(65534), Some(65534)).expect("chown");
+        let error = create_trace_dir(&executor(&root), SESSION)
+            .await
+            .unwrap_err();
+        assert_eq!(error.step, "create");
+        assert!(
+            error.message.contains(&root.display().to_string())
+                && error
+                    .message
+                    .contains("owned by uid 65534, not by uid 0 that runs the trace commands"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn root_problems_and_stat_output() {
+        assert_eq!(trace_root_problem(0, 0o700, "directory", 0), None);
+        assert_eq!(trace_root_problem(5, 0o755, "directory", 5), None);
+        assert!(trace_root_problem(5, 0o700, "directory", 0)
+            .is_some_and(|p| p.contains("owned by uid 5")));
+        assert!(trace_root_problem(0, 0o702, "directory", 0)
+            .is_some_and(|p| p.contains("writable by everyone (mode 0702)")));
+        assert!(trace_root_problem(0, 0o777, "symbolic link", 0)
+            .is_some_and(|p| p.contains("symbolic link")));
+        assert!(trace_root_problem(0, 0o600, "regular file", 0)
+            .is_some_and(|p| p.contains("regular file, not a directory")));
+        assert_eq!(
+            parse_stat("0 1777 directory\n"),
+            Some((0, 0o1777, "directory".to_owned()))
+        );
+        assert_eq!(
+            parse_stat("65534 777 symbolic link"),
+            Some((65534, 0o777, "symbolic link".to_owned()))
+        );
+        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[test]

@@ -20,6 +20,11 @@
 //! inject a command. Standard input is closed (`/dev/null`). When the timeout fires, or the
 //! future is dropped, the child is killed (`kill_on_drop`); its own children are not (a
 //! program that forks and keeps the pipes open is still bounded by the timeout).
+//!
+//! Children start from a cleared environment ([`child_env`]): a fixed [`CHILD_PATH`], a
+//! C.UTF-8 locale, and only the few variables the tools read (`HOME`, `TMPDIR`, `TZ`, the
+//! `LTTNG_*` and babeltrace2 ones). Nothing else of this process's environment reaches
+//! lttng, babeltrace2 or an analysis, in particular no `TRACEVISOR_*` or `TRACESD_*` token.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
@@ -37,6 +42,36 @@ pub const DEFAULT_MAX_STDOUT: usize = 64 * 1024 * 1024;
 pub const MAX_STDERR: usize = 1024 * 1024;
 /// Errors quote at most this many characters of standard error.
 pub const STDERR_IN_ERRORS: usize = 2_000;
+/// `PATH` of every child, and where programs are looked up ([`find_in_path`], the
+/// capabilities): fixed, so neither a relative entry nor a user-writable directory in the
+/// caller's `PATH` can put another `lttng` in front of the real one.
+pub const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The locale of every child: messages untranslated (some are parsed), text in UTF-8.
+const CHILD_LOCALE: &str = "C.UTF-8";
+/// Variables passed on to children when this process has them; none holds a secret.
+const PASSED_VARIABLES: &[&str] = &["HOME", "TMPDIR", "TZ"];
+/// Prefixes of variables passed on to children: the LTTng tools' own settings (`LTTNG_HOME`,
+/// where the lttng client finds its configuration and a per-user session daemon) and
+/// babeltrace2's.
+const PASSED_PREFIXES: &[&str] = &["LTTNG_", "BABELTRACE_", "LIBBABELTRACE2_"];
+
+/// The whole environment of a child: [`CHILD_PATH`], the C.UTF-8 locale and the variables of
+/// this process that the tools read (`HOME`, `TMPDIR`, `TZ`, `LTTNG_*`, babeltrace2's).
+/// Everything else, tokens included, is left out. The coordinator's SSH driver starts `ssh`
+/// with it too.
+pub fn child_env() -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), CHILD_PATH.into()),
+        ("LANG".into(), CHILD_LOCALE.into()),
+        ("LC_ALL".into(), CHILD_LOCALE.into()),
+    ];
+    env.extend(std::env::vars_os().filter(|(key, _)| {
+        key.to_str().is_some_and(|key| {
+            PASSED_VARIABLES.contains(&key) || PASSED_PREFIXES.iter().any(|p| key.starts_with(p))
+        })
+    }));
+    env
+}
 
 /// A command to run: a program and its arguments, never a shell string.
 #[derive(Debug, Clone)]
@@ -198,7 +233,7 @@ impl Cmd {
         self
     }
 
-    /// Sets an environment variable for the command (the rest is inherited).
+    /// Sets an environment variable for the command (on top of [`child_env`]).
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.envs
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
@@ -263,6 +298,8 @@ impl Cmd {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(&self.args)
+            .env_clear()
+            .envs(child_env())
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -434,10 +471,9 @@ pub fn bound_stderr(stderr: &[u8]) -> String {
     format!("…{tail}")
 }
 
-/// Finds `program` in `PATH` as the command runner would (an executable regular file).
+/// Finds `program` in [`CHILD_PATH`] as the command runner would (an executable regular file).
 pub fn find_in_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    std::env::split_paths(CHILD_PATH)
         .map(|dir| dir.join(program))
         .find(|candidate| is_executable(candidate))
 }
@@ -498,6 +534,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(output.stdout_lossy(), "hello\n/\n");
+    }
+
+    #[tokio::test]
+    async fn children_start_from_a_clean_environment_without_tokens() {
+        // Names only this test uses, set once: tokens of the coordinator and the agent, and
+        // an LTTng setting the tools need.
+        std::env::set_var("TRACEVISOR_RUNNER_TEST_TOKEN", "secret-coordinator-token");
+        std::env::set_var("TRACESD_RUNNER_TEST_TOKEN", "secret-agent-token");
+        std::env::set_var("LTTNG_RUNNER_TEST_HOME", "/var/lib/tracesd");
+        let output = Cmd::new("env").run().await.unwrap();
+        let env = output.stdout_lossy();
+        let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("TRACEVISOR_") || n.starts_with("TRACESD_")),
+            "{env}"
+        );
+        assert!(!env.contains("secret"), "{env}");
+        assert!(
+            env.lines().any(|l| l == format!("PATH={CHILD_PATH}")),
+            "{env}"
+        );
+        assert!(env.lines().any(|l| l == "LC_ALL=C.UTF-8"), "{env}");
+        assert!(
+            env.lines()
+                .any(|l| l == "LTTNG_RUNNER_TEST_HOME=/var/lib/tracesd"),
+            "{env}"
+        );
+        // Nothing else of this process's environment: only the allowlist.
+        for name in names {
+            assert!(
+                ["PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "TZ"].contains(&name)
+                    || name.starts_with("LTTNG_")
+                    || name.starts_with("BABELTRACE_")
+                    || name.starts_with("LIBBABELTRACE2_"),
+                "{name} reached the child: {env}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -137,7 +137,10 @@ impl Coordinator {
                 bail!("tracevisor did not start (exit {status:?}); its log:\n{logs}");
             }
         };
+        // The coordinator closes connections idle for its header timeout (10 s by default):
+        // pooled connections are dropped before that, never reused as the server closes them.
         let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(120))
             .build()?;
         Ok(Coordinator {

@@ -24,9 +24,10 @@ pub const FAILED: i64 = -1;
 pub const PATIENCE: Duration = Duration::from_secs(180);
 
 /// Where the agent path writes local traces (`LocalExecutor::new` as root).
-pub const AGENT_TRACE_ROOT: &str = "/var/lib/tracesd/traces";
-/// Where the SSH path writes local traces on the traced host.
-pub const SSH_TRACE_ROOT: &str = "/var/tmp/tracevisor-traces";
+pub const AGENT_TRACE_ROOT: &str = tracevisor_lttng::lifecycle::SYSTEM_TRACE_ROOT;
+/// Where the SSH path writes local traces on the traced host for the SSH user `root` (the
+/// user of the test sshd): `tracevisor::ssh::SSH_TRACE_ROOT_PREFIX` + user.
+pub const SSH_TRACE_ROOT: &str = "/var/tmp/tracevisor-traces-root";
 
 /// The answer of `POST /analyses` with its headers.
 #[derive(Debug)]

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 use tracevisor::cli::{job_view, render};
-use tracevisor_tests::agents::{free_port, TestCa};
+use tracevisor_protocol::{Capabilities, Hello, JobOutcome, Message};
+use tracevisor_tests::agents::{
+    free_port, hub_url, is_connected, simulated_hello, wait_clients, RawLink, Received, TestCa,
+};
 use tracevisor_tests::coordinator::{binary, Coordinator, LOCAL_AGENT};
 use tracevisor_tests::jobs_support::{
     parse_session, remove_trace, unique_tag, AGENT_TRACE_ROOT, PATIENCE,
@@ -584,6 +587,160 @@ fn https_with_a_private_ca_needs_ca_cert() {
     // A CA file that is missing or not PEM is a usage error.
     tv(&s, &["jobs", "--ca-cert", "/nonexistent/ca.pem"]).expect(2);
     tv(&s, &["jobs", "--ca-cert", key.to_str().unwrap()]).expect(2);
+}
+
+// ------------------------------------------------------------------------------------------
+// Text from agents and traced hosts printed harmlessly
+
+/// A process name, agent version and error text that would retitle the terminal window, ring
+/// its bell and clear the screen if printed as is.
+const HOSTILE: &str = "\x1b]0;pwned\x07evil\x1b[2J";
+/// How the CLI shows it.
+const HOSTILE_SHOWN: &str = r"\x1b]0;pwned\x07evil\x1b[2J";
+
+/// Whether `text` holds a control character other than newline (what a terminal would act on).
+fn has_control(text: &str) -> bool {
+    text.chars()
+        .any(|c| c != '\n' && (c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c)))
+}
+
+#[test]
+fn escape_sequences_from_an_agent_print_as_text() {
+    const TOKEN: &str = "cli-test-agent-token-0123456789";
+    let dir = data_dir();
+    let c = Coordinator::start(dir.path(), &["--agent-token", TOKEN]).unwrap();
+    let s = server(&c);
+    tracevisor_tests::block_on(async {
+        // A simulated agent over the real protocol: its version string and kernel tracer
+        // error hold the escape sequence, and it answers a ust job with a process of that name.
+        let mut link = RawLink::connect(&hub_url(c.addr, false), TOKEN)
+            .await
+            .unwrap();
+        let hello = Hello {
+            agent_version: format!("1.0{HOSTILE}"),
+            capabilities: Capabilities {
+                sessiond_running: true,
+                userspace_tracer: true,
+                babeltrace2: true,
+                kernel_tracer_error: Some(HOSTILE.to_owned()),
+                ..Capabilities::default()
+            },
+            ..simulated_hello("hostile")
+        };
+        link.send(Message::Hello(hello)).await.unwrap();
+        let agent = tokio::spawn(async move {
+            loop {
+                match link.recv(PATIENCE).await {
+                    Received::Frame(Message::Heartbeat { seq }) => {
+                        link.send(Message::HeartbeatAck { seq }).await.unwrap();
+                    }
+                    Received::Frame(Message::StartJob { job_id, .. }) => {
+                        let result = json!({
+                            "kind": "ust", "total": 3, "host": "hostile",
+                            "events": {"tracevisor_test:tick": 3},
+                            "processes": [{"vpid": 4242, "procname": HOSTILE, "events": 3,
+                                           "threads": {HOSTILE: 3}}],
+                            "begin": "1.000000000", "end": "2.000000000",
+                            "trace": "/var/lib/tracesd/traces/simulated",
+                        });
+                        link.send(Message::JobResult {
+                            job_id,
+                            outcome: JobOutcome::Ok {
+                                result_json: result.to_string(),
+                            },
+                        })
+                        .await
+                        .unwrap();
+                    }
+                    Received::Frame(Message::ResultAck { .. }) => return link,
+                    Received::Frame(_) | Received::Other(_) => {}
+                    other => panic!("simulated agent: {other:?}"),
+                }
+            }
+        });
+        wait_clients(&c, "the simulated agent", PATIENCE, |l| {
+            is_connected(l, "hostile")
+        })
+        .await
+        .unwrap();
+
+        // The CLI runs block: off the runtime's threads, which serve the simulated agent.
+        let cli_run = |args: &[&str]| {
+            let s = s.clone();
+            let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                tv(&s, &args)
+            })
+        };
+        // The trace: the result's process table names the process harmlessly.
+        let traced = cli_run(&["trace", "hostile", "--type", "ust", "--duration", "0.2"])
+            .await
+            .unwrap()
+            .expect(0);
+        let _link = agent.await.unwrap();
+        assert!(!has_control(&traced.stdout), "{:?}", traced.stdout);
+        assert!(!has_control(&traced.stderr), "{:?}", traced.stderr);
+        let row = traced
+            .stdout
+            .lines()
+            .find(|l| l.contains("4242"))
+            .unwrap_or_else(|| panic!("no process row: {}", traced.stdout));
+        assert!(row.trim_start().starts_with(HOSTILE_SHOWN), "{row}");
+        // The registry: the agent's version and its kernel tracer error.
+        let list = cli_run(&["clients", "list"]).await.unwrap().expect(0);
+        assert!(!has_control(&list.stdout), "{:?}", list.stdout);
+        assert!(
+            list.stdout.contains(&format!("1.0{HOSTILE_SHOWN}")),
+            "{}",
+            list.stdout
+        );
+        let listed = cli_run(&["clients", "list", "--json"])
+            .await
+            .unwrap()
+            .expect(0)
+            .json();
+        let id = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["hostname"] == "hostile")
+            .and_then(|r| r["id"].as_u64())
+            .unwrap_or_else(|| panic!("no client hostile: {listed}"));
+        let shown = cli_run(&["clients", "show", &id.to_string()])
+            .await
+            .unwrap()
+            .expect(0);
+        assert!(!has_control(&shown.stdout), "{:?}", shown.stdout);
+        assert!(
+            shown
+                .stdout
+                .contains(&format!("  kernel tracer   no ({HOSTILE_SHOWN})\n")),
+            "{}",
+            shown.stdout
+        );
+        // --json keeps the exact value, JSON-escaped: nothing raw reaches the terminal.
+        let jobs = cli_run(&["jobs", "--all", "--json"])
+            .await
+            .unwrap()
+            .expect(0);
+        assert!(!has_control(&jobs.stdout), "{:?}", jobs.stdout);
+        let sessions = jobs.json()["sessions"].clone();
+        let job_id = sessions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["host"] == "hostile")
+            .and_then(|j| j["jobid"].as_u64())
+            .unwrap_or_else(|| panic!("no job on hostile: {sessions}"));
+        let job = cli_run(&["job", &job_id.to_string(), "--json"])
+            .await
+            .unwrap()
+            .expect(0);
+        assert!(!has_control(&job.stdout), "{:?}", job.stdout);
+        let job = job.json();
+        assert_eq!(job["result"]["processes"][0]["procname"], HOSTILE, "{job}");
+    });
 }
 
 // ------------------------------------------------------------------------------------------

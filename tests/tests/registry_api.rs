@@ -464,16 +464,25 @@ async fn invalid_configuration_stops_start_up_naming_the_key() {
 }
 
 #[tokio::test]
-async fn cors_allows_any_origin() {
+async fn cors_allows_configured_origins_only() {
+    let preflight = |c: &Coordinator| {
+        reqwest::Client::new()
+            .request(Method::OPTIONS, c.api("/relays"))
+            .header("origin", "http://dashboard.example")
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    // Configured: any origin.
     let dir = data_dir();
-    let c = Coordinator::start(dir.path(), &[]).unwrap();
-    let resp = reqwest::Client::new()
-        .request(Method::OPTIONS, c.api("/relays"))
-        .header("origin", "http://dashboard.example")
-        .header("access-control-request-method", "POST")
-        .send()
-        .await
-        .unwrap();
+    let c =
+        Coordinator::start_with_config(dir.path(), "cors_allow_origins = [\"*\"]\n", &[]).unwrap();
+    let resp = preflight(&c).await.unwrap();
     assert!(resp.status().is_success());
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    // By default: no cross-origin access at all.
+    let dir = data_dir();
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    let resp = preflight(&c).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
 }

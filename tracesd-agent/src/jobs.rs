@@ -11,6 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracevisor_lttng::lifecycle::{self, LocalExecutor};
 use tracevisor_protocol::{encode, Frame, JobOutcome, JobSpec, Message};
 
+/// Job events (progress, ends) queued towards the link before job tasks wait.
+const JOB_EVENT_QUEUE: usize = 1024;
+
 /// Results kept at most while waiting for their acknowledgement; beyond it the oldest are
 /// dropped (a coordinator that never acknowledges must not grow the agent without bound).
 pub const MAX_UNACKED_RESULTS: usize = 1_000;
@@ -80,8 +83,8 @@ pub struct Jobs {
     running: HashMap<u64, CancellationToken>,
     /// Outcomes by job id, in order of job id, kept until [`JobCommand::ResultAck`].
     unacked: BTreeMap<u64, JobOutcome>,
-    events_tx: mpsc::UnboundedSender<JobEvent>,
-    events_rx: mpsc::UnboundedReceiver<JobEvent>,
+    events_tx: mpsc::Sender<JobEvent>,
+    events_rx: mpsc::Receiver<JobEvent>,
     /// Coordinators whose leftover sessions were already recovered.
     recovered: std::collections::HashSet<String>,
 }
@@ -98,7 +101,7 @@ impl std::fmt::Debug for Jobs {
 impl Jobs {
     /// No jobs; jobs run on this host through `executor`.
     pub fn new(executor: LocalExecutor) -> Self {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(JOB_EVENT_QUEUE);
         Jobs {
             executor: Arc::new(executor),
             running: HashMap::new(),
@@ -210,8 +213,9 @@ impl Jobs {
                 let events = self.events_tx.clone();
                 tokio::spawn(async move {
                     let progress_events = events.clone();
+                    // Progress is advisory: dropped when the queue is full; the end never is.
                     let progress = move |status: i8, message: &str| {
-                        let _ = progress_events.send(JobEvent::Progress {
+                        let _ = progress_events.try_send(JobEvent::Progress {
                             job_id,
                             status,
                             message: message.to_owned(),
@@ -234,7 +238,7 @@ impl Jobs {
                                 }
                             }
                         };
-                    let _ = events.send(JobEvent::Done { job_id, outcome });
+                    let _ = events.send(JobEvent::Done { job_id, outcome }).await;
                 });
                 Vec::new()
             }

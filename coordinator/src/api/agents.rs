@@ -19,7 +19,7 @@ use crate::hub::Refusal;
 fn refused(refusal: Refusal) -> Response {
     let message = refusal.to_string();
     match refusal {
-        Refusal::Throttled => ApiError::new(StatusCode::TOO_MANY_REQUESTS, message),
+        Refusal::Throttled => ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).retry_after(60),
         Refusal::NoToken | Refusal::WrongToken => ApiError::unauthorized(message),
         Refusal::Version(_) => {
             ApiError::bad_request(message).with(json!({ "supported": [PROTOCOL_VERSION] }))

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra members merged into the JSON object (`field`, `known`, ...).
     pub details: Json,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,7 +24,14 @@ impl ApiError {
             status,
             message: message.into(),
             details: Json::Null,
+            retry_after: None,
         }
+    }
+
+    /// Tells the client when to try again (`Retry-After`).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn with(mut self, details: Json) -> Self {
@@ -74,6 +83,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::jobs::SubmitError> for ApiError {
+    fn from(e: crate::jobs::SubmitError) -> Self {
+        match e {
+            crate::jobs::SubmitError::Invalid(field) => field.into(),
+            crate::jobs::SubmitError::Store(store) => store.into(),
+            crate::jobs::SubmitError::Busy(why) => {
+                tracing::warn!(%why, "trace request refused: a job limit is reached");
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, why)
+                    .retry_after(crate::jobs::BUSY_RETRY_AFTER_SECS)
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "error": self.message, "status": self.status.as_u16() });
@@ -81,6 +104,11 @@ impl IntoResponse for ApiError {
             obj.extend(extra);
         }
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

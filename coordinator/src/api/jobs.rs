@@ -6,10 +6,11 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json_};
 
+use super::edge::RequestSlot;
 use super::error::ApiError;
 use super::extract::JsonObject;
 use super::{AppState, API_BASE};
@@ -73,6 +74,7 @@ fn job_response(job: JobRecord) -> Response {
     ))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
+    slot: Option<Extension<RequestSlot>>,
     headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
@@ -102,6 +104,11 @@ pub async fn create(
             response.headers_mut().insert(header::LOCATION, v);
         }
         return Ok(response);
+    }
+    // Waiting costs nothing but the connection: give the request slot back, so that
+    // long-waiting jobs cannot starve the API.
+    if let Some(Extension(slot)) = slot {
+        slot.release();
     }
     // Wait until the job ends (the sender is dropped after the final view).
     loop {

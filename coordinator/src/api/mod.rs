@@ -1,6 +1,7 @@
 //! The REST API: routes under `/trace/api/v1.0`, authentication, CORS, limits and the OpenAPI document.
 
 pub mod agents;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod jobs;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub rest_token: Option<String>,
     /// When this process started serving.
     pub started: std::time::Instant,
+    /// `max_concurrent_requests` slots for REST requests ([`edge::request_slot`]).
+    pub request_slots: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(OpenApi)]
@@ -84,7 +87,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/jobs/{id}/events", get(jobs::events))
         .route("/openapi.json", get(openapi))
-        .route("/agents", get(agents::upgrade))
         .route(
             "/relays",
             get(registry::relays::list).post(registry::relays::create),
@@ -114,20 +116,32 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(registry::analyses_servers::get)
                 .put(registry::analyses_servers::update)
                 .delete(registry::analyses_servers::delete),
-        );
-    let cors = cors_layer(&state.config);
-    Router::new()
+        )
+        // REST requests hold a slot; the agents' endpoint below does not (the hub has its own
+        // limits), so neither can starve the other.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            edge::request_slot,
+        ))
+        .route("/agents", get(agents::upgrade));
+    let router = Router::new()
         .route("/", get(misc::root))
         .nest(API_BASE, api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            state.config.max_concurrent_requests,
-        ))
-        .layer(cors)
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            edge::browser_guard,
+        ));
+    // No cross-origin access unless origins are configured.
+    let router = if state.config.cors_allow_origins.is_empty() {
+        router
+    } else {
+        router.layer(cors_layer(&state.config))
+    };
+    router.with_state(state)
 }
 
 fn cors_layer(config: &Config) -> CorsLayer {

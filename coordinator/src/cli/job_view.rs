@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde_json::Value as Json;
 
 use super::render::{self, number, short_time, Table};
-use super::CliError;
+use super::{sanitize, CliError};
 use crate::model::{FleetEntry, JobError, JobRecord, JobStatus, Outcome, OutcomeCounts};
 
 /// Reads a job the server sent.
@@ -46,11 +46,13 @@ fn parse_time(v: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).ok()
 }
 
-/// `step on host: message` of a failed job (or fleet host).
+/// `step on host: message` of a failed job (or fleet host), on one line, sanitized.
 pub fn error_line(error: &JobError) -> String {
-    let message = super::one_line(&error.message);
+    let message = sanitize::line(&super::one_line(&error.message)).into_owned();
     match &error.host {
-        Some(host) if !host.is_empty() => format!("step {} on {host}: {message}", error.step),
+        Some(host) if !host.is_empty() => {
+            format!("step {} on {}: {message}", error.step, sanitize::line(host))
+        }
         _ => format!("step {}: {message}", error.step),
     }
 }
@@ -58,7 +60,7 @@ pub fn error_line(error: &JobError) -> String {
 /// The one-line header of a job.
 pub fn job_header(job: &JobRecord) -> String {
     let id = job.jobid.max(job.id);
-    let kind = &job.analysis_type;
+    let kind = sanitize::line(&job.analysis_type);
     let status = status_name(job.status);
     let mut line = match &job.hosts {
         Some(hosts) => {
@@ -67,7 +69,7 @@ pub fn job_header(job: &JobRecord) -> String {
             format!("fleet job {id}: {kind} on {n} host{plural}, {status}")
         }
         None => {
-            let host = job.host.as_deref().unwrap_or("?");
+            let host = sanitize::line(job.host.as_deref().unwrap_or("?"));
             let via = job
                 .via
                 .map(|v| format!(" (via {})", via_name(v)))
@@ -120,11 +122,17 @@ pub fn job(job: &JobRecord, top: usize) -> String {
     out
 }
 
-/// The reason a fleet host did not complete.
+/// The reason a fleet host did not complete (one line, sanitized).
 fn host_reason(h: &FleetEntry) -> String {
     h.error
         .as_ref()
-        .map(|e| format!("{}: {}", e.step, super::one_line(&e.message)))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.step,
+                sanitize::line(&super::one_line(&e.message))
+            )
+        })
         .unwrap_or_default()
 }
 
@@ -152,7 +160,7 @@ pub fn fleet(job: &JobRecord, top: usize) -> String {
     out.push_str(&outcome_counts(&counts));
     for h in hosts {
         if h.outcome == Outcome::Complete {
-            let _ = writeln!(out, "\n===== {} =====", h.host);
+            let _ = writeln!(out, "\n===== {} =====", sanitize::line(&h.host));
             out.push_str(&render::result(
                 h.result.as_ref().unwrap_or(&Json::Null),
                 top,
@@ -191,10 +199,11 @@ pub fn fleet_failures(job: &JobRecord) -> Vec<String> {
         .filter(|h| h.outcome != Outcome::Complete)
         .map(|h| {
             let reason = host_reason(h);
+            let host = sanitize::line(&h.host);
             if reason.is_empty() {
-                format!("{} ({})", h.host, h.outcome)
+                format!("{host} ({})", h.outcome)
             } else {
-                format!("{} ({}: {reason})", h.host, h.outcome)
+                format!("{host} ({}: {reason})", h.outcome)
             }
         })
         .collect()
@@ -270,6 +279,45 @@ mod tests {
         assert_eq!(
             error_line(job.error.as_ref().unwrap()),
             "step fleet: 1 of 2 hosts did not complete"
+        );
+    }
+
+    #[test]
+    fn escape_sequences_in_jobs_and_fleets_print_as_text() {
+        let hostile = "\x1b]0;pwned\x07evil\x1b[2J";
+        let shown = r"\x1b]0;pwned\x07evil\x1b[2J";
+        let safe = |text: &str| !text.chars().any(|c| sanitize::is_unsafe(c) && c != '\n');
+        let failed = parse(&json!({
+            "id": 3, "jobid": 3, "host": format!("h{hostile}"), "type": "ust", "username": "root",
+            "duration": 1, "status": -1, "created": "2026-01-01T00:00:00Z",
+            "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:00:01Z",
+            "error": {"step": "analysis", "host": format!("h{hostile}"), "message": format!("tool said {hostile}\nmore")}
+        }))
+        .unwrap();
+        let text = job(&failed, 10);
+        assert!(safe(&text), "{text:?}");
+        assert!(
+            text.contains(&format!(
+                "error: step analysis on h{shown}: tool said {shown} more"
+            )),
+            "{text}"
+        );
+        assert!(job_header(&failed).starts_with(&format!("job 3: ust on h{shown}")));
+        let table = jobs_table(std::slice::from_ref(&failed));
+        assert!(safe(&table) && table.contains(shown), "{table:?}");
+
+        let mut fleet_job = fleet_json();
+        fleet_job["hosts"][1]["host"] = json!(format!("b{hostile}"));
+        fleet_job["hosts"][1]["error"]["message"] = json!(hostile);
+        fleet_job["hosts"][0]["result"]["processes"] =
+            json!([{"vpid": 1, "procname": hostile, "events": 0, "threads": {}}]);
+        let record = parse(&fleet_job).unwrap();
+        let text = fleet(&record, 10);
+        assert!(safe(&text), "{text:?}");
+        assert!(text.contains(&format!("b{shown}")), "{text}");
+        assert_eq!(
+            fleet_failures(&record),
+            vec![format!("b{shown} (offline: dispatch: {shown})")]
         );
     }
 

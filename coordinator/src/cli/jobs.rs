@@ -6,8 +6,8 @@ use serde_json::Value as Json;
 
 use super::client::Client;
 use super::{
-    job_view, print_json, render, trace, CliError, Connection, Settings, TopConnection, EXIT_OK,
-    EXIT_REFUSED,
+    job_view, print_json, print_text, render, sanitize, trace, CliError, Connection, Settings,
+    TopConnection, EXIT_OK, EXIT_REFUSED,
 };
 
 #[derive(Args, Debug)]
@@ -63,9 +63,9 @@ pub async fn status(top: &TopConnection, args: StatusArgs) -> Result<u8, CliErro
             })
         };
         let field = |k: &str| match &status[k] {
-            Json::String(s) => s.clone(),
+            Json::String(s) => sanitize::line(s).into_owned(),
             Json::Null => "unknown".to_owned(),
-            other => other.to_string(),
+            other => sanitize::line(&other.to_string()).into_owned(),
         };
         println!(
             "database          {} (schema {})",
@@ -105,7 +105,7 @@ pub async fn list(top: &TopConnection, args: JobsArgs) -> Result<u8, CliError> {
         if sessions.is_empty() && !args.all {
             println!("no running jobs (--all shows finished ones)");
         } else {
-            print!("{}", job_view::jobs_table(&sessions));
+            print_text(&job_view::jobs_table(&sessions));
         }
     }
     Ok(EXIT_OK)
@@ -123,7 +123,7 @@ pub async fn show(top: &TopConnection, args: JobArgs) -> Result<u8, CliError> {
         if args.conn.json {
             print_json(&job);
         } else {
-            print!("{}", job_view::job(&record, args.top));
+            print_text(&job_view::job(&record, args.top));
         }
         return Ok(EXIT_OK);
     }
@@ -161,7 +161,7 @@ pub async fn analyses(top: &TopConnection, args: AnalysesArgs) -> Result<u8, Cli
         print_json(&profiles);
     } else {
         let list: &[Json] = profiles.as_array().map(Vec::as_slice).unwrap_or(&[]);
-        print!("{}", render::analyses_table(list));
+        print_text(&render::analyses_table(list));
     }
     Ok(EXIT_OK)
 }

@@ -4,12 +4,15 @@
 //!
 //! Every command prints readable text, or the server's JSON with `--json`, and ends with one of
 //! the [exit codes](EXIT_CODES_HELP); an error is one line on stderr that says what to do.
+//! Whatever came from the server is printed through [`sanitize`]: control characters and
+//! escape sequences in process names, agent versions or messages show as text (`\x1b`).
 
 pub mod client;
 pub mod job_view;
 mod jobs;
 mod registry;
 pub mod render;
+pub mod sanitize;
 mod table;
 mod trace;
 
@@ -164,7 +167,7 @@ impl CliError {
     pub fn new(code: u8, message: impl Into<String>) -> CliError {
         CliError {
             code,
-            message: one_line(&message.into()),
+            message: sanitize::line(&one_line(&message.into())).into_owned(),
         }
     }
 
@@ -231,16 +234,20 @@ async fn dispatch(top: &TopConnection, command: Command) -> u8 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tracevisor: {}", e.message);
+            eprintln!("tracevisor: {}", sanitize::line(&e.message));
             e.code
         }
     }
 }
 
-/// Prints JSON for scripts (pretty, one document).
+/// Prints JSON for scripts (pretty, one document; control characters escaped, see
+/// [`sanitize::json`]).
 fn print_json(value: &serde_json::Value) {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
-        Err(_) => println!("{value}"),
-    }
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    println!("{}", sanitize::json(&text));
+}
+
+/// Prints text the CLI built around server values on stdout (see [`sanitize::block`]).
+fn print_text(text: &str) {
+    print!("{}", sanitize::block(text));
 }

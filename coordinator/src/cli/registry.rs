@@ -8,7 +8,9 @@ use serde_json::{json, Map, Value as Json};
 
 use super::client::Client;
 use super::render::{scalar, short_time, Table};
-use super::{print_json, CliError, Connection, Settings, TopConnection, EXIT_OK};
+use super::{
+    print_json, print_text, sanitize, CliError, Connection, Settings, TopConnection, EXIT_OK,
+};
 
 /// Which registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +186,7 @@ pub async fn run<F: Fields>(
                 print_json(&records);
             } else {
                 let list = records.as_array().map(Vec::as_slice).unwrap_or(&[]);
-                print!("{}", list_table(kind, list));
+                print_text(&list_table(kind, list));
             }
         }
         Action::Show { id } => {
@@ -195,7 +197,7 @@ pub async fn run<F: Fields>(
             if json_out {
                 print_json(&record);
             } else {
-                print!("{}", show(kind, &record));
+                print_text(&show(kind, &record));
             }
         }
         Action::Add {
@@ -216,8 +218,8 @@ pub async fn run<F: Fields>(
                 println!(
                     "added {} {} ({})",
                     kind.singular(),
-                    scalar(&record["id"]),
-                    scalar(&record["hostname"])
+                    sanitize::line(&scalar(&record["id"])),
+                    sanitize::line(&scalar(&record["hostname"]))
                 );
             }
         }
@@ -249,7 +251,7 @@ pub async fn run<F: Fields>(
                 println!(
                     "updated {} {id} ({})",
                     kind.singular(),
-                    scalar(&record["hostname"])
+                    sanitize::line(&scalar(&record["hostname"]))
                 );
             }
         }
@@ -370,10 +372,14 @@ fn ssh(r: &Json) -> String {
 }
 
 fn show(kind: Kind, r: &Json) -> String {
-    let mut out = format!("{} {}\n", kind.singular(), scalar(&r["id"]));
+    let mut out = format!(
+        "{} {}\n",
+        kind.singular(),
+        sanitize::line(&scalar(&r["id"]))
+    );
     let mut line = |key: &str, value: String| {
         if !value.is_empty() {
-            let _ = writeln!(out, "  {key:<16}{value}");
+            let _ = writeln!(out, "  {key:<16}{}", sanitize::line(&value));
         }
     };
     let opt = |v: &Json| v.as_str().unwrap_or("").to_owned();
@@ -463,6 +469,33 @@ mod tests {
         assert!(
             shown.contains("  connected since 2024-05-01 10:00:00\n"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn agent_strings_with_escape_sequences_print_as_text() {
+        let hostile = "\x1b]0;pwned\x07evil\x1b[2J";
+        let shown = r"\x1b]0;pwned\x07evil\x1b[2J";
+        let record = json!({"id": 2, "hostname": "h", "ipv4": "127.0.0.1", "sshport": 22, "sshuser": "root",
+            "agent": {"connected": true, "version": hostile, "connected_since": "2024-05-01T10:00:00Z",
+                      "capabilities": {"lttng_version": hostile, "kernel_tracer": false,
+                                       "kernel_tracer_error": hostile, "analyses": [hostile]}}});
+        let safe = |text: &str| !text.chars().any(|c| sanitize::is_unsafe(c) && c != '\n');
+        let list = list_table(Kind::Clients, std::slice::from_ref(&record));
+        assert!(safe(&list) && list.contains(shown), "{list:?}");
+        let text = show(Kind::Clients, &record);
+        assert!(safe(&text), "{text:?}");
+        assert!(
+            text.contains(&format!("  agent           connected (tracesd {shown})\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("  kernel tracer   no ({shown})\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("  lttng           {shown}\n")),
+            "{text}"
         );
     }
 }

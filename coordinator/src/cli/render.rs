@@ -1,7 +1,8 @@
 //! Text rendering: aligned tables, jobs, fleet outcomes, userspace summaries and LAMI 1.0
 //! documents (the `lttng-*-mi` analyses) as terminal tables with titles, units and a top-N.
 //!
-//! Every function returns a `String` (tested without a terminal). LAMI tables name their
+//! Every function returns a `String` (tested without a terminal) in which every value from the
+//! server went through [`sanitize`] (tables sanitize their cells). LAMI tables name their
 //! class; the class's title and columns come from the document's `table-classes` when it has
 //! them, else from the `--metadata` of the lttng-analyses command that produced it (embedded:
 //! `lami_classes.json`), else from the cells themselves.
@@ -11,6 +12,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value as Json;
 
+use super::sanitize;
 pub use super::table::{truncate, Table};
 
 // ---------------------------------------------------------------------------------------
@@ -353,7 +355,7 @@ pub fn lami_table(doc: &Json, command: &str, result: &Json, top: usize) -> Strin
         });
     }
     let mut out = String::new();
-    let _ = writeln!(out, "{title}");
+    let _ = writeln!(out, "{}", sanitize::line(&title));
     let range = &result["time-range"];
     if let (Some(b), Some(e)) = (
         range.get("begin").and_then(lami_timestamp),
@@ -403,7 +405,7 @@ pub fn lami_table(doc: &Json, command: &str, result: &Json, top: usize) -> Strin
 /// A whole LAMI document (`{"results": [...]}`) as text.
 pub fn lami_document(doc: &Json, command: &str, top: usize) -> String {
     if let Some(err) = doc.get("error-message").and_then(Json::as_str) {
-        return format!("  error: {err}\n");
+        return format!("  error: {}\n", sanitize::line(err));
     }
     let tables = doc["results"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     if tables.is_empty() {
@@ -425,7 +427,7 @@ pub fn lami_result(result: &Json, top: usize) -> String {
         .unwrap_or(&[])
     {
         let command = analysis["command"].as_str().unwrap_or("analysis");
-        let _ = writeln!(out, "== {command} ==");
+        let _ = writeln!(out, "== {} ==", sanitize::line(command));
         out.push_str(&lami_document(&analysis["result"], command, top));
         out.push('\n');
     }
@@ -442,14 +444,14 @@ pub fn lami_result(result: &Json, top: usize) -> String {
 pub fn ust_result(result: &Json, top: usize) -> String {
     let mut out = String::new();
     let total = result["total"].as_u64().unwrap_or(0);
-    let host = result["host"].as_str().unwrap_or("?");
+    let host = sanitize::line(result["host"].as_str().unwrap_or("?"));
     let _ = write!(out, "Userspace events on {host}: {total} events");
     if let (Some(b), Some(e)) = (result["begin"].as_str(), result["end"].as_str()) {
-        let _ = write!(out, ", {b} to {e}");
+        let _ = write!(out, ", {} to {}", sanitize::line(b), sanitize::line(e));
     }
     out.push('\n');
     if let Some(note) = result["note"].as_str() {
-        let _ = writeln!(out, "  note: {note}");
+        let _ = writeln!(out, "  note: {}", sanitize::line(note));
     }
     let limit = |n: usize| if top == 0 { n } else { top.min(n) };
     let mut events: Vec<(&String, u64)> = result["events"]
@@ -531,7 +533,8 @@ pub fn result(result: &Json, top: usize) -> String {
         Some("lami") => lami_result(result, top),
         _ if result.is_null() => "(no result)\n".to_owned(),
         _ => {
-            let mut t = serde_json::to_string_pretty(result).unwrap_or_default();
+            let t = serde_json::to_string_pretty(result).unwrap_or_default();
+            let mut t = sanitize::json(&t).into_owned();
             t.push('\n');
             t
         }
@@ -539,7 +542,12 @@ pub fn result(result: &Json, top: usize) -> String {
     let mut out = body;
     if let Some(trace) = result["trace"].as_str() {
         let host = result["host"].as_str().unwrap_or("?");
-        let _ = writeln!(out, "trace: {trace} (on {host})");
+        let _ = writeln!(
+            out,
+            "trace: {} (on {})",
+            sanitize::line(trace),
+            sanitize::line(host)
+        );
     }
     out
 }
@@ -669,6 +677,79 @@ mod tests {
         );
         assert_eq!(lami_cell(&json!({"class": "cpu", "id": 1})), "1");
         assert_eq!(lami_cell(&json!(7)), "7");
+    }
+
+    /// Whether `text` can go to a terminal: no control character but its own newlines.
+    fn terminal_safe(text: &str) -> bool {
+        !text.chars().any(|c| sanitize::is_unsafe(c) && c != '\n')
+    }
+
+    const HOSTILE: &str = "\x1b]0;pwned\x07evil\x1b[2J";
+    const SHOWN: &str = r"\x1b]0;pwned\x07evil\x1b[2J";
+
+    #[test]
+    fn escape_sequences_in_a_ust_result_print_as_text() {
+        let result = json!({
+            "kind": "ust", "total": 3, "host": format!("h{HOSTILE}"),
+            "events": {format!("ev{HOSTILE}"): 3},
+            "processes": [{"vpid": 7, "procname": HOSTILE, "events": 3, "threads": {}}],
+            "begin": "1.0", "end": "2.0\x1b[1A", "note": "n\x1b[H",
+            "trace": format!("/t{HOSTILE}"),
+        });
+        let text = super::result(&result, 10);
+        assert!(terminal_safe(&text), "{text:?}");
+        let row = text
+            .lines()
+            .find(|l| l.contains("pwned") && l.trim_end().ends_with('%') && l.contains(" 7 "))
+            .unwrap_or_else(|| panic!("no process row: {text}"));
+        assert!(row.trim_start().starts_with(SHOWN), "{row}");
+        assert!(
+            text.contains(&format!("Userspace events on h{SHOWN}: 3 events")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("trace: /t{SHOWN} (on h{SHOWN})")),
+            "{text}"
+        );
+        // The columns stay aligned: the escaped name is counted as it is shown.
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("VPID") || l.contains(" 7 "))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(
+            lines[0].find("VPID").map(|i| i + 4),
+            lines[1].find(" 7 ").map(|i| i + 2),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn escape_sequences_in_lami_documents_print_as_text() {
+        let doc = json!({
+            "results": [{
+                "class": {"title": format!("Top{HOSTILE}"), "column-descriptions": [
+                    {"title": format!("Process{HOSTILE}"), "class": "process"},
+                    {"title": "Ratio", "class": "ratio", "unit": "\u{9b}2J"}]},
+                "data": [[{"class": "process", "name": HOSTILE, "tid": 12}, {"class": "ratio", "value": 0.5}],
+                         [{"class": "string", "value": "a\nb\rc"}, {"class": "unknown"}]]
+            }]
+        });
+        let text = lami_result(
+            &json!({"analyses": [{"command": format!("x{HOSTILE}"), "result": doc}]}),
+            10,
+        );
+        assert!(terminal_safe(&text), "{text:?}");
+        assert!(text.contains(&format!("== x{SHOWN} ==")), "{text}");
+        assert!(text.contains(&format!("Top{SHOWN}\n")), "{text}");
+        assert!(text.contains(&format!("{SHOWN} (12)")), "{text}");
+        assert!(text.contains(r"a\x0ab\x0dc"), "{text}");
+        assert!(text.contains(r"(\x9b2J)"), "{text}");
+        let error = lami_document(&json!({"error-message": HOSTILE}), "x", 10);
+        assert_eq!(error, format!("  error: {SHOWN}\n"));
+        // Anything else is shown as JSON, with the escapes JSON has.
+        let other = super::result(&json!({"kind": "raw", "x": "\u{9b}2J\x1b"}), 10);
+        assert!(terminal_safe(&other), "{other:?}");
     }
 
     #[test]

@@ -1,4 +1,8 @@
-//! An aligned text table for terminals, and cutting long cells.
+//! An aligned text table for terminals, and cutting long cells. Every cell and header is
+//! shown through [`sanitize::line`]: a control character or escape sequence in a value prints
+//! as text (`\x1b`) and cannot move the cursor or break the alignment.
+
+use super::sanitize;
 
 /// Cells wider than this are cut with `…` (the last column never is).
 const MAX_CELL: usize = 48;
@@ -49,7 +53,8 @@ impl Table {
             .max(self.rows.iter().map(Vec::len).max().unwrap_or(0));
         let last = cols.saturating_sub(1);
         let cell = |row: &[String], i: usize| -> String {
-            let text = row.get(i).map(String::as_str).unwrap_or("");
+            let text = sanitize::line(row.get(i).map(String::as_str).unwrap_or(""));
+            let text = text.as_ref();
             if i == last {
                 text.to_owned()
             } else {
@@ -103,5 +108,25 @@ pub fn truncate(text: &str, max: usize) -> String {
         let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
         cut.push('…');
         cut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_with_control_characters_print_as_text_and_stay_aligned() {
+        let mut t = Table::new(["Name", "N"]).right(1);
+        t.push(vec!["\x1b]0;pwned\x07evil\x1b[2J".into(), "1".into()]);
+        t.push(vec!["tab\there\nnewline".into(), "22".into()]);
+        let text = t.render(0);
+        assert_eq!(
+            text,
+            "Name                          N\n\
+             ---------------------------  --\n\
+             \\x1b]0;pwned\\x07evil\\x1b[2J   1\n\
+             tab\\x09here\\x0anewline       22\n"
+        );
     }
 }

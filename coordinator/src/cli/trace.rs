@@ -10,10 +10,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value as Json};
 
 use super::client::Client;
-use super::{job_view, render};
+use super::{job_view, render, sanitize};
 use super::{
-    print_json, CliError, Connection, Settings, TopConnection, EXIT_INTERRUPTED, EXIT_JOB_FAILED,
-    EXIT_OK, EXIT_OTHER,
+    print_json, print_text, CliError, Connection, Settings, TopConnection, EXIT_INTERRUPTED,
+    EXIT_JOB_FAILED, EXIT_OK, EXIT_OTHER,
 };
 use crate::model::{FleetEntry, JobRecord, JobStatus, Outcome, Step};
 
@@ -180,7 +180,7 @@ pub fn report(
     if json_out {
         print_json(json);
     } else if fleet || show_failed || job.status != JobStatus::Failed {
-        print!("{}", job_view::job(job, top));
+        print_text(&job_view::job(job, top));
     }
     let _ = std::io::stdout().flush();
     let id = job.jobid.max(job.id);
@@ -207,7 +207,7 @@ pub fn report(
             eprintln!(
                 "tracevisor: fleet job {id}: {} of {total} hosts did not complete: {}{}",
                 failures.len(),
-                shown.join("; "),
+                sanitize::line(&shown.join("; ")),
                 if clipped { whole.as_str() } else { "" }
             );
             return Ok(EXIT_JOB_FAILED);
@@ -215,7 +215,8 @@ pub fn report(
         if let (JobStatus::Failed, Some(error)) = (job.status, &job.error) {
             let line = clip(job_view::error_line(error), 400, &mut clipped);
             eprintln!(
-                "tracevisor: fleet job {id} failed: {line}{}",
+                "tracevisor: fleet job {id} failed: {}{}",
+                sanitize::line(&line),
                 if clipped { whole.as_str() } else { "" }
             );
             return Ok(EXIT_JOB_FAILED);
@@ -232,7 +233,8 @@ pub fn report(
                 None => ("", "no error recorded".to_owned()),
             };
             eprintln!(
-                "tracevisor: job {id} failed at {line}{}{hint}",
+                "tracevisor: job {id} failed at {}{}{hint}",
+                sanitize::line(&line),
                 if clipped { whole.as_str() } else { "" }
             );
             Ok(EXIT_JOB_FAILED)
@@ -322,7 +324,7 @@ impl Progress {
     pub fn new(label: &str, duration: f64, json_out: bool) -> Progress {
         let tty = std::io::stderr().is_terminal();
         Progress {
-            label: label.to_owned(),
+            label: sanitize::line(label).into_owned(),
             duration,
             tty,
             plain: !tty && !json_out,
@@ -372,11 +374,11 @@ impl Progress {
     }
 
     pub fn host(&mut self, h: &FleetEntry) {
-        let host = h.host.clone();
-        if self.hosts_done.contains(&host) {
+        if self.hosts_done.contains(&h.host) {
             return;
         }
-        self.hosts_done.push(host.clone());
+        self.hosts_done.push(h.host.clone());
+        let host = sanitize::line(&h.host);
         let outcome = h.outcome;
         let reason = h
             .error

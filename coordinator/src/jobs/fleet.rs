@@ -14,7 +14,7 @@ use tracevisor_protocol::Message;
 use super::agent::Ack;
 use super::request::capability;
 use super::single::Stop;
-use super::{child_id, lock, now, Engine, FleetRequest, HostSelection, JobView};
+use super::{child_id, lock, now, Engine, FleetRequest, HostSelection, JobView, SubmitError};
 use crate::model::{
     FleetEntry, JobError, JobKind, JobRecord, JobStatus, Outcome, SshSession, Step,
 };
@@ -164,7 +164,8 @@ impl Engine {
     pub async fn submit_fleet(
         self: &Arc<Self>,
         req: FleetRequest,
-    ) -> Result<(u64, JobView), StoreError> {
+    ) -> Result<(u64, JobView), SubmitError> {
+        self.check_relay(req.template.relay.as_deref()).await?;
         let profile = self.config.profiles[&req.template.analysis_type].clone();
         let statuses = self.hub.statuses();
         let hosts: Vec<String> = match &req.hosts {
@@ -179,6 +180,9 @@ impl Engine {
             HostSelection::Agents { require } => require.clone(),
             HostSelection::List(_) => Vec::new(),
         };
+        if let HostSelection::List(listed) = &req.hosts {
+            self.check_unregistered(listed, &statuses).await?;
+        }
         // Outcomes known before anything runs: offline agents and missing capabilities.
         let mut entries: Vec<FleetEntry> = Vec::with_capacity(hosts.len());
         let mut to_run: Vec<(usize, String)> = Vec::new();
@@ -236,6 +240,7 @@ impl Engine {
                 &now(),
             )
         };
+        let admission = self.admit(to_run.iter().map(|(_, h)| h.clone()).collect())?;
         let (stored, rx, cancel) = self.store_new_job(&fleet).await?;
         let fleet_id = stored.id;
         let engine = self.clone();
@@ -243,6 +248,7 @@ impl Engine {
             engine
                 .run_fleet(fleet_id, req, entries, to_run, cancel)
                 .await;
+            drop(admission);
         });
         Ok((fleet_id, rx))
     }
@@ -388,6 +394,43 @@ impl Engine {
             }
         }
         self.forget(fleet_id, None);
+    }
+
+    /// Refuses a host list naming more than `max_unregistered_fleet_hosts` hosts that are
+    /// neither agents nor registered clients: each would be an SSH connection to whatever
+    /// address the request names (a port scanner of the coordinator's network).
+    async fn check_unregistered(
+        &self,
+        hosts: &[String],
+        statuses: &std::collections::HashMap<String, crate::hub::AgentStatus>,
+    ) -> Result<(), SubmitError> {
+        let clients = self.store.list(crate::registry::Kind::Clients).await?;
+        let unregistered: Vec<&String> = hosts
+            .iter()
+            .filter(|h| self.hub.find(h).is_none() && !statuses.contains_key(h.as_str()))
+            .filter(|h| {
+                !clients.iter().any(|c| {
+                    c.hostname == **h
+                        || c.ipv4.as_deref() == Some(h.as_str())
+                        || c.ipv6.as_deref() == Some(h.as_str())
+                })
+            })
+            .collect();
+        let max = self.config.max_unregistered_fleet_hosts;
+        if unregistered.len() > max {
+            let shown: Vec<&str> = unregistered.iter().take(5).map(|h| h.as_str()).collect();
+            return Err(crate::registry::FieldError::new(
+                "hosts",
+                format!(
+                    "{} hosts are neither agents nor registered clients ({}{}): a fleet may name at most {max} such hosts (max_unregistered_fleet_hosts); register them (POST /clients) first",
+                    unregistered.len(),
+                    shown.join(", "),
+                    if unregistered.len() > shown.len() { ", ..." } else { "" }
+                ),
+            )
+            .into());
+        }
+        Ok(())
     }
 
     /// Acknowledges committed results without waiting on any agent's link.

@@ -62,6 +62,56 @@ fn child_of(job_id: u64) -> Option<(u64, usize)> {
 /// The live view of a job: its latest record, `None` until there is one.
 pub type JobView = watch::Receiver<Option<JobRecord>>;
 
+/// Why a job was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// A field of the request cannot be honoured (422).
+    #[error("invalid {}: {}", .0.field, .0.message)]
+    Invalid(crate::registry::FieldError),
+    /// A limit on running jobs is reached (429, retry later); the message names it.
+    #[error("{0}")]
+    Busy(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<crate::registry::FieldError> for SubmitError {
+    fn from(e: crate::registry::FieldError) -> Self {
+        SubmitError::Invalid(e)
+    }
+}
+
+/// How long a client refused by a job limit should wait before trying again.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 5;
+
+/// Jobs running now, in total and by host, against `max_running_jobs` and `max_jobs_per_host`.
+#[derive(Default)]
+struct Load {
+    total: usize,
+    by_host: HashMap<String, usize>,
+}
+
+/// A job's place under the limits, given back when dropped (when its task ends).
+pub struct Admission {
+    load: Arc<Mutex<Load>>,
+    hosts: Vec<String>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut load = lock(&self.load);
+        load.total = load.total.saturating_sub(self.hosts.len());
+        for host in &self.hosts {
+            if let Some(n) = load.by_host.get_mut(host) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    load.by_host.remove(host);
+                }
+            }
+        }
+    }
+}
+
 /// The job engine.
 pub struct Engine {
     store: Store,
@@ -80,6 +130,8 @@ pub struct Engine {
     shutdown: CancellationToken,
     /// Every task the engine started.
     tasks: TaskTracker,
+    /// Jobs running now, against the configured limits.
+    load: Arc<Mutex<Load>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,6 +162,38 @@ impl Engine {
             watchers: Mutex::new(HashMap::new()),
             shutdown,
             tasks: TaskTracker::new(),
+            load: Arc::default(),
+        })
+    }
+
+    /// Takes a place for one job on each of `hosts` under `max_running_jobs` and
+    /// `max_jobs_per_host`, or says which limit is reached.
+    fn admit(&self, hosts: Vec<String>) -> Result<Admission, SubmitError> {
+        let mut load = lock(&self.load);
+        let max = self.config.max_running_jobs;
+        if load.total + hosts.len() > max {
+            return Err(SubmitError::Busy(format!(
+                "{} jobs are running and this request needs {} more: at most {max} run at once (max_running_jobs)",
+                load.total,
+                hosts.len()
+            )));
+        }
+        let per_host = self.config.max_jobs_per_host;
+        if let Some(busy) = hosts
+            .iter()
+            .find(|h| load.by_host.get(h.as_str()).copied().unwrap_or(0) >= per_host)
+        {
+            return Err(SubmitError::Busy(format!(
+                "host {busy} already runs {per_host} jobs: at most {per_host} run at once on one host (max_jobs_per_host)"
+            )));
+        }
+        load.total += hosts.len();
+        for host in &hosts {
+            *load.by_host.entry(host.clone()).or_default() += 1;
+        }
+        Ok(Admission {
+            load: self.load.clone(),
+            hosts,
         })
     }
 

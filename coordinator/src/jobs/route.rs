@@ -4,10 +4,10 @@
 use tracevisor_lttng::lifecycle;
 use tracevisor_protocol::{JobSpec, Summary as WireSummary, TraceLocator, TraceOutput};
 
-use super::{sanitize, Engine, JobRequest};
+use super::{sanitize, Engine, JobRequest, SubmitError};
 use crate::model::{SshSession, Via};
 use crate::profiles::{Profile, Summary};
-use crate::registry::{HostRecord, Kind, DEFAULT_CTRLPORT, DEFAULT_DATAPORT};
+use crate::registry::{FieldError, HostRecord, Kind, DEFAULT_CTRLPORT, DEFAULT_DATAPORT};
 use crate::ssh::SshTarget;
 use crate::store::StoreError;
 
@@ -178,6 +178,33 @@ impl Engine {
         }
     }
 
+    /// The registered relay named `name` (its hostname or one of its addresses).
+    async fn registered_relay(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
+        if let Some(relay) = self.store.find_by_hostname(Kind::Relays, name).await? {
+            return Ok(Some(relay));
+        }
+        Ok(self
+            .store
+            .list(Kind::Relays)
+            .await?
+            .into_iter()
+            .find(|r| r.ipv4.as_deref() == Some(name) || r.ipv6.as_deref() == Some(name)))
+    }
+
+    /// Refuses a relay that is not registered unless `allow_unregistered_relays`: otherwise a
+    /// request could make hosts stream their traces to any address.
+    pub(super) async fn check_relay(&self, relay: Option<&str>) -> Result<(), SubmitError> {
+        let Some(name) = relay else { return Ok(()) };
+        if self.config.allow_unregistered_relays || self.registered_relay(name).await?.is_some() {
+            return Ok(());
+        }
+        Err(FieldError::new(
+            "relay",
+            format!("{name:?} is not a registered relay: register it first (POST /relays) or set allow_unregistered_relays = true"),
+        )
+        .into())
+    }
+
     /// Resolves everything a job needs before it runs: profile, route, relay, analysis host.
     pub(super) async fn plan(&self, req: &JobRequest) -> Result<Plan, StoreError> {
         let profile = self.config.profiles[&req.analysis_type].clone();
@@ -185,17 +212,15 @@ impl Engine {
         // The relay: registered (ports from the registry) or an address with default ports.
         let relay = match &req.relay {
             None => None,
-            Some(name) => Some(
-                match self.store.find_by_hostname(Kind::Relays, name).await? {
-                    Some(r) => r,
-                    None => {
-                        let mut r = HostRecord::new(Kind::Relays, name.clone(), None, None);
-                        r.ctrlport = Some(DEFAULT_CTRLPORT);
-                        r.dataport = Some(DEFAULT_DATAPORT);
-                        r
-                    }
-                },
-            ),
+            Some(name) => Some(match self.registered_relay(name).await? {
+                Some(r) => r,
+                None => {
+                    let mut r = HostRecord::new(Kind::Relays, name.clone(), None, None);
+                    r.ctrlport = Some(DEFAULT_CTRLPORT);
+                    r.dataport = Some(DEFAULT_DATAPORT);
+                    r
+                }
+            }),
         };
         // Where the analysis runs: the analysis host, else the relay, else the traced host.
         let analysis_host = req

@@ -12,7 +12,7 @@ use tracevisor_protocol::JobSpec;
 use super::agent::Ack;
 use super::fleet::json_size;
 use super::route::{Plan, Route};
-use super::{now, Engine, JobRequest, JobView, MAX_RESULT_BYTES};
+use super::{now, Engine, JobRequest, JobView, SubmitError, MAX_RESULT_BYTES};
 use crate::model::{JobError, JobRecord, JobStatus, Step};
 use crate::profiles::Profile;
 use crate::ssh::{SshExecutor, SshTarget};
@@ -41,8 +41,10 @@ pub type PhaseResult = Result<(Json, Option<Ack>), Stop>;
 
 impl Engine {
     /// Creates a job from a validated request and starts it; returns its id and live view.
-    pub async fn submit(self: &Arc<Self>, req: JobRequest) -> Result<(u64, JobView), StoreError> {
+    pub async fn submit(self: &Arc<Self>, req: JobRequest) -> Result<(u64, JobView), SubmitError> {
+        self.check_relay(req.relay.as_deref()).await?;
         let plan = self.plan(&req).await?;
+        let admission = self.admit(vec![plan.route.name()])?;
         let record = JobRecord {
             host: Some(req.host.clone()),
             analysis: Some(
@@ -77,6 +79,7 @@ impl Engine {
         self.spawn(async move {
             let ended = engine.execute(job_id, &req, &plan, &cancel).await;
             engine.finish(job_id, ended).await;
+            drop(admission);
         });
         Ok((job_id, rx))
     }
