@@ -177,6 +177,20 @@ fn spawn_local_agent(
         // The coordinator's own certificate is the trust anchor for its local agent.
         agent.ca_cert = Some(tls.cert.clone());
     }
+    // The built-in agent runs this coordinator's own profiles: their programs are allowed on
+    // this host, as if listed in its analysis_programs.
+    agent.analysis_programs = config
+        .profiles
+        .values()
+        .flat_map(|p| p.commands.iter().filter_map(|argv| argv.first()))
+        .filter_map(|program| {
+            if program.starts_with('/') {
+                Some(std::path::PathBuf::from(program))
+            } else {
+                tracevisor_lttng::runner::find_in_path(program)
+            }
+        })
+        .collect();
     tracing::info!(hostname = %config.local_agent_hostname, %url, "starting the built-in local agent");
     Ok(tokio::spawn(async move {
         if let Err(error) = tracesd::run(agent, shutdown).await {

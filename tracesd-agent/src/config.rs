@@ -9,6 +9,8 @@
 //! token = "the agent enrollment token"
 //! hostname = "web-1"            # default: the system's hostname
 //! ca_cert = "/etc/tracesd/ca.pem" # default: the system's root certificates
+//! # Analysis programs run beyond the lttng-*-mi analyses and babeltrace2 (absolute paths).
+//! analysis_programs = ["/usr/local/bin/my-analysis-mi"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -63,6 +65,8 @@ pub struct FileConfig {
     pub hostname: Option<String>,
     /// See [`Cli::ca_cert`]; a relative path is relative to the file's directory.
     pub ca_cert: Option<PathBuf>,
+    /// Analysis programs this host runs beyond the built-in ones (absolute paths).
+    pub analysis_programs: Option<Vec<PathBuf>>,
 }
 
 /// An invalid or missing setting.
@@ -175,6 +179,9 @@ pub struct AgentConfig {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Timeouts, backoff and other link tuning.
     pub link: LinkSettings,
+    /// Analysis programs this host runs beyond the `lttng-*-mi` analyses and `babeltrace2`
+    /// (absolute paths; see [`crate::allow`]).
+    pub analysis_programs: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -186,6 +193,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("ca_cert", &self.ca_cert)
             .field("tls", &self.tls.as_ref().map(|_| "<client config>"))
             .field("link", &self.link)
+            .field("analysis_programs", &self.analysis_programs)
             .finish()
     }
 }
@@ -201,6 +209,7 @@ impl AgentConfig {
             ca_cert: None,
             tls: None,
             link: LinkSettings::default(),
+            analysis_programs: Vec::new(),
         })
     }
 
@@ -242,6 +251,13 @@ impl AgentConfig {
             crate::tls::load_ca_file(path)
                 .map_err(|error| invalid("ca_cert", error.to_string()))?;
         }
+        let analysis_programs = file.analysis_programs.unwrap_or_default();
+        if let Some(bad) = analysis_programs.iter().find(|p| !p.is_absolute()) {
+            return Err(invalid(
+                "analysis_programs",
+                format!("{} is not an absolute path", bad.display()),
+            ));
+        }
         Ok(Self {
             coordinator: hub_url(&coordinator)?,
             token: Token::new(token)?,
@@ -249,6 +265,7 @@ impl AgentConfig {
             ca_cert,
             tls: None,
             link: LinkSettings::default(),
+            analysis_programs,
         })
     }
 
@@ -464,6 +481,7 @@ mod tests {
             token: Some("file-token".into()),
             hostname: Some("file-host".into()),
             ca_cert: None,
+            analysis_programs: Some(vec!["/usr/local/bin/my-analysis-mi".into()]),
         };
         let config = AgentConfig::merge(cli("ws://flag:2", "flag-token"), file.clone()).unwrap();
         assert_eq!(
@@ -471,6 +489,16 @@ mod tests {
             "ws://flag:2/trace/api/v1.0/agents"
         );
         assert_eq!(config.token.expose(), "flag-token");
+        assert_eq!(
+            config.analysis_programs,
+            vec![PathBuf::from("/usr/local/bin/my-analysis-mi")]
+        );
+        let relative = FileConfig {
+            analysis_programs: Some(vec!["bin/tool".into()]),
+            ..file.clone()
+        };
+        let err = AgentConfig::merge(cli("ws://flag:2", "flag-token"), relative).unwrap_err();
+        assert!(err.to_string().starts_with("analysis_programs:"), "{err}");
         assert_eq!(config.hostname, "web-1");
 
         let config = AgentConfig::merge(Cli::default(), file).unwrap();

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracevisor_lttng::lifecycle::{self, LocalExecutor};
+
+use crate::allow::Allowlist;
 use tracevisor_protocol::{encode, Frame, JobOutcome, JobSpec, Message};
 
 /// Job events (progress, ends) queued towards the link before job tasks wait.
@@ -80,6 +82,8 @@ pub enum JobEvent {
 /// the agent, across links.
 pub struct Jobs {
     executor: Arc<LocalExecutor>,
+    /// The analysis programs this host runs.
+    allowlist: Allowlist,
     running: HashMap<u64, CancellationToken>,
     /// Outcomes by job id, in order of job id, kept until [`JobCommand::ResultAck`].
     unacked: BTreeMap<u64, JobOutcome>,
@@ -100,10 +104,11 @@ impl std::fmt::Debug for Jobs {
 
 impl Jobs {
     /// No jobs; jobs run on this host through `executor`.
-    pub fn new(executor: LocalExecutor) -> Self {
+    pub fn new(executor: LocalExecutor, allowlist: Allowlist) -> Self {
         let (events_tx, events_rx) = mpsc::channel(JOB_EVENT_QUEUE);
         Jobs {
             executor: Arc::new(executor),
+            allowlist,
             running: HashMap::new(),
             unacked: BTreeMap::new(),
             events_tx,
@@ -206,6 +211,19 @@ impl Jobs {
                     };
                     return vec![self.finish(job_id, outcome)];
                 }
+                // Analysis commands run only if this host allows their programs, and by the
+                // absolute path they were checked as.
+                let mut spec = spec;
+                if spec.run_analysis {
+                    if let Err(why) = self.allowlist.apply(&mut spec.analysis_commands) {
+                        tracing::warn!(job_id, why = %why, "refusing a job whose analysis program this host does not allow");
+                        let outcome = JobOutcome::Err {
+                            step: "validate".to_owned(),
+                            message: format!("host {}: {why}", self.executor.hostname),
+                        };
+                        return vec![self.finish(job_id, outcome)];
+                    }
+                }
                 tracing::info!(job_id, session = %spec.session_name, analysis = %spec.analysis, "job started");
                 let cancel = CancellationToken::new();
                 self.running.insert(job_id, cancel.clone());
@@ -299,10 +317,13 @@ mod tests {
     use super::*;
 
     fn jobs() -> Jobs {
-        Jobs::new(LocalExecutor {
-            hostname: "h".into(),
-            trace_root: std::env::temp_dir(),
-        })
+        Jobs::new(
+            LocalExecutor {
+                hostname: "h".into(),
+                trace_root: std::env::temp_dir(),
+            },
+            Allowlist::discover(&[]),
+        )
     }
 
     fn spec(session: &str) -> Box<JobSpec> {

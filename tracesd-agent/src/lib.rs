@@ -3,6 +3,7 @@
 //!
 //! Code map:
 //! - [`config`]: flags, `TRACESD_*` variables and the TOML file, validated.
+//! - [`allow`]: the analysis programs this host runs, whatever a coordinator asks.
 //! - [`enroll`]: `tracesd enroll`, which writes that file, checks the coordinator and LTTng,
 //!   and enables the service.
 //! - [`link`]: dial out, hello, heartbeats, reconnect with backoff ([`link::run`] is the entry
@@ -15,6 +16,7 @@
 //!
 //! Architecture invariant: the agent never listens on a port; it only dials out.
 
+pub mod allow;
 pub mod config;
 pub mod enroll;
 pub mod host;

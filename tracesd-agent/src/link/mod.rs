@@ -126,7 +126,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     };
     let url = config.coordinator.to_string();
     let settings = &config.link;
-    let mut jobs = Jobs::new(LocalExecutor::new(&config.hostname));
+    let allowlist = crate::allow::Allowlist::discover(&config.analysis_programs);
+    tracing::info!(
+        programs = allowlist.len(),
+        "analysis programs allowed on this host (lttng-*-mi, babeltrace2, analysis_programs)"
+    );
+    let mut jobs = Jobs::new(LocalExecutor::new(&config.hostname), allowlist);
     let mut capabilities = CapabilityCache::default();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
     tracing::info!(

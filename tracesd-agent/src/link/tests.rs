@@ -571,6 +571,51 @@ async fn job_results_are_resent_until_acknowledged() {
     stop(shutdown, task).await;
 }
 
+/// A fake coordinator (any WebSocket server the agent is pointed at) names a shell as the
+/// analysis of an analysis-only job: the agent, running as root, refuses it and runs nothing.
+#[tokio::test]
+async fn a_fake_coordinator_cannot_run_a_program_this_host_does_not_allow() {
+    let hub = Hub::start().await;
+    let (shutdown, task) = spawn_agent(hub.config());
+    let (mut ws, _) = hub.accept_and_ack(60_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let canary = dir.path().join("pwned");
+    let hostile = JobSpec {
+        session_name: "tracevisor-deadbeef-7-host".into(),
+        analysis_only: Some(tracevisor_protocol::TraceLocator::Path(
+            dir.path().display().to_string(),
+        )),
+        analysis_commands: vec![vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("touch {}", canary.display()),
+        ]],
+        run_analysis: true,
+        ..spec()
+    };
+    send(
+        &mut ws,
+        Message::StartJob {
+            job_id: 7,
+            spec: hostile,
+        },
+    )
+    .await;
+    match recv_skipping_heartbeats(&mut ws).await {
+        Some(Message::JobResult {
+            job_id: 7,
+            outcome: JobOutcome::Err { step, message },
+        }) => {
+            assert_eq!(step, "validate");
+            assert!(message.contains("\"/bin/sh\""), "{message}");
+            assert!(message.contains("analysis_programs"), "{message}");
+        }
+        other => panic!("expected the job refused, got {other:?}"),
+    }
+    assert!(!canary.exists(), "the shell ran as the agent's user");
+    stop(shutdown, task).await;
+}
+
 #[tokio::test]
 async fn drive_works_over_an_in_memory_stream() {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
@@ -610,10 +655,13 @@ async fn drive_works_over_an_in_memory_stream() {
         running_jobs: vec![4],
     };
     let shutdown = CancellationToken::new();
-    let mut jobs = crate::jobs::Jobs::new(LocalExecutor {
-        hostname: "in-memory".into(),
-        trace_root: std::env::temp_dir(),
-    });
+    let mut jobs = crate::jobs::Jobs::new(
+        LocalExecutor {
+            hostname: "in-memory".into(),
+            trace_root: std::env::temp_dir(),
+        },
+        crate::allow::Allowlist::discover(&[]),
+    );
     let mut established = None;
     let settings = fast_settings();
     let result = drive(
