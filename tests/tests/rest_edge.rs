@@ -21,7 +21,7 @@ use serde_json::{json, Value as Json};
 use tracevisor_protocol::Message;
 use tracevisor_tests::agents::{agent_token, hub_url, RawLink, Received};
 use tracevisor_tests::coordinator::Coordinator;
-use tracevisor_tests::jobs_support::{job_body, post_analyses, PATIENCE};
+use tracevisor_tests::jobs_support::{job_body, post_analyses, Submitted, PATIENCE};
 
 fn data_dir() -> tempfile::TempDir {
     tracevisor_tests::temp_dir("tv-edge-")
@@ -224,6 +224,13 @@ async fn connections_beyond_the_cap_are_closed_at_once_with_a_log_line() {
     }
 }
 
+/// Checks a refusal: its status, and that its message names `setting`.
+fn assert_refused(answer: &Submitted, status: StatusCode, setting: &str) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    let message = answer.body["error"].as_str().unwrap_or_default();
+    assert!(message.contains(setting), "{}", answer.body);
+}
+
 /// A hand-driven agent that accepts jobs and never finishes them.
 async fn silent_agent(c: &Coordinator, dir: &std::path::Path, hostname: &str) -> RawLink {
     let token = agent_token(dir).unwrap();
@@ -301,28 +308,12 @@ async fn job_caps_answer_429_naming_the_limit_and_unregistered_targets_are_refus
         assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.body);
     }
     let busy = post_analyses(&c, &start("host-a"), &[]).await.unwrap();
-    assert_eq!(busy.status, StatusCode::TOO_MANY_REQUESTS, "{}", busy.body);
+    assert_refused(&busy, StatusCode::TOO_MANY_REQUESTS, "max_jobs_per_host");
     assert_eq!(busy.header("retry-after").as_deref(), Some("5"));
-    assert!(
-        busy.body["error"]
-            .as_str()
-            .unwrap()
-            .contains("max_jobs_per_host"),
-        "{}",
-        busy.body
-    );
     let ok = post_analyses(&c, &start("host-b"), &[]).await.unwrap();
     assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.body);
     let busy = post_analyses(&c, &start("host-b"), &[]).await.unwrap();
-    assert_eq!(busy.status, StatusCode::TOO_MANY_REQUESTS, "{}", busy.body);
-    assert!(
-        busy.body["error"]
-            .as_str()
-            .unwrap()
-            .contains("max_running_jobs"),
-        "{}",
-        busy.body
-    );
+    assert_refused(&busy, StatusCode::TOO_MANY_REQUESTS, "max_running_jobs");
     // Refused requests started nothing.
     let (_, list) = c.get("/list").await.unwrap();
     assert_eq!(list["sessions"].as_array().map(Vec::len), Some(3));
@@ -330,38 +321,20 @@ async fn job_caps_answer_429_naming_the_limit_and_unregistered_targets_are_refus
     // A fleet naming more addresses than allowed outside the registry: an SSH scan.
     let mut fleet = json!({"hosts": ["10.9.9.1", "10.9.9.2", "10.9.9.3"], "duration": 1, "type": "ust", "username": "root", "wait": false});
     let refused = post_analyses(&c, &fleet, &[]).await.unwrap();
-    assert_eq!(
-        refused.status,
+    assert_refused(
+        &refused,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        refused.body
+        "max_unregistered_fleet_hosts",
     );
     assert_eq!(refused.body["field"], "hosts");
-    assert!(
-        refused.body["error"]
-            .as_str()
-            .unwrap()
-            .contains("max_unregistered_fleet_hosts"),
-        "{}",
-        refused.body
-    );
     // A relay nobody registered.
     fleet = start("host-a");
     fleet["relay"] = json!("10.6.6.6");
     let refused = post_analyses(&c, &fleet, &[]).await.unwrap();
-    assert_eq!(
-        refused.status,
+    assert_refused(
+        &refused,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        refused.body
+        "allow_unregistered_relays",
     );
     assert_eq!(refused.body["field"], "relay");
-    assert!(
-        refused.body["error"]
-            .as_str()
-            .unwrap()
-            .contains("allow_unregistered_relays"),
-        "{}",
-        refused.body
-    );
 }
