@@ -101,7 +101,7 @@ pub async fn run(
         config: config.clone(),
         hub: hub.clone(),
         engine: engine.clone(),
-        store,
+        store: store.clone(),
         ssh,
         rest_token,
         started: std::time::Instant::now(),

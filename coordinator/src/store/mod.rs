@@ -151,7 +151,8 @@ impl Default for StorageLimits {
 /// The connection: an embedded datastore this process opened, or a SurrealDB server.
 #[derive(Clone)]
 enum Conn {
-    Embedded(Surreal<Db>),
+    /// The SDK's handle, and the datastore under it (shut down by [`Store::close`]).
+    Embedded(Surreal<Db>, Arc<surrealdb_engine_local::Datastore>),
     Remote(Surreal<Any>),
 }
 
@@ -169,7 +170,10 @@ pub struct Store {
 /// the storage engine gets its memory limits: the SDK passes no configuration to an embedded
 /// datastore, and in 3.3.5 the URL's query keys are prefixed `datastore_` so they never reach
 /// SurrealKV's `surrealkv_*` keys.
-async fn open_embedded(url: &str, limits: StorageLimits) -> Result<Surreal<Db>, String> {
+async fn open_embedded(
+    url: &str,
+    limits: StorageLimits,
+) -> Result<(Surreal<Db>, Arc<surrealdb_engine_local::Datastore>), String> {
     let config = surrealdb_cnf::ConfigMap::empty()
         .with_key_value(
             "surrealkv_max_memtable_size",
@@ -189,9 +193,10 @@ async fn open_embedded(url: &str, limits: StorageLimits) -> Result<Surreal<Db>, 
     datastore.check_version().await.map_err(|e| e.to_string())?;
     datastore.bootstrap().await.map_err(|e| e.to_string())?;
     datastore.start_maintenance_tasks();
-    Surreal::<Db>::unstable_from_datastore(datastore, None)
+    let db = Surreal::<Db>::unstable_from_datastore(datastore.clone(), None)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok((db, datastore))
 }
 
 /// Selects the namespace and database every query runs in.
@@ -204,7 +209,7 @@ impl Store {
     pub async fn open(url: &str, limits: StorageLimits) -> Result<Store, StoreError> {
         let mut store = Store::connect(url, limits).await?;
         store.migrate().await?;
-        if matches!(store.db, Conn::Embedded(_)) {
+        if matches!(store.db, Conn::Embedded(..)) {
             let cache = RegistryCache::new();
             for kind in [Kind::Relays, Kind::Clients, Kind::AnalysesServers] {
                 for record in store.list(kind).await? {
@@ -231,11 +236,11 @@ impl Store {
                     std::fs::create_dir_all(parent).map_err(|e| open_error(&e))?;
                 }
             }
-            let db = open_embedded(url, limits)
+            let (db, datastore) = open_embedded(url, limits)
                 .await
                 .map_err(|e| open_error(&e))?;
             select_database(&db).await.map_err(|e| open_error(&e))?;
-            Conn::Embedded(db)
+            Conn::Embedded(db, datastore)
         } else {
             let db = surrealdb::engine::any::connect(url)
                 .await
@@ -318,13 +323,30 @@ impl Store {
         Ok(())
     }
 
+    /// Shuts the embedded datastore down: its maintenance tasks are stopped, then the storage
+    /// engine is closed, so nothing is cut off mid-write when the process exits (a server
+    /// connection needs nothing). Call once, after everything that queries has stopped.
+    pub async fn close(&self) {
+        let Conn::Embedded(_, datastore) = &self.db else {
+            return;
+        };
+        match tokio::time::timeout(QUERY_TIMEOUT, datastore.shutdown()).await {
+            Ok(Ok(())) => tracing::debug!("database closed"),
+            Ok(Err(error)) => tracing::warn!(%error, "the database did not close cleanly"),
+            Err(_) => tracing::warn!(
+                seconds = QUERY_TIMEOUT.as_secs(),
+                "the database did not close in time"
+            ),
+        }
+    }
+
     /// Runs SurrealQL with bound parameters and returns the rows of the last statement as JSON.
     /// Private to the store: callers use its typed methods.
     async fn query(&self, sql: &str, vars: Json) -> Result<Vec<Json>, StoreError> {
         // A database that stops answering (a full disk can wedge the storage engine's commit
         // pipeline) must turn into an error answer, not a request that hangs.
         let answer = match &self.db {
-            Conn::Embedded(db) => {
+            Conn::Embedded(db, _) => {
                 tokio::time::timeout(QUERY_TIMEOUT, db.query(sql).bind(vars)).await
             }
             Conn::Remote(db) => tokio::time::timeout(QUERY_TIMEOUT, db.query(sql).bind(vars)).await,
