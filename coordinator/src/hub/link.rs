@@ -68,6 +68,9 @@ pub async fn serve_link<S: Socket>(hub: Arc<Hub>, mut socket: S, peer: SocketAdd
         let why = format!("hostname {:?} {e}", hello.hostname);
         return close(socket, CloseReason::ProtocolError, &why, peer).await;
     }
+    if let Err(why) = hello_within_bounds(&hello) {
+        return close(socket, CloseReason::ProtocolError, &why, peer).await;
+    }
     let registered = async {
         // The semaphore is never closed, so acquiring only waits.
         let _turn = hub.registrations.acquire().await.ok();
@@ -230,6 +233,70 @@ pub async fn serve_link<S: Socket>(hub: Arc<Hub>, mut socket: S, peer: SocketAdd
     }
 }
 
+/// Most addresses a `Hello` may report.
+const MAX_HELLO_ADDRESSES: usize = 64;
+/// Most running jobs a `Hello` may list.
+const MAX_HELLO_RUNNING_JOBS: usize = 10_000;
+/// Most analyses a `Hello` may report, and the longest name of one.
+const MAX_HELLO_ANALYSES: usize = 256;
+/// Longest version string, and longest capability error message, a `Hello` may carry.
+const MAX_HELLO_SHORT: usize = 128;
+const MAX_HELLO_MESSAGE: usize = 1024;
+
+/// What a `Hello` may carry: it is kept in memory for the link's life, stored, and shown by
+/// `GET /clients` for every host, so a hostile agent must not make it grow without bound.
+/// (Control characters in its strings are the CLI's to show harmlessly; JSON escapes them.)
+fn hello_within_bounds(hello: &tracevisor_protocol::Hello) -> Result<(), String> {
+    let text = |what: &str, value: &str, max: usize| {
+        if value.len() > max {
+            return Err(format!(
+                "hello: {what} is {} bytes (at most {max})",
+                value.len()
+            ));
+        }
+        Ok(())
+    };
+    if hello.addresses.len() > MAX_HELLO_ADDRESSES {
+        return Err(format!(
+            "hello: {} addresses (at most {MAX_HELLO_ADDRESSES})",
+            hello.addresses.len()
+        ));
+    }
+    if hello.running_jobs.len() > MAX_HELLO_RUNNING_JOBS {
+        return Err(format!(
+            "hello: {} running jobs (at most {MAX_HELLO_RUNNING_JOBS})",
+            hello.running_jobs.len()
+        ));
+    }
+    text("agent_version", &hello.agent_version, MAX_HELLO_SHORT)?;
+    let caps = &hello.capabilities;
+    text(
+        "lttng_version",
+        caps.lttng_version.as_deref().unwrap_or_default(),
+        MAX_HELLO_SHORT,
+    )?;
+    for (what, error) in [
+        ("kernel_tracer_error", &caps.kernel_tracer_error),
+        ("userspace_tracer_error", &caps.userspace_tracer_error),
+    ] {
+        text(
+            what,
+            error.as_deref().unwrap_or_default(),
+            MAX_HELLO_MESSAGE,
+        )?;
+    }
+    if caps.analyses.len() > MAX_HELLO_ANALYSES {
+        return Err(format!(
+            "hello: {} analyses (at most {MAX_HELLO_ANALYSES})",
+            caps.analyses.len()
+        ));
+    }
+    for analysis in &caps.analyses {
+        text("an analysis name", analysis, MAX_HELLO_SHORT)?;
+    }
+    Ok(())
+}
+
 /// Receives the next protocol frame; `Ok(None)` when the peer closed.
 async fn next_frame<S: Socket>(socket: &mut S) -> Result<Option<Message>, (CloseReason, String)> {
     loop {
@@ -371,6 +438,34 @@ pub(crate) mod testing {
     }
 
     impl FakeAgent {
+        /// Opens a link from `peer` with `hello`; the hub's answer to it comes back: `HelloAck`
+        /// (the link is up) or `Close` (refused).
+        pub(crate) async fn open(
+            hub: &Arc<Hub>,
+            hello: tracevisor_protocol::Hello,
+            peer: SocketAddr,
+        ) -> (FakeAgent, Message) {
+            let (to_hub, incoming) = mpsc::channel(64);
+            let (outgoing, from_hub) = mpsc::channel(64);
+            let socket = ChannelSocket {
+                incoming,
+                outgoing: PollSender::new(outgoing),
+            };
+            let link = tokio::spawn(serve_link(hub.clone(), socket, peer));
+            let mut agent = FakeAgent {
+                to_hub: Some(to_hub),
+                from_hub,
+                link,
+            };
+            agent.send(Message::Hello(hello)).await;
+            let answer = agent
+                .expect("hello-ack or close", |m| {
+                    matches!(m, Message::HelloAck { .. } | Message::Close { .. })
+                })
+                .await;
+            (agent, answer)
+        }
+
         /// Opens a link for `hostname` (from loopback) and waits for `HelloAck`.
         pub(crate) async fn connect(
             hub: &Arc<Hub>,

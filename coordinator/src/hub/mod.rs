@@ -300,6 +300,7 @@ impl Hub {
                 (existing, pinned)
             }
             None => {
+                self.may_claim(&hello.hostname, peer_ip).await?;
                 let (ipv4, ipv6) = addresses(&hello.addresses, peer_ip);
                 let record = HostRecord::new(Kind::Clients, hello.hostname.clone(), ipv4, ipv6);
                 match self.store.create(Kind::Clients, &record).await {
@@ -343,6 +344,27 @@ impl Hub {
             },
         );
         Ok(client.id)
+    }
+
+    /// Whether a new agent may register `hostname`, which no client has yet: not a name the
+    /// registry already gives a relay or an analyses server (jobs address those by name), and
+    /// not a loopback name (`localhost`, the built-in agent's) from another host.
+    async fn may_claim(&self, hostname: &str, peer: IpAddr) -> Result<(), RegisterError> {
+        for kind in [Kind::Relays, Kind::AnalysesServers] {
+            if self.store.find_by_hostname(kind, hostname).await?.is_some() {
+                return Err(RegisterError::Refused(format!(
+                    "hostname {hostname} is registered as {} {hostname}; an agent cannot claim it (register a client of that name first to let its agent in)",
+                    if kind == Kind::Relays { "the relay" } else { "the analyses server" }
+                )));
+            }
+        }
+        let loopback_name = hostname == "localhost" || hostname.ends_with(".localhost");
+        if loopback_name && !peer.is_loopback() {
+            return Err(RegisterError::Refused(format!(
+                "hostname {hostname} names this coordinator's own host; an agent from {peer} cannot claim it"
+            )));
+        }
+        Ok(())
     }
 
     async fn record_disconnect(&self, client_id: u64, hostname: &str, last_seen_ms: i64) {
@@ -524,4 +546,105 @@ fn rfc3339_ms(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .map(rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tracevisor_protocol::{CloseReason, Hello, Message, PROTOCOL_VERSION};
+
+    use super::testing::FakeAgent;
+    use super::*;
+    use crate::store::StorageLimits;
+
+    async fn hub() -> (Arc<Hub>, Store, mpsc::Receiver<AgentEvent>) {
+        let store = Store::open("mem://", StorageLimits::default())
+            .await
+            .unwrap();
+        let (hub, events) = Hub::new(
+            store.clone(),
+            "agent-token".into(),
+            Duration::from_secs(5),
+            CancellationToken::new(),
+            "0test000".into(),
+            100,
+            TakeoverPolicy::PinAddress,
+        );
+        (hub, store, events)
+    }
+
+    fn hello(hostname: &str) -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            hostname: hostname.into(),
+            addresses: Vec::new(),
+            agent_version: "0.0.0-test".into(),
+            capabilities: Capabilities::default(),
+            running_jobs: Vec::new(),
+        }
+    }
+
+    fn refused(answer: &Message) -> (CloseReason, String) {
+        match answer {
+            Message::Close { reason, message } => (*reason, message.clone()),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    const LOOPBACK: ([u8; 4], u16) = ([127, 0, 0, 1], 40000);
+    const REMOTE: ([u8; 4], u16) = ([10, 0, 0, 7], 40000);
+
+    #[tokio::test]
+    async fn a_hello_that_would_grow_without_bound_is_refused() {
+        let (hub, _store, _events) = hub().await;
+        let mut big = hello("web-1");
+        big.addresses = (0..65u8).map(|i| IpAddr::from([10, 0, 1, i])).collect();
+        let (_, answer) = FakeAgent::open(&hub, big, LOOPBACK.into()).await;
+        let (reason, why) = refused(&answer);
+        assert_eq!(reason, CloseReason::ProtocolError);
+        assert!(why.contains("65 addresses"), "{why}");
+        let mut long = hello("web-1");
+        long.capabilities.kernel_tracer_error = Some("x".repeat(4096));
+        let (_, answer) = FakeAgent::open(&hub, long, LOOPBACK.into()).await;
+        assert!(refused(&answer).1.contains("kernel_tracer_error"));
+        let mut many = hello("web-1");
+        many.capabilities.analyses = (0..300).map(|i| format!("lttng-{i}-mi")).collect();
+        let (_, answer) = FakeAgent::open(&hub, many, LOOPBACK.into()).await;
+        assert!(refused(&answer).1.contains("300 analyses"));
+        assert_eq!(hub.connected(), 0);
+        // Within bounds, the same host registers.
+        let (_, answer) = FakeAgent::open(&hub, hello("web-1"), LOOPBACK.into()).await;
+        assert!(matches!(answer, Message::HelloAck { .. }), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn an_agent_cannot_claim_a_relay_an_analyses_server_or_localhost() {
+        let (hub, store, _events) = hub().await;
+        for (kind, name) in [(Kind::Relays, "relay-a"), (Kind::AnalysesServers, "lami-1")] {
+            let mut record = HostRecord::new(kind, name.into(), Some("10.0.0.9".into()), None);
+            if kind == Kind::Relays {
+                record.ctrlport = Some(crate::registry::DEFAULT_CTRLPORT);
+                record.dataport = Some(crate::registry::DEFAULT_DATAPORT);
+            } else {
+                record.sshport = Some(22);
+                record.sshuser = Some("root".into());
+            }
+            store.create(kind, &record).await.unwrap();
+            let (_, answer) = FakeAgent::open(&hub, hello(name), REMOTE.into()).await;
+            let (reason, why) = refused(&answer);
+            assert_eq!(reason, CloseReason::Unauthorized);
+            assert!(why.contains(name), "{why}");
+        }
+        let (_, answer) = FakeAgent::open(&hub, hello("localhost"), REMOTE.into()).await;
+        let (reason, why) = refused(&answer);
+        assert_eq!(reason, CloseReason::Unauthorized);
+        assert!(why.contains("own host"), "{why}");
+        assert!(
+            store.list(Kind::Clients).await.unwrap().is_empty(),
+            "nothing registered"
+        );
+        // The coordinator's own host may still register its local agent.
+        let (_, answer) = FakeAgent::open(&hub, hello("localhost"), LOOPBACK.into()).await;
+        assert!(matches!(answer, Message::HelloAck { .. }), "{answer:?}");
+    }
 }
