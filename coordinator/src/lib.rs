@@ -149,6 +149,8 @@ pub async fn run(
             tracing::warn!("the built-in local agent did not stop in time");
         }
     }
+    // Last: nothing queries any more.
+    store.close().await;
     tracing::info!("tracevisor stopped");
     Ok(())
 }

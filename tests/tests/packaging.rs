@@ -225,6 +225,38 @@ async fn enroll_reports_wrong_tokens_unreachable_coordinators_and_invalid_values
         format!("{stdout}{stderr}").contains("coordinator: missing"),
         "{stdout}\n{stderr}"
     );
+
+    // Plaintext to another host: refused at configuration time, before any connection (the
+    // address is one nothing answers on), by the agent and by enroll.
+    let output = tracesd()
+        .args([
+            "--coordinator",
+            "ws://192.0.2.77:5000",
+            "--hostname",
+            "web-1",
+        ])
+        .env("TRACESD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("coordinator: ws://192.0.2.77 is plaintext"),
+        "{stdout}\n{stderr}"
+    );
+    let output = enroll(
+        TOKEN,
+        &[
+            "--coordinator",
+            "http://192.0.2.77:5000",
+            "--config",
+            config_arg,
+        ],
+    );
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("insecure_ws"), "{stderr}");
+    assert!(!config.exists());
 }
 
 #[test]

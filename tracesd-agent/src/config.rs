@@ -51,6 +51,10 @@ pub struct Cli {
     /// TOML configuration file with the same keys (coordinator, token, hostname, ca_cert).
     #[arg(long, env = "TRACESD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Allow ws:// (plaintext) to a coordinator that is not on this host: the token and the
+    /// commands this root agent runs then cross the network in clear (a trusted network only).
+    #[arg(long, env = "TRACESD_INSECURE_WS")]
+    pub insecure_ws: bool,
 }
 
 /// The keys of the TOML configuration file.
@@ -67,6 +71,8 @@ pub struct FileConfig {
     pub ca_cert: Option<PathBuf>,
     /// Analysis programs this host runs beyond the built-in ones (absolute paths).
     pub analysis_programs: Option<Vec<PathBuf>>,
+    /// See [`Cli::insecure_ws`].
+    pub insecure_ws: Option<bool>,
 }
 
 /// An invalid or missing setting.
@@ -251,6 +257,12 @@ impl AgentConfig {
             crate::tls::load_ca_file(path)
                 .map_err(|error| invalid("ca_cert", error.to_string()))?;
         }
+        let coordinator = hub_url(&coordinator)?;
+        let hostname = validate_hostname(&hostname)?;
+        refuse_plaintext(
+            &coordinator,
+            cli.insecure_ws || file.insecure_ws.unwrap_or(false),
+        )?;
         let analysis_programs = file.analysis_programs.unwrap_or_default();
         if let Some(bad) = analysis_programs.iter().find(|p| !p.is_absolute()) {
             return Err(invalid(
@@ -259,9 +271,9 @@ impl AgentConfig {
             ));
         }
         Ok(Self {
-            coordinator: hub_url(&coordinator)?,
+            coordinator,
             token: Token::new(token)?,
-            hostname: validate_hostname(&hostname)?,
+            hostname,
             ca_cert,
             tls: None,
             link: LinkSettings::default(),
@@ -341,6 +353,32 @@ pub fn hub_url(input: &str) -> Result<Uri, ConfigError> {
         .map_err(|error| invalid(key, format!("`{input}` is not a valid URL: {error}")))
 }
 
+/// Whether `host` (a URL's host, IPv6 in brackets or not) is this machine's loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses `ws://` to another host unless `insecure` says so: over the network in clear, the
+/// enrollment token can be read and a man in the middle can send this root agent its jobs.
+fn refuse_plaintext(coordinator: &Uri, insecure: bool) -> Result<(), ConfigError> {
+    let host = coordinator.host().unwrap_or_default();
+    if coordinator.scheme_str() != Some("ws") || insecure || is_loopback_host(host) {
+        return Ok(());
+    }
+    Err(invalid(
+        "coordinator",
+        format!(
+            "ws://{host} is plaintext over the network: the enrollment token and the commands this agent runs as root would cross it in clear; use wss:// (with --ca-cert for a private CA), or set insecure_ws = true (--insecure-ws, TRACESD_INSECURE_WS) on a network you trust"
+        ),
+    ))
+}
+
 /// Checks a DNS hostname (RFC 1123: labels of 1 to 63 letters, digits and inner hyphens, 253
 /// characters at most) and lowercases it.
 pub fn validate_hostname(name: &str) -> Result<String, ConfigError> {
@@ -374,13 +412,48 @@ mod tests {
 
     use super::*;
 
+    /// Flags for `coordinator` (plaintext to any host allowed: these tests are about merging).
     fn cli(coordinator: &str, token: &str) -> Cli {
         Cli {
             coordinator: Some(coordinator.into()),
             token: Some(token.into()),
             hostname: Some("web-1".into()),
+            insecure_ws: true,
             ..Cli::default()
         }
+    }
+
+    #[test]
+    fn plaintext_to_another_host_is_refused_unless_said_insecure() {
+        let strict = |url: &str| Cli {
+            insecure_ws: false,
+            ..cli(url, "t")
+        };
+        for url in [
+            "ws://10.0.0.5:5000",
+            "http://coordinator.example:5000",
+            "ws://[fe80::1]:1",
+        ] {
+            let error = AgentConfig::merge(strict(url), FileConfig::default()).unwrap_err();
+            let text = error.to_string();
+            assert!(text.starts_with("coordinator: ws://"), "{text}");
+            assert!(text.contains("insecure_ws"), "{text}");
+        }
+        for url in [
+            "ws://127.0.0.1:5000",
+            "ws://127.0.0.2:5000",
+            "ws://localhost:5000",
+            "ws://[::1]:5000",
+            "wss://10.0.0.5:5000",
+        ] {
+            AgentConfig::merge(strict(url), FileConfig::default()).unwrap();
+        }
+        AgentConfig::merge(cli("ws://10.0.0.5:5000", "t"), FileConfig::default()).unwrap();
+        let file = FileConfig {
+            insecure_ws: Some(true),
+            ..FileConfig::default()
+        };
+        AgentConfig::merge(strict("ws://10.0.0.5:5000"), file).unwrap();
     }
 
     #[test]
@@ -482,6 +555,7 @@ mod tests {
             hostname: Some("file-host".into()),
             ca_cert: None,
             analysis_programs: Some(vec!["/usr/local/bin/my-analysis-mi".into()]),
+            insecure_ws: Some(true),
         };
         let config = AgentConfig::merge(cli("ws://flag:2", "flag-token"), file.clone()).unwrap();
         assert_eq!(

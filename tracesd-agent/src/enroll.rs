@@ -77,6 +77,10 @@ pub struct EnrollArgs {
     /// Do not enable or restart tracesd.service; only print the next step.
     #[arg(long)]
     pub no_enable: bool,
+    /// Allow ws:// (plaintext) to a coordinator on another host, and write `insecure_ws = true`
+    /// (the token and this root agent's commands then cross the network in clear).
+    #[arg(long)]
+    pub insecure_ws: bool,
 }
 
 /// Why enrollment stopped.
@@ -230,12 +234,15 @@ pub async fn enroll(
         ),
         None => None,
     };
-    let text = render_config(
+    let mut text = render_config(
         args.coordinator.trim(),
         config.token.expose(),
         args.hostname.as_ref().map(|_| hostname.as_str()),
         ca_cert.as_deref(),
     )?;
+    if args.insecure_ws {
+        text.push_str("# Plaintext ws:// to another host, allowed at enrollment (--insecure-ws).\ninsecure_ws = true\n");
+    }
     write_private_file(&args.config, text.as_bytes()).map_err(|source| EnrollError::Write {
         path: args.config.clone(),
         source,
@@ -301,6 +308,7 @@ pub fn validate(args: &EnrollArgs) -> Result<AgentConfig, ConfigError> {
         hostname: args.hostname.clone(),
         ca_cert: args.ca_cert.clone(),
         config: None,
+        insecure_ws: args.insecure_ws,
     };
     AgentConfig::merge(cli, FileConfig::default())
 }
@@ -600,6 +608,7 @@ mod tests {
             config: config.to_owned(),
             no_check: false,
             no_enable: false,
+            insecure_ws: false,
         }
     }
 
