@@ -294,6 +294,15 @@ pub enum Via {
     Ssh,
 }
 
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Agent => "agent",
+            Via::Ssh => "ssh",
+        }
+    }
+}
+
 /// What kind of record a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

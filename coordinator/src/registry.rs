@@ -225,6 +225,27 @@ impl HostRecord {
         Json::Object(map)
     }
 
+    /// The names this record answers to: its hostname and its addresses.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        [
+            Some(self.hostname.as_str()),
+            self.ipv4.as_deref(),
+            self.ipv6.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Whether `name` is this record's hostname or one of its addresses.
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.names().any(|n| n == name)
+    }
+
+    /// Whether `address` is one of this record's addresses.
+    pub fn has_address(&self, address: &str) -> bool {
+        self.ipv4.as_deref() == Some(address) || self.ipv6.as_deref() == Some(address)
+    }
+
     /// The address to connect to: IPv4 first, then IPv6, then the hostname.
     pub fn address(&self) -> String {
         self.ipv4

@@ -73,6 +73,20 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Path of the coordinator's agent hub (the WebSocket endpoint agents dial).
 pub const HUB_PATH: &str = "/trace/api/v1.0/agents";
 
+/// Whether `host` (a name or an address, without a port; IPv6 with or without brackets) names
+/// this machine's loopback: `localhost`, `*.localhost` or a loopback address. The agent allows
+/// plaintext `ws://` only to such a hub; the coordinator serves unauthenticated requests only
+/// for such a `Host` and lets only its own host's agent claim such a name.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Request header in which the agent states its [`PROTOCOL_VERSION`] during the upgrade.
 pub const PROTOCOL_VERSION_HEADER: &str = "x-tracevisor-protocol";
 

@@ -353,22 +353,14 @@ pub fn hub_url(input: &str) -> Result<Uri, ConfigError> {
         .map_err(|error| invalid(key, format!("`{input}` is not a valid URL: {error}")))
 }
 
-/// Whether `host` (a URL's host, IPv6 in brackets or not) is this machine's loopback.
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    host == "localhost"
-        || host.ends_with(".localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// Refuses `ws://` to another host unless `insecure` says so: over the network in clear, the
 /// enrollment token can be read and a man in the middle can send this root agent its jobs.
 fn refuse_plaintext(coordinator: &Uri, insecure: bool) -> Result<(), ConfigError> {
     let host = coordinator.host().unwrap_or_default();
-    if coordinator.scheme_str() != Some("ws") || insecure || is_loopback_host(host) {
+    if coordinator.scheme_str() != Some("ws")
+        || insecure
+        || tracevisor_protocol::is_loopback_host(host)
+    {
         return Ok(());
     }
     Err(invalid(

@@ -12,8 +12,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::error::ApiError;
 use super::AppState;
 
-/// Whether `host` (a `Host` header: name or address, with an optional port) names this machine's
-/// loopback: `localhost`, `*.localhost`, 127.0.0.0/8 or `::1`.
+/// Whether a `Host` header (name or address, with an optional port) names this machine's
+/// loopback ([`tracevisor_protocol::is_loopback_host`] once the port is off).
 pub fn is_loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
@@ -24,12 +24,7 @@ pub fn is_loopback_host(host: &str) -> bool {
             _ => host,
         }
     };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    if name == "localhost" || name.ends_with(".localhost") {
-        return true;
-    }
-    name.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
+    !name.is_empty() && tracevisor_protocol::is_loopback_host(name)
 }
 
 /// Whether the request's `Origin` may use this API: no `Origin` (curl, the CLI, agents), the

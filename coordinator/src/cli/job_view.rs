@@ -7,7 +7,7 @@ use serde_json::Value as Json;
 
 use super::render::{self, number, short_time, Table};
 use super::{sanitize, CliError};
-use crate::model::{FleetEntry, JobError, JobRecord, JobStatus, Outcome, OutcomeCounts};
+use crate::model::{FleetEntry, JobError, JobRecord, JobStatus, Outcome, OutcomeCounts, Via};
 
 /// Reads a job the server sent.
 pub fn parse(json: &Json) -> Result<JobRecord, CliError> {
@@ -72,7 +72,7 @@ pub fn job_header(job: &JobRecord) -> String {
             let host = sanitize::line(job.host.as_deref().unwrap_or("?"));
             let via = job
                 .via
-                .map(|v| format!(" (via {})", via_name(v)))
+                .map(|v| format!(" (via {})", v.as_str()))
                 .unwrap_or_default();
             format!("job {id}: {kind} on {host}{via}, {status}")
         }
@@ -88,13 +88,6 @@ pub fn job_header(job: &JobRecord) -> String {
         let _ = write!(line, ", took {s:.1} s");
     }
     line
-}
-
-fn via_name(via: crate::model::Via) -> &'static str {
-    match via {
-        crate::model::Via::Agent => "agent",
-        crate::model::Via::Ssh => "ssh",
-    }
 }
 
 /// A job: header, then the result or the error (a fleet: [`fleet`]).
@@ -228,7 +221,7 @@ pub fn jobs_table(sessions: &[JobRecord]) -> String {
             j.jobid.max(j.id).to_string(),
             j.analysis_type.clone(),
             host,
-            j.via.map(via_name).unwrap_or("").to_owned(),
+            j.via.map(Via::as_str).unwrap_or("").to_owned(),
             status_name(j.status).to_owned(),
             format!("{} s", number(j.duration)),
             short_time(&Json::from(j.created.clone())),

@@ -358,8 +358,7 @@ impl Hub {
                 )));
             }
         }
-        let loopback_name = hostname == "localhost" || hostname.ends_with(".localhost");
-        if loopback_name && !peer.is_loopback() {
+        if tracevisor_protocol::is_loopback_host(hostname) && !peer.is_loopback() {
             return Err(RegisterError::Refused(format!(
                 "hostname {hostname} names this coordinator's own host; an agent from {peer} cannot claim it"
             )));
@@ -496,10 +495,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 fn peer_allowed(record: &HostRecord, pinned: &[String], peer: IpAddr) -> bool {
     let peer_text = peer.to_string();
-    peer.is_loopback()
-        || record.ipv4.as_deref() == Some(peer_text.as_str())
-        || record.ipv6.as_deref() == Some(peer_text.as_str())
-        || pinned.contains(&peer_text)
+    peer.is_loopback() || record.has_address(&peer_text) || pinned.contains(&peer_text)
 }
 
 /// Picks the record's addresses: the agent's own first, else the address it connected from.

@@ -18,6 +18,7 @@ use super::{child_id, lock, now, Engine, FleetRequest, HostSelection, JobView, S
 use crate::model::{
     FleetEntry, JobError, JobKind, JobRecord, JobStatus, Outcome, SshSession, Step,
 };
+use crate::registry::HostRecord;
 use crate::store::{FleetUpdate, StoreError};
 
 /// Largest result a job stores: the agent link's frame limit, applied to every path.
@@ -404,17 +405,14 @@ impl Engine {
         hosts: &[String],
         statuses: &std::collections::HashMap<String, crate::hub::AgentStatus>,
     ) -> Result<(), SubmitError> {
+        // Every name clients answer to, once: a fleet may list 10,000 hosts.
         let clients = self.store.list(crate::registry::Kind::Clients).await?;
+        let registered: std::collections::HashSet<&str> =
+            clients.iter().flat_map(HostRecord::names).collect();
         let unregistered: Vec<&String> = hosts
             .iter()
             .filter(|h| self.hub.find(h).is_none() && !statuses.contains_key(h.as_str()))
-            .filter(|h| {
-                !clients.iter().any(|c| {
-                    c.hostname == **h
-                        || c.ipv4.as_deref() == Some(h.as_str())
-                        || c.ipv6.as_deref() == Some(h.as_str())
-                })
-            })
+            .filter(|h| !registered.contains(h.as_str()))
             .collect();
         let max = self.config.max_unregistered_fleet_hosts;
         if unregistered.len() > max {

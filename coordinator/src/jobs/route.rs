@@ -132,9 +132,7 @@ impl Engine {
             return Ok(Route::Agent { hostname });
         }
         let clients = self.store.list(Kind::Clients).await?;
-        if let Some(c) = clients.iter().find(|c| {
-            c.hostname == host || c.ipv4.as_deref() == Some(host) || c.ipv6.as_deref() == Some(host)
-        }) {
+        if let Some(c) = clients.iter().find(|c| c.answers_to(host)) {
             return Ok(Route::Ssh(ssh_target(host, c)));
         }
         Ok(Route::Ssh(SshTarget {
@@ -188,7 +186,7 @@ impl Engine {
             .list(Kind::Relays)
             .await?
             .into_iter()
-            .find(|r| r.ipv4.as_deref() == Some(name) || r.ipv6.as_deref() == Some(name)))
+            .find(|r| r.has_address(name)))
     }
 
     /// Refuses a relay that is not registered unless `allow_unregistered_relays`: otherwise a
