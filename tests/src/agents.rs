@@ -452,6 +452,27 @@ impl RawLink {
         }
     }
 
+    /// Reads frames, answering heartbeats, until one matches `pred` (within the harness's
+    /// patience); fails naming `what` otherwise.
+    pub async fn recv_until(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&Message) -> bool,
+    ) -> Result<Message> {
+        let deadline = Instant::now() + crate::jobs_support::PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left).await {
+                Received::Frame(Message::Heartbeat { seq }) => {
+                    self.send(Message::HeartbeatAck { seq }).await?;
+                }
+                Received::Frame(m) if pred(&m) => return Ok(m),
+                Received::Frame(_) | Received::Other(_) => {}
+                other => bail!("no {what}: {other:?}"),
+            }
+        }
+    }
+
     /// Reads until the coordinator cuts the link off (skipping heartbeats, not answering
     /// them); fails if that does not happen within `timeout`.
     pub async fn wait_cut_off(&mut self, timeout: Duration) -> Result<CutOff> {

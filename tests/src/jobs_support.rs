@@ -360,3 +360,30 @@ impl Drop for TraceCleanup {
         }
     }
 }
+
+/// The coordinator's SSH public key (`GET /ssh`, must answer 200).
+pub async fn ssh_key(c: &Coordinator) -> Result<String> {
+    let (status, keys) = c.get("/ssh").await?;
+    if status != StatusCode::OK {
+        bail!("GET /ssh answered {status}: {keys}");
+    }
+    keys["keys"][0]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no key in {keys}"))
+}
+
+/// Registers `hostname` as a client reached over SSH on 127.0.0.1:`port` as root (must
+/// answer 201).
+pub async fn register_ssh_client(c: &Coordinator, hostname: &str, port: u16) -> Result<()> {
+    let (status, client) = c
+        .post(
+            "/clients",
+            &serde_json::json!({ "hostname": hostname, "ipv4": "127.0.0.1", "sshport": port, "sshuser": "root" }),
+        )
+        .await?;
+    if status != StatusCode::CREATED {
+        bail!("POST /clients {hostname} answered {status}: {client}");
+    }
+    Ok(())
+}

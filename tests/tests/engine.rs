@@ -19,8 +19,9 @@ use tracevisor_protocol::{JobOutcome, Message};
 use tracevisor_tests::agents::{agent_token, eventually, hub_url, RawLink, Received};
 use tracevisor_tests::coordinator::Coordinator;
 use tracevisor_tests::jobs_support::{
-    get_job, job_body, new_host_sessions, new_job_sessions, post_analyses, session_alive,
-    session_names, wait_job, wait_status, COMPLETE, FAILED, PATIENCE, TRACE_RUNNING,
+    get_job, job_body, new_host_sessions, new_job_sessions, post_analyses, register_ssh_client,
+    session_alive, session_names, ssh_key, wait_job, wait_status, COMPLETE, FAILED, PATIENCE,
+    TRACE_RUNNING,
 };
 use tracevisor_tests::lttng::{self, ensure_sessiond, Relayd};
 use tracevisor_tests::require;
@@ -32,41 +33,6 @@ fn data_dir() -> tempfile::TempDir {
 }
 
 use tracevisor_tests::block_on as run;
-
-/// The coordinator's SSH public key (`GET /ssh`).
-async fn ssh_key(c: &Coordinator) -> String {
-    let (status, keys) = c.get("/ssh").await.unwrap();
-    assert_eq!(status.as_u16(), 200, "{keys}");
-    keys["keys"][0].as_str().unwrap().to_owned()
-}
-
-/// Registers a client reached over SSH on 127.0.0.1:`port` as root.
-async fn register_ssh_client(c: &Coordinator, hostname: &str, port: u16) {
-    let (status, client) = c
-        .post(
-            "/clients",
-            &json!({ "hostname": hostname, "ipv4": "127.0.0.1", "sshport": port, "sshuser": "root" }),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status.as_u16(), 201, "{client}");
-}
-
-/// Reads frames (answering heartbeats) until one matches `pred`.
-async fn recv_until(link: &mut RawLink, what: &str, pred: impl Fn(&Message) -> bool) -> Message {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match link.recv(left).await {
-            Received::Frame(Message::Heartbeat { seq }) => {
-                link.send(Message::HeartbeatAck { seq }).await.unwrap();
-            }
-            Received::Frame(m) if pred(&m) => return m,
-            Received::Frame(_) | Received::Other(_) => {}
-            other => panic!("no {what}: {other:?}"),
-        }
-    }
-}
 
 #[test]
 fn sigterm_during_an_ssh_job_destroys_its_session_and_records_why() {
@@ -82,8 +48,10 @@ fn sigterm_during_an_ssh_job_destroys_its_session_and_records_why() {
     run(async {
         let dir = data_dir();
         let mut c = Coordinator::start(dir.path(), &[]).unwrap();
-        let sshd = Sshd::start(&ssh_key(&c).await).unwrap();
-        register_ssh_client(&c, "sshhost", sshd.port()).await;
+        let sshd = Sshd::start(&ssh_key(&c).await.unwrap()).unwrap();
+        register_ssh_client(&c, "sshhost", sshd.port())
+            .await
+            .unwrap();
         let before = session_names().unwrap();
         let mut body = job_body("sshhost", 600.0, "ust");
         body["wait"] = json!(false);
@@ -135,10 +103,10 @@ fn kill9_during_a_fleet_then_restart_ends_it_with_an_outcome_per_host_and_cleans
     run(async {
         let dir = data_dir();
         let mut c = Coordinator::start(dir.path(), &[]).unwrap();
-        let sshd = Sshd::start(&ssh_key(&c).await).unwrap();
+        let sshd = Sshd::start(&ssh_key(&c).await.unwrap()).unwrap();
         let hosts = ["fleet-ssh-a", "fleet-ssh-b"];
         for host in hosts {
-            register_ssh_client(&c, host, sshd.port()).await;
+            register_ssh_client(&c, host, sshd.port()).await.unwrap();
         }
         let before = session_names().unwrap();
         let body = json!({
@@ -226,10 +194,10 @@ fn an_acknowledged_result_survives_kill9_and_other_hosts_cannot_forge_it() {
         let answer = post_analyses(&c, &body, &[]).await.unwrap();
         assert_eq!(answer.status.as_u16(), 202, "{}", answer.body);
         let id = answer.job_id().unwrap();
-        let start = recv_until(&mut victim, "start-job", |m| {
-            matches!(m, Message::StartJob { .. })
-        })
-        .await;
+        let start = victim
+            .recv_until("start-job", |m| matches!(m, Message::StartJob { .. }))
+            .await
+            .unwrap();
         assert!(matches!(start, Message::StartJob { job_id, .. } if job_id == id));
 
         // Another enrolled host speaks for the victim's job; the victim itself reports a
@@ -289,12 +257,13 @@ fn an_acknowledged_result_survives_kill9_and_other_hosts_cannot_forge_it() {
             })
             .await
             .unwrap();
-        recv_until(
-            &mut victim,
-            "result-ack",
-            |m| matches!(m, Message::ResultAck { job_id } if *job_id == id),
-        )
-        .await;
+        victim
+            .recv_until(
+                "result-ack",
+                |m| matches!(m, Message::ResultAck { job_id } if *job_id == id),
+            )
+            .await
+            .unwrap();
         // Acknowledged means committed: a crash right now loses nothing.
         c.kill9().unwrap();
 
@@ -321,9 +290,11 @@ fn a_relay_registered_by_address_is_analysed_over_ssh_at_that_address() {
     run(async {
         let dir = data_dir();
         let c = Coordinator::start(dir.path(), &[]).unwrap();
-        let key = ssh_key(&c).await;
+        let key = ssh_key(&c).await.unwrap();
         let traced = Sshd::start(&key).unwrap();
-        register_ssh_client(&c, "sshhost", traced.port()).await;
+        register_ssh_client(&c, "sshhost", traced.port())
+            .await
+            .unwrap();
         // The relay host has no port setting: it is reached on 22 at its registered address.
         let relay_sshd = Sshd::start_on_port(&key, 22).unwrap();
         let relayd = Relayd::start().unwrap();

@@ -19,15 +19,15 @@
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use tracevisor_protocol::Message;
 use tracevisor_tests::agents::{
     hub_url, is_connected, simulated_hello, wait_clients, RawLink, Received,
 };
 use tracevisor_tests::coordinator::{Coordinator, LOCAL_AGENT};
 use tracevisor_tests::jobs_support::{
-    job_body, new_job_sessions, post_analyses, result_trace, session_names, start_with_local_agent,
-    wait_ended, COMPLETE, FAILED, PATIENCE, SSH_TRACE_ROOT,
+    job_body, new_job_sessions, post_analyses, register_ssh_client, result_trace, session_names,
+    ssh_key, start_with_local_agent, wait_ended, COMPLETE, FAILED, PATIENCE, SSH_TRACE_ROOT,
 };
 use tracevisor_tests::lttng::{self, ensure_sessiond};
 use tracevisor_tests::require;
@@ -205,17 +205,10 @@ fn a_trace_directory_made_in_advance_over_ssh_is_not_used() {
         let mut cleanup = Cleanup::default();
         let dir = data_dir();
         let c = Coordinator::start(dir.path(), &["--agent-token", TOKEN]).unwrap();
-        let (status, keys) = c.get("/ssh").await.unwrap();
-        assert_eq!(status.as_u16(), 200, "{keys}");
-        let sshd = Sshd::start(keys["keys"][0].as_str().unwrap()).unwrap();
-        let (status, client) = c
-            .post(
-                "/clients",
-                &json!({"hostname": "sshhost", "ipv4": "127.0.0.1", "sshport": sshd.port(), "sshuser": "root"}),
-            )
+        let sshd = Sshd::start(&ssh_key(&c).await.unwrap()).unwrap();
+        register_ssh_client(&c, "sshhost", sshd.port())
             .await
             .unwrap();
-        assert_eq!(status.as_u16(), 201, "{client}");
         // The SSH user's root exists as the lifecycle makes it (root's, 0700); the attacker
         // cannot write in it, but a symbolic link there is what a mistake or an earlier
         // compromise could leave, and it must not be followed.
@@ -394,16 +387,10 @@ fn no_token_reaches_an_analysis_or_the_ssh_client() {
         assert_eq!(env["PATH"], tracevisor_lttng::runner::CHILD_PATH, "{env:?}");
 
         // Over SSH: the `ssh` master the driver starts for the job.
-        let (_, keys) = c.get("/ssh").await.unwrap();
-        let sshd = Sshd::start(keys["keys"][0].as_str().unwrap()).unwrap();
-        let (status, client) = c
-            .post(
-                "/clients",
-                &json!({"hostname": "sshhost", "ipv4": "127.0.0.1", "sshport": sshd.port(), "sshuser": "root"}),
-            )
+        let sshd = Sshd::start(&ssh_key(&c).await.unwrap()).unwrap();
+        register_ssh_client(&c, "sshhost", sshd.port())
             .await
             .unwrap();
-        assert_eq!(status.as_u16(), 201, "{client}");
         let answer = post_analyses(
             &c,
             &job_body("sshhost", 4.0, "envdump"),
