@@ -149,7 +149,8 @@ pub async fn run(
             tracing::warn!("the built-in local agent did not stop in time");
         }
     }
-    // Last: nothing queries any more.
+    // Last, once nothing queries any more: every other handle on the store goes first.
+    drop((engine, hub));
     store.close().await;
     tracing::info!("tracevisor stopped");
     Ok(())

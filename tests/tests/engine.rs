@@ -78,6 +78,10 @@ fn sigterm_during_an_ssh_job_destroys_its_session_and_records_why() {
         // The database was closed, not cut off: its background tasks stopped first.
         assert!(!logs.contains("did not shut down cleanly"), "{logs}");
         assert!(!logs.contains("did not close"), "{logs}");
+        assert!(
+            !logs.contains(" ERROR "),
+            "a clean stop logs no error: {logs}"
+        );
 
         let c = Coordinator::start(dir.path(), &[]).unwrap();
         let job = get_job(&c, id).await.unwrap();

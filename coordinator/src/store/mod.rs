@@ -323,21 +323,32 @@ impl Store {
         Ok(())
     }
 
-    /// Shuts the embedded datastore down: its maintenance tasks are stopped, then the storage
-    /// engine is closed, so nothing is cut off mid-write when the process exits (a server
-    /// connection needs nothing). Call once, after everything that queries has stopped.
-    pub async fn close(&self) {
-        let Conn::Embedded(_, datastore) = &self.db else {
+    /// Closes the embedded datastore and waits until it is closed (a server connection needs
+    /// nothing). Every other clone of this store must be gone: the SDK shuts the datastore
+    /// down itself (maintenance tasks, then the storage engine) once its last handle is
+    /// dropped, and this waits for that shutdown to finish instead of letting the runtime cut
+    /// it off at exit. (Shutting it down here as well would run the sequence twice; the second
+    /// pass fails on the closed engine.)
+    pub async fn close(self) {
+        let Conn::Embedded(db, datastore) = self.db else {
             return;
         };
-        match tokio::time::timeout(QUERY_TIMEOUT, datastore.shutdown()).await {
-            Ok(Ok(())) => tracing::debug!("database closed"),
-            Ok(Err(error)) => tracing::warn!(%error, "the database did not close cleanly"),
-            Err(_) => tracing::warn!(
-                seconds = QUERY_TIMEOUT.as_secs(),
-                "the database did not close in time"
-            ),
+        drop(db);
+        drop(self.cache);
+        // The SDK's session task holds the datastore until its shutdown has finished.
+        let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+        while Arc::strong_count(&datastore) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    seconds = QUERY_TIMEOUT.as_secs(),
+                    holders = Arc::strong_count(&datastore) - 1,
+                    "the database did not close in time"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        tracing::debug!("database closed");
     }
 
     /// Runs SurrealQL with bound parameters and returns the rows of the last statement as JSON.
