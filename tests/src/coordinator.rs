@@ -137,10 +137,11 @@ impl Coordinator {
                 bail!("tracevisor did not start (exit {status:?}); its log:\n{logs}");
             }
         };
-        // The coordinator closes connections idle for its header timeout (10 s by default):
-        // pooled connections are dropped before that, never reused as the server closes them.
+        // The coordinator closes connections idle for its header timeout (10 s by default, 2 s
+        // in the tests that lower it): pooled connections are dropped well before the shortest
+        // of these, never reused as the server closes them (CI once caught that race at 5 s).
         let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_millis(800))
             .timeout(Duration::from_secs(120))
             .build()?;
         Ok(Coordinator {
