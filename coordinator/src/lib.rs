@@ -73,7 +73,7 @@ pub async fn run(
     let config = Arc::new(config);
     let (hub, agent_events) = hub::Hub::new(
         store.clone(),
-        agent_token.clone(),
+        agent_token,
         config.heartbeat_interval,
         shutdown.clone(),
         instance.clone(),
@@ -112,7 +112,7 @@ pub async fn run(
         Some(spawn_local_agent(
             &config,
             local_addr,
-            &agent_token,
+            &hub.local_credential(&config.local_agent_hostname),
             shutdown.clone(),
         )?)
     } else {
@@ -193,6 +193,13 @@ fn spawn_local_agent(
                 tracevisor_lttng::runner::find_in_path(program)
             }
         })
+        .collect();
+    // It also analyses traces relays wrote on this host: the coordinator's relay output
+    // directories are its relay roots (those that do not exist are skipped at each job).
+    agent.relay_roots = config
+        .relay_output_dirs
+        .iter()
+        .map(std::path::PathBuf::from)
         .collect();
     tracing::info!(hostname = %config.local_agent_hostname, %url, "starting the built-in local agent");
     Ok(tokio::spawn(async move {

@@ -87,6 +87,18 @@ pub fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// How a per-agent credential starts: `tvc1_<id>_<secret>`, the id being 16 hex digits
+/// (shown in listings and logs) and the secret 64 (only its SHA-256 is stored). The shared
+/// enrollment token never has this prefix.
+pub const CREDENTIAL_PREFIX: &str = "tvc1_";
+
+/// The id and secret of a per-agent credential, or `None` when `bearer` is not shaped as one.
+pub fn split_credential(bearer: &str) -> Option<(&str, &str)> {
+    let (id, secret) = bearer.strip_prefix(CREDENTIAL_PREFIX)?.split_once('_')?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(id, 16) && hex(secret, 64)).then_some((id, secret))
+}
+
 /// Request header in which the agent states its [`PROTOCOL_VERSION`] during the upgrade.
 pub const PROTOCOL_VERSION_HEADER: &str = "x-tracevisor-protocol";
 
@@ -191,6 +203,21 @@ pub enum Message {
         /// Its result or the step that failed.
         outcome: JobOutcome,
     },
+    /// Agent → coordinator, first and only frame of an enrollment link (one authenticated
+    /// with the enrollment token, by `tracesd enroll`): asks for this host's own credential.
+    Enroll {
+        /// The name the host registers under.
+        hostname: String,
+    },
+    /// Coordinator → agent, answer to [`Message::Enroll`], sent once the credential is stored;
+    /// the coordinator then closes the link.
+    Enrolled {
+        /// The hostname the credential is bound to.
+        hostname: String,
+        /// The host's credential ([`CREDENTIAL_PREFIX`]`<id>_<secret>`): links authenticate
+        /// with it as `Authorization: Bearer <credential>`.
+        credential: String,
+    },
 }
 
 impl Message {
@@ -207,6 +234,8 @@ impl Message {
             Message::ResultAck { .. } => "result-ack",
             Message::JobProgress { .. } => "job-progress",
             Message::JobResult { .. } => "job-result",
+            Message::Enroll { .. } => "enroll",
+            Message::Enrolled { .. } => "enrolled",
         }
     }
 }

@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracevisor_protocol::{
-    codec, Capabilities, CloseReason, Frame, Hello, Message, HUB_PATH, MAX_FRAME_BYTES,
-    PROTOCOL_VERSION, PROTOCOL_VERSION_HEADER,
+    codec, Capabilities, CloseReason, Frame, Hello, Message, CREDENTIAL_PREFIX, HUB_PATH,
+    MAX_FRAME_BYTES, PROTOCOL_VERSION, PROTOCOL_VERSION_HEADER,
 };
 
 use crate::coordinator::{binary, Coordinator};
@@ -30,26 +30,47 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `tracesd --coordinator URL --hostname NAME` with the token in `TRACESD_TOKEN`.
+    /// Starts `tracesd --coordinator URL --hostname NAME` with the host's credential in
+    /// `TRACESD_CREDENTIAL`, enrolled with `token` ([`credential`]).
     pub fn start(coordinator: &str, token: &str, hostname: &str) -> Result<Agent> {
         Self::start_with(coordinator, token, hostname, &[])
     }
 
-    /// Starts `tracesd` with extra flags (e.g. `--ca-cert FILE`).
+    /// Starts `tracesd` with extra flags (e.g. `--ca-cert FILE`, also used to enroll). When
+    /// enrollment fails (a wrong token, an untrusted certificate), the agent starts with a
+    /// credential the coordinator does not know, as a host that never enrolled would, so a
+    /// test sees how it is refused.
     pub fn start_with(
         coordinator: &str,
         token: &str,
         hostname: &str,
         extra: &[&str],
     ) -> Result<Agent> {
+        let enroll_flags: Vec<&str> = extra
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| {
+                matches!(**f, "--ca-cert" | "--insecure-ws")
+                    || (*i > 0 && extra[i - 1] == "--ca-cert")
+            })
+            .map(|(_, f)| *f)
+            .collect();
+        let credential = match credential(coordinator, token, hostname, &enroll_flags) {
+            Ok(credential) => credential,
+            Err(error) => {
+                eprintln!("[harness] enrolling {hostname} failed ({error:#}); starting it with an unknown credential");
+                format!("{CREDENTIAL_PREFIX}{:016x}_{:064x}", 0, 0)
+            }
+        };
         let mut cmd = Command::new(binary("tracesd")?);
         cmd.arg("--coordinator")
             .arg(coordinator)
             .arg("--hostname")
             .arg(hostname)
             .args(extra)
-            // The token stays out of the process list.
-            .env("TRACESD_TOKEN", token)
+            // The credential stays out of the process list.
+            .env("TRACESD_CREDENTIAL", credential)
+            .env_remove("TRACESD_TOKEN")
             .env("TRACESD_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("TRACESD_COORDINATOR")
@@ -57,6 +78,40 @@ impl Agent {
             .env_remove("TRACESD_CA_CERT")
             .env_remove("TRACESD_CONFIG")
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("spawning tracesd")?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        collect_lines(stdout, format!("[tracesd {hostname}]"), logs.clone());
+        collect_lines(stderr, format!("[tracesd {hostname}]"), logs.clone());
+        Ok(Agent {
+            child,
+            hostname: hostname.to_owned(),
+            logs,
+        })
+    }
+
+    /// Starts `tracesd --config FILE` (a file `tracesd enroll` wrote) as `hostname`'s agent,
+    /// nothing else given.
+    pub fn start_configured(config: &Path, hostname: &str) -> Result<Agent> {
+        let mut cmd = Command::new(binary("tracesd")?);
+        cmd.arg("--config")
+            .arg(config)
+            .env("TRACESD_LOG", "info")
+            .env("NO_COLOR", "1");
+        for var in [
+            "TRACESD_COORDINATOR",
+            "TRACESD_HOSTNAME",
+            "TRACESD_CA_CERT",
+            "TRACESD_CONFIG",
+            "TRACESD_TOKEN",
+            "TRACESD_CREDENTIAL",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("spawning tracesd")?;
@@ -217,6 +272,80 @@ pub fn free_port() -> Result<u16> {
 pub fn hub_url(addr: SocketAddr, tls: bool) -> String {
     let scheme = if tls { "wss" } else { "ws" };
     format!("{scheme}://{addr}{HUB_PATH}")
+}
+
+/// Credentials already issued, by coordinator URL, enrollment token and hostname: enrolling a
+/// host again revokes its earlier credential, so a test's second link or agent for a hostname
+/// reuses the first one's.
+static CREDENTIALS: Mutex<std::collections::BTreeMap<(String, String, String), String>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// The credential of `hostname` on the coordinator at `coordinator` (a hub URL), obtained the
+/// first time with the real `tracesd enroll` (given `flags` such as `--ca-cert FILE`), then
+/// reused.
+pub fn credential(
+    coordinator: &str,
+    token: &str,
+    hostname: &str,
+    flags: &[&str],
+) -> Result<String> {
+    if tracevisor_protocol::split_credential(token).is_some() {
+        return Ok(token.to_owned());
+    }
+    let key = (
+        coordinator.to_owned(),
+        token.to_owned(),
+        hostname.to_owned(),
+    );
+    // One enrollment at a time: two of the same host at once would revoke each other.
+    static ENROLLING: Mutex<()> = Mutex::new(());
+    let _turn = ENROLLING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = CREDENTIALS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+    {
+        return Ok(known.clone());
+    }
+    let dir = crate::temp_dir("tv-enroll-");
+    let config = dir.path().join("tracesd.toml");
+    let out = Command::new(binary("tracesd")?)
+        .args([
+            "enroll",
+            "--no-enable",
+            "--coordinator",
+            coordinator,
+            "--hostname",
+            hostname,
+        ])
+        .args(flags)
+        .arg("--config")
+        .arg(&config)
+        .env("TRACESD_TOKEN", token)
+        .env("TRACESD_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .output()
+        .context("running tracesd enroll")?;
+    if !out.status.success() {
+        bail!(
+            "tracesd enroll failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(&config)?;
+    let file: toml::Table = toml::from_str(&text)?;
+    let credential = file
+        .get("credential")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| anyhow!("tracesd enroll wrote no credential:\n{text}"))?
+        .to_owned();
+    CREDENTIALS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, credential.clone());
+    Ok(credential)
 }
 
 /// The enrollment token, as `tracevisor agent-token --data-dir DIR` prints it.
@@ -389,6 +518,52 @@ impl RawLink {
             }),
             Ok(Err(e)) => Err(e).with_context(|| format!("upgrade to {url}")),
         }
+    }
+
+    /// Opens a link as the agent of `hostname`: with its credential (enrolled with `token` the
+    /// first time, see [`credential`]) and the current protocol version; fails if refused.
+    /// Nothing is sent.
+    pub async fn agent(url: &str, token: &str, hostname: &str) -> Result<RawLink> {
+        let credential = Self::credential(url, token, hostname).await?;
+        Self::connect(url, &credential).await
+    }
+
+    /// The credential of `hostname`, enrolled over the protocol (an `Enroll` frame on a link
+    /// opened with the enrollment token) the first time, then reused (see [`credential`]).
+    pub async fn credential(url: &str, token: &str, hostname: &str) -> Result<String> {
+        static ENROLLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let key = (url.to_owned(), token.to_owned(), hostname.to_owned());
+        let _turn = ENROLLING.lock().await;
+        if let Some(known) = CREDENTIALS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(known.clone());
+        }
+        let credential = match Self::enroll(url, token, hostname).await? {
+            Message::Enrolled { credential, .. } => credential,
+            other => bail!("enrolling {hostname} failed: {other:?}"),
+        };
+        CREDENTIALS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, credential.clone());
+        Ok(credential)
+    }
+
+    /// Opens an enrollment link with `token`, sends `Enroll` for `hostname` and returns the
+    /// answer (`Enrolled`, or the `Close` that refused it).
+    pub async fn enroll(url: &str, token: &str, hostname: &str) -> Result<Message> {
+        let mut link = Self::connect(url, token).await?;
+        link.send(Message::Enroll {
+            hostname: hostname.to_owned(),
+        })
+        .await?;
+        link.recv_until("an answer to enroll", |m| {
+            matches!(m, Message::Enrolled { .. } | Message::Close { .. })
+        })
+        .await
     }
 
     /// Opens a link with the token and the current protocol version; fails if refused.

@@ -553,7 +553,7 @@ async fn garbage_is_cut_off() {
     ];
     for (i, case) in cases.into_iter().enumerate() {
         let hostname = format!("garbage-{i}");
-        let mut link = RawLink::connect(&url, TOKEN).await.unwrap();
+        let mut link = RawLink::agent(&url, TOKEN, &hostname).await.unwrap();
         if case.hello_first {
             link.hello(&hostname).await.unwrap();
         }
@@ -622,10 +622,10 @@ async fn a_second_link_for_a_hostname_replaces_the_first() {
     )
     .unwrap();
     let url = hub_url(c.addr, false);
-    let mut first = RawLink::connect(&url, TOKEN).await.unwrap();
+    let mut first = RawLink::agent(&url, TOKEN, "twin").await.unwrap();
     let (id1, interval_ms) = first.hello("twin").await.unwrap();
     assert_eq!(interval_ms, 1000);
-    let mut second = RawLink::connect(&url, TOKEN).await.unwrap();
+    let mut second = RawLink::agent(&url, TOKEN, "twin").await.unwrap();
     let (id2, _) = second.hello("twin").await.unwrap();
     assert_eq!(id1, id2, "both links are the same host's");
     match first.wait_cut_off(PATIENCE).await.unwrap() {
@@ -673,7 +673,7 @@ async fn another_protocol_version_is_refused() {
     }
     assert!(c.logs().contains("unsupported protocol version"));
 
-    let mut link = RawLink::connect(&url, TOKEN).await.unwrap();
+    let mut link = RawLink::agent(&url, TOKEN, "future-host").await.unwrap();
     link.send(Message::Hello(Hello {
         protocol_version: 99,
         ..simulated_hello("future-host")
@@ -778,9 +778,18 @@ async fn links_registered_late_are_not_timed_out() {
     )
     .unwrap();
     let url = hub_url(c.addr, false);
-    let mut links = Vec::new();
+    // Each host enrolls first (its credential); then all links open before any hello.
+    let mut credentials = Vec::new();
     for i in 0..1500 {
-        links.push(RawLink::connect(&url, TOKEN).await.unwrap());
+        credentials.push(
+            RawLink::credential(&url, TOKEN, &format!("burst-{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut links = Vec::new();
+    for (i, credential) in credentials.iter().enumerate() {
+        links.push(RawLink::connect(&url, credential).await.unwrap());
         if i % 100 == 99 {
             eprintln!("{} links open", i + 1);
         }
@@ -855,7 +864,7 @@ async fn status_counts_links_and_agents() {
     assert!(s["open_fds"].as_u64().unwrap() > 3, "{s}");
 
     let url = hub_url(c.addr, false);
-    let mut registered = RawLink::connect(&url, TOKEN).await.unwrap();
+    let mut registered = RawLink::agent(&url, TOKEN, "status-1").await.unwrap();
     registered.hello("status-1").await.unwrap();
     let _silent = RawLink::connect(&url, TOKEN).await.unwrap();
     let (_, s) = c.get("/status").await.unwrap();
@@ -877,4 +886,239 @@ async fn status_counts_links_and_agents() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Issue 12: a stolen credential is revoked with the CLI; the real agent using it is cut off
+/// at once, and its reconnects are refused with 401 naming the revocation. Its neighbour keeps
+/// its link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agent_is_cut_off_within_a_second_and_refused_after() {
+    let dir = data_dir();
+    let c = Coordinator::start(dir.path(), &["--agent-token", TOKEN]).unwrap();
+    let url = hub_url(c.addr, false);
+    let stolen = Agent::start(&url, TOKEN, "stolen-1").unwrap();
+    let _neighbour = Agent::start(&url, TOKEN, "neighbour-1").unwrap();
+    wait_clients(
+        &c,
+        "both connected",
+        PATIENCE,
+        all_connected(&["stolen-1", "neighbour-1"]),
+    )
+    .await
+    .unwrap();
+    let (status, list) = c.get("/agents/credentials").await.unwrap();
+    assert_eq!(status, 200, "{list}");
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{list}");
+    assert!(rows.iter().all(|r| r["connected"] == json!(true)), "{list}");
+    assert!(
+        rows.iter().all(|r| r.get("secret_sha256").is_none()),
+        "{list}"
+    );
+
+    let out =
+        std::process::Command::new(tracevisor_tests::coordinator::binary("tracevisor").unwrap())
+            .args(["credentials", "revoke", "stolen-1", "--server"])
+            .arg(c.url(""))
+            .output()
+            .unwrap();
+    let revoked_at = std::time::Instant::now();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked credential"));
+    wait_clients(&c, "stolen-1 cut off", PATIENCE, |list| {
+        is_disconnected(list, "stolen-1") && is_connected(list, "neighbour-1")
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "stolen-1 shown disconnected {} ms after the CLI returned",
+        revoked_at.elapsed().as_millis()
+    );
+    eventually("the agent to log its refused reconnect", PATIENCE, || {
+        stolen.has_log_line(|l| l.contains("401") && l.contains("revoked"))
+    })
+    .await
+    .unwrap();
+    assert!(c.logs().contains("agent rejected: revoked credential"));
+    let (_, list) = c.get("/agents/credentials").await.unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["hostname"] == "stolen-1")
+        .unwrap()
+        .clone();
+    assert_eq!(row["revoked_why"], "revoked by the operator", "{row}");
+    assert_eq!(row["connected"], false, "{row}");
+    // Still connected after a while: its neighbour was never disturbed.
+    let list = clients(&c).await.unwrap();
+    assert!(is_connected(&list, "neighbour-1"));
+}
+
+/// Issue 12: a hostile peer holding one host's credential cannot register another host, and the
+/// shared enrollment token alone opens no agent link; the victim's link is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_credential_cannot_speak_for_another_host_and_the_token_only_enrolls() {
+    let dir = data_dir();
+    let c = Coordinator::start(dir.path(), &["--agent-token", TOKEN]).unwrap();
+    let url = hub_url(c.addr, false);
+    let _victim = Agent::start(&url, TOKEN, "victim-1").unwrap();
+    wait_clients(
+        &c,
+        "victim connected",
+        PATIENCE,
+        all_connected(&["victim-1"]),
+    )
+    .await
+    .unwrap();
+    let mut rogue = RawLink::agent(&url, TOKEN, "rogue-1").await.unwrap();
+    rogue
+        .send(Message::Hello(simulated_hello("victim-1")))
+        .await
+        .unwrap();
+    match rogue.wait_cut_off(PATIENCE).await.unwrap() {
+        CutOff::Closed { reason, message } => {
+            assert_eq!(reason, CloseReason::Unauthorized, "{message}");
+            assert!(message.contains("issued to rogue-1"), "{message}");
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    let mut token_only = RawLink::connect(&url, TOKEN).await.unwrap();
+    token_only
+        .send(Message::Hello(simulated_hello("fresh-host")))
+        .await
+        .unwrap();
+    match token_only.wait_cut_off(PATIENCE).await.unwrap() {
+        CutOff::Closed { reason, message } => {
+            assert_eq!(reason, CloseReason::Unauthorized, "{message}");
+            assert!(message.contains("tracesd enroll"), "{message}");
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    let list = clients(&c).await.unwrap();
+    assert!(
+        is_connected(&list, "victim-1"),
+        "{}",
+        Json::Array(list.clone())
+    );
+    assert!(client(&list, "fresh-host").is_none());
+    assert!(
+        client(&list, "rogue-1").is_none(),
+        "never said hello as itself"
+    );
+}
+
+/// Issue 12: over wss://, `tracesd enroll` pins the certificate the coordinator presented; a
+/// coordinator at the same address with another certificate from the same CA (valid for the
+/// name) is refused by the agent, which never registers with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_pins_the_coordinators_certificate_and_refuses_another() {
+    let dir = data_dir();
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("tracevisor pin CA").unwrap();
+    let ca_path = pki.path().join("ca.pem");
+    ca.write(&ca_path).unwrap();
+    let (first_dir, second_dir) = (pki.path().join("first"), pki.path().join("second"));
+    std::fs::create_dir_all(&first_dir).unwrap();
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let (cert1, key1) = ca.server_cert(&first_dir).unwrap();
+    let (cert2, key2) = ca.server_cert(&second_dir).unwrap();
+    let port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let tls = |cert: &std::path::Path, key: &std::path::Path| {
+        vec![
+            "--agent-token".to_owned(),
+            TOKEN.to_owned(),
+            "--tls-cert".to_owned(),
+            cert.display().to_string(),
+            "--tls-key".to_owned(),
+            key.display().to_string(),
+        ]
+    };
+    let args1 = tls(&cert1, &key1);
+    let args1: Vec<&str> = args1.iter().map(String::as_str).collect();
+    let mut c = Coordinator::start_with(dir.path(), &listen, &args1, &[]).unwrap();
+    let url = format!("wss://localhost:{port}");
+    let config = pki.path().join("tracesd.toml");
+    let out = std::process::Command::new(tracevisor_tests::coordinator::binary("tracesd").unwrap())
+        .args([
+            "enroll",
+            "--no-enable",
+            "--coordinator",
+            &url,
+            "--hostname",
+            "pinned-1",
+        ])
+        .arg("--ca-cert")
+        .arg(&ca_path)
+        .arg("--config")
+        .arg(&config)
+        .env("TRACESD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("certificate sha256:"), "{printed}");
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        written.contains("coordinator_fingerprints = [\"sha256:"),
+        "{written}"
+    );
+    assert!(
+        !written.contains(TOKEN),
+        "the enrollment token is not kept: {written}"
+    );
+
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let api = format!("https://localhost:{port}/trace/api/v1.0/clients");
+    let list_clients = || async {
+        match https.get(&api).send().await {
+            Ok(resp) => resp.json::<Vec<Json>>().await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    };
+    let agent = Agent::start_configured(&config, "pinned-1").unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !is_connected(&list_clients().await, "pinned-1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pinned-1 never connected: {}",
+            agent.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.terminate().unwrap();
+    // Same address, same data (the credential is valid there), same CA and name: another
+    // certificate.
+    let args2 = tls(&cert2, &key2);
+    let args2: Vec<&str> = args2.iter().map(String::as_str).collect();
+    let c2 = Coordinator::start_with(dir.path(), &listen, &args2, &[]).unwrap();
+    eventually(
+        "the agent to refuse the unpinned certificate",
+        PATIENCE,
+        || agent.has_log_line(|l| l.contains("not the one pinned")),
+    )
+    .await
+    .unwrap();
+    let list = list_clients().await;
+    assert!(
+        client(&list, "pinned-1").is_some() && !is_connected(&list, "pinned-1"),
+        "{}",
+        Json::Array(list.clone())
+    );
+    assert!(!c2.logs().contains("agent connected"), "{}", c2.logs());
 }

@@ -613,7 +613,7 @@ fn escape_sequences_from_an_agent_print_as_text() {
     tracevisor_tests::block_on(async {
         // A simulated agent over the real protocol: its version string and kernel tracer
         // error hold the escape sequence, and it answers a ust job with a process of that name.
-        let mut link = RawLink::connect(&hub_url(c.addr, false), TOKEN)
+        let mut link = RawLink::agent(&hub_url(c.addr, false), TOKEN, "hostile")
             .await
             .unwrap();
         let hello = Hello {

@@ -188,9 +188,9 @@ fn an_acknowledged_result_survives_kill9_and_other_hosts_cannot_forge_it() {
         let mut c = Coordinator::start(dir.path(), &[]).unwrap();
         let token = agent_token(dir.path()).unwrap();
         let url = hub_url(c.addr, false);
-        let mut victim = RawLink::connect(&url, &token).await.unwrap();
+        let mut victim = RawLink::agent(&url, &token, "victim-host").await.unwrap();
         victim.hello("victim-host").await.unwrap();
-        let mut rogue = RawLink::connect(&url, &token).await.unwrap();
+        let mut rogue = RawLink::agent(&url, &token, "rogue-host").await.unwrap();
         rogue.hello("rogue-host").await.unwrap();
 
         let mut body = job_body("victim-host", 1.0, "ust");

@@ -200,7 +200,7 @@ async fn every_host_gets_its_own_outcome_and_the_stream_ends() {
 /// A host that reports the kernel tracer, simulated with a raw link since no host here has
 /// lttng-modules: it answers the trace request at once with a LAMI-shaped result.
 async fn kernel_host(url: &str, hostname: &str) -> tokio::task::JoinHandle<Vec<u64>> {
-    let mut link = RawLink::connect(url, TOKEN).await.unwrap();
+    let mut link = RawLink::agent(url, TOKEN, hostname).await.unwrap();
     let hello = Hello {
         capabilities: Capabilities {
             kernel_tracer: true,
@@ -333,7 +333,7 @@ async fn fleet_results_past_the_record_budget_are_left_out_not_lost_with_the_job
     let url = hub_url(c.addr, false);
     let mut hosts = Vec::new();
     for name in ["big-1", "big-2", "big-3", "big-4"] {
-        let mut link = RawLink::connect(&url, TOKEN).await.unwrap();
+        let mut link = RawLink::agent(&url, TOKEN, name).await.unwrap();
         link.hello(name).await.unwrap();
         hosts.push(tokio::spawn(async move {
             loop {

@@ -286,9 +286,10 @@ async fn reconnects_leak_no_descriptor_and_no_link() {
                 let (gate, url) = (gate.clone(), url.clone());
                 tasks.push(tokio::spawn(async move {
                     let _permit = gate.acquire().await.unwrap();
-                    let mut link = RawLink::connect(&url, TOKEN).await.unwrap();
+                    let name = format!("leak-{}", i % 16);
+                    let mut link = RawLink::agent(&url, TOKEN, &name).await.unwrap();
                     // A newer link for the same hostname may replace this one before its ack.
-                    let _ = link.hello(&format!("leak-{}", i % 16)).await;
+                    let _ = link.hello(&name).await;
                 }));
             }
             for t in tasks {

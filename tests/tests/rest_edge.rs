@@ -234,7 +234,7 @@ fn assert_refused(answer: &Submitted, status: StatusCode, setting: &str) {
 /// A hand-driven agent that accepts jobs and never finishes them.
 async fn silent_agent(c: &Coordinator, dir: &std::path::Path, hostname: &str) -> RawLink {
     let token = agent_token(dir).unwrap();
-    let mut link = RawLink::connect(&hub_url(c.addr, false), &token)
+    let mut link = RawLink::agent(&hub_url(c.addr, false), &token, hostname)
         .await
         .unwrap();
     link.hello(hostname).await.unwrap();

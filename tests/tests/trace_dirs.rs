@@ -48,7 +48,7 @@ fn data_dir() -> tempfile::TempDir {
 
 /// The coordinator's instance id, as any agent holding the token learns it (`HelloAck`).
 async fn instance(c: &Coordinator) -> String {
-    let mut link = RawLink::connect(&hub_url(c.addr, false), TOKEN)
+    let mut link = RawLink::agent(&hub_url(c.addr, false), TOKEN, "instance-probe")
         .await
         .unwrap();
     link.send(Message::Hello(simulated_hello("instance-probe")))

@@ -279,12 +279,40 @@ fn ust_job_streamed_to_a_relay_is_analysed_on_the_relay_host() {
     run(async {
         let mut traces = TraceCleanup::default();
         let dir = data_dir();
-        let c = start_with_local_agent(dir.path(), &["--agent-token", TOKEN])
-            .await
-            .unwrap();
         let relayd = Relayd::start().unwrap();
+        // Agents read traces only under their trace root and the relay output directories
+        // their own configuration names: the coordinator's built-in agent takes
+        // `relay_output_dirs`, the relay host's agent `relay_roots`.
+        let roots = toml::Value::Array(vec![toml::Value::String(
+            relayd.output_dir().display().to_string(),
+        )]);
+        let coordinator_config = dir.path().join("relay-roots.toml");
+        std::fs::write(
+            &coordinator_config,
+            format!("relay_output_dirs = {roots}\n"),
+        )
+        .unwrap();
+        let agent_config = dir.path().join("tracesd-relay1.toml");
+        std::fs::write(&agent_config, format!("relay_roots = {roots}\n")).unwrap();
+        let c = start_with_local_agent(
+            dir.path(),
+            &[
+                "--agent-token",
+                TOKEN,
+                "--config",
+                coordinator_config.to_str().unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
         // The relay host runs an agent of its own (the realistic deployment); it analyses.
-        let _relay_agent = Agent::start(&hub_url(c.addr, false), TOKEN, "relay1").unwrap();
+        let _relay_agent = Agent::start_with(
+            &hub_url(c.addr, false),
+            TOKEN,
+            "relay1",
+            &["--config", agent_config.to_str().unwrap()],
+        )
+        .unwrap();
         wait_clients(&c, "the relay host's agent", PATIENCE, |l| {
             is_connected(l, "relay1") && is_connected(l, "localhost")
         })

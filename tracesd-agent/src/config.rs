@@ -6,11 +6,15 @@
 //!
 //! ```toml
 //! coordinator = "wss://coordinator.example:5000"
-//! token = "the agent enrollment token"
+//! credential = "tvc1_..."       # this host's own credential, written by `tracesd enroll`
 //! hostname = "web-1"            # default: the system's hostname
+//! # SHA-256 fingerprints of the coordinator's certificate, pinned by `tracesd enroll`:
+//! coordinator_fingerprints = ["sha256:..."]
 //! ca_cert = "/etc/tracesd/ca.pem" # default: the system's root certificates
 //! # Analysis programs run beyond the lttng-*-mi analyses and babeltrace2 (absolute paths).
 //! analysis_programs = ["/usr/local/bin/my-analysis-mi"]
+//! # Output directories of this host's lttng-relayd, read by analysis-only jobs.
+//! relay_roots = ["/var/lib/lttng-relayd"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -33,13 +37,23 @@ pub struct Cli {
     /// hub path /trace/api/v1.0/agents is used.
     #[arg(long, env = "TRACESD_COORDINATOR", value_name = "URL")]
     pub coordinator: Option<String>,
-    /// Agent enrollment token (prefer the environment or the config file: flags are visible
-    /// to other users in the process list).
+    /// This host's own credential, as `tracesd enroll` wrote it (prefer the config file or
+    /// the environment: flags are visible to other users in the process list).
+    #[arg(
+        long,
+        env = "TRACESD_CREDENTIAL",
+        value_name = "CREDENTIAL",
+        hide_env_values = true
+    )]
+    pub credential: Option<String>,
+    /// The shared enrollment token: only `tracesd enroll` uses it, to obtain the credential.
+    /// Kept so that a configuration holding only it is refused with what to do.
     #[arg(
         long,
         env = "TRACESD_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        hide = true
     )]
     pub token: Option<String>,
     /// Name this host registers under [default: the system's hostname].
@@ -63,8 +77,13 @@ pub struct Cli {
 pub struct FileConfig {
     /// See [`Cli::coordinator`].
     pub coordinator: Option<String>,
+    /// See [`Cli::credential`].
+    pub credential: Option<String>,
     /// See [`Cli::token`].
     pub token: Option<String>,
+    /// SHA-256 fingerprints of the coordinator's TLS certificate (`sha256:` and 64 hex
+    /// digits, colons allowed): the agent accepts only a coordinator presenting one of them.
+    pub coordinator_fingerprints: Option<Vec<String>>,
     /// See [`Cli::hostname`].
     pub hostname: Option<String>,
     /// See [`Cli::ca_cert`]; a relative path is relative to the file's directory.
@@ -73,6 +92,9 @@ pub struct FileConfig {
     pub analysis_programs: Option<Vec<PathBuf>>,
     /// See [`Cli::insecure_ws`].
     pub insecure_ws: Option<bool>,
+    /// Output directories of the `lttng-relayd` on this host (its `--output`), where
+    /// analysis-only jobs may read traces besides the agent's own trace root (absolute paths).
+    pub relay_roots: Option<Vec<PathBuf>>,
 }
 
 /// An invalid or missing setting.
@@ -174,8 +196,12 @@ impl Default for LinkSettings {
 pub struct AgentConfig {
     /// The full WebSocket URL of the coordinator's hub (`ws://` or `wss://`).
     pub coordinator: Uri,
-    /// The agent enrollment token, sent as `Authorization: Bearer <token>`.
+    /// What the link authenticates with, sent as `Authorization: Bearer <token>`: this host's
+    /// credential (or the enrollment token, on `tracesd enroll`'s enrollment link).
     pub token: Token,
+    /// Fingerprints of the coordinator's certificate the agent accepts (none: any certificate
+    /// that chains to `ca_cert` or the system roots).
+    pub coordinator_fingerprints: Vec<crate::tls::Fingerprint>,
     /// The name this host registers under (a lowercase DNS name).
     pub hostname: String,
     /// CA certificates to trust for `wss://` instead of the system roots.
@@ -188,6 +214,9 @@ pub struct AgentConfig {
     /// Analysis programs this host runs beyond the `lttng-*-mi` analyses and `babeltrace2`
     /// (absolute paths; see [`crate::allow`]).
     pub analysis_programs: Vec<PathBuf>,
+    /// Output directories of the relay daemon on this host, where analysis-only jobs may read
+    /// traces besides the agent's own trace root (absolute paths).
+    pub relay_roots: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -197,9 +226,11 @@ impl std::fmt::Debug for AgentConfig {
             .field("token", &self.token)
             .field("hostname", &self.hostname)
             .field("ca_cert", &self.ca_cert)
+            .field("coordinator_fingerprints", &self.coordinator_fingerprints)
             .field("tls", &self.tls.as_ref().map(|_| "<client config>"))
             .field("link", &self.link)
             .field("analysis_programs", &self.analysis_programs)
+            .field("relay_roots", &self.relay_roots)
             .finish()
     }
 }
@@ -212,10 +243,12 @@ impl AgentConfig {
             coordinator: hub_url(coordinator)?,
             token: Token::new(token)?,
             hostname: validate_hostname(hostname)?,
+            coordinator_fingerprints: Vec::new(),
             ca_cert: None,
             tls: None,
             link: LinkSettings::default(),
             analysis_programs: Vec::new(),
+            relay_roots: Vec::new(),
         })
     }
 
@@ -229,20 +262,64 @@ impl AgentConfig {
     }
 
     /// Merges flags (and environment, already folded into `cli` by clap) over the file, then
-    /// validates.
+    /// validates. The link authenticates with the host's credential; a configuration that
+    /// holds only the enrollment token is refused with the command that fixes it.
     pub fn merge(cli: Cli, file: FileConfig) -> Result<Self, ConfigError> {
+        let credential = cli.credential.clone().or(file.credential.clone());
+        let token = match credential {
+            Some(credential) => {
+                if tracevisor_protocol::split_credential(credential.trim()).is_none() {
+                    return Err(invalid(
+                        "credential",
+                        "not a Tracevisor agent credential (tvc1_...): copy it as `tracesd enroll` wrote it, or enroll again",
+                    ));
+                }
+                credential.trim().to_owned()
+            }
+            None if cli.token.is_some() || file.token.is_some() => {
+                return Err(invalid(
+                    "credential",
+                    "missing: this configuration has only the shared enrollment token (`token`), which no longer opens a link; run `tracesd enroll --coordinator URL --token TOKEN` on this host to obtain its own credential (the file is rewritten with it)",
+                ))
+            }
+            None => {
+                return Err(invalid(
+                    "credential",
+                    "missing (run `tracesd enroll --coordinator URL --token TOKEN`, or set `credential` in the config file or TRACESD_CREDENTIAL)",
+                ))
+            }
+        };
+        Self::merge_with(cli, file, token)
+    }
+
+    /// The configuration of `tracesd enroll`'s enrollment link: as [`AgentConfig::merge`], but
+    /// authenticated with the enrollment token.
+    pub fn for_enrollment(cli: Cli, file: FileConfig) -> Result<Self, ConfigError> {
+        let token = cli.token.clone().or(file.token.clone()).ok_or_else(|| {
+            invalid(
+                "token",
+                "missing (set TRACESD_TOKEN or --token: the enrollment token printed by `tracevisor agent-token`)",
+            )
+        })?;
+        Self::merge_with(cli, file, token)
+    }
+
+    fn merge_with(cli: Cli, file: FileConfig, token: String) -> Result<Self, ConfigError> {
         let coordinator = cli.coordinator.or(file.coordinator).ok_or_else(|| {
             invalid(
                 "coordinator",
                 "missing (set --coordinator, TRACESD_COORDINATOR or `coordinator` in the config file)",
             )
         })?;
-        let token = cli.token.or(file.token).ok_or_else(|| {
-            invalid(
-                "token",
-                "missing (set TRACESD_TOKEN, `token` in the config file or --token)",
-            )
-        })?;
+        let coordinator_fingerprints = file
+            .coordinator_fingerprints
+            .unwrap_or_default()
+            .iter()
+            .map(|text| {
+                crate::tls::Fingerprint::parse(text)
+                    .map_err(|why| invalid("coordinator_fingerprints", why))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let hostname = match cli.hostname.or(file.hostname) {
             Some(name) => name,
             None => crate::host::system_hostname().ok_or_else(|| {
@@ -270,14 +347,23 @@ impl AgentConfig {
                 format!("{} is not an absolute path", bad.display()),
             ));
         }
+        let relay_roots = file.relay_roots.unwrap_or_default();
+        if let Some(bad) = relay_roots.iter().find(|p| !p.is_absolute()) {
+            return Err(invalid(
+                "relay_roots",
+                format!("{} is not an absolute path", bad.display()),
+            ));
+        }
         Ok(Self {
             coordinator,
             token: Token::new(token)?,
             hostname,
+            coordinator_fingerprints,
             ca_cert,
             tls: None,
             link: LinkSettings::default(),
             analysis_programs,
+            relay_roots,
         })
     }
 
@@ -404,11 +490,16 @@ mod tests {
 
     use super::*;
 
+    const FLAG_CREDENTIAL: &str =
+        "tvc1_00000000000000f1_1111111111111111111111111111111111111111111111111111111111111111";
+    const FILE_CREDENTIAL: &str =
+        "tvc1_00000000000000f2_2222222222222222222222222222222222222222222222222222222222222222";
+
     /// Flags for `coordinator` (plaintext to any host allowed: these tests are about merging).
-    fn cli(coordinator: &str, token: &str) -> Cli {
+    fn cli(coordinator: &str, credential: &str) -> Cli {
         Cli {
             coordinator: Some(coordinator.into()),
-            token: Some(token.into()),
+            credential: Some(credential.into()),
             hostname: Some("web-1".into()),
             insecure_ws: true,
             ..Cli::default()
@@ -419,7 +510,7 @@ mod tests {
     fn plaintext_to_another_host_is_refused_unless_said_insecure() {
         let strict = |url: &str| Cli {
             insecure_ws: false,
-            ..cli(url, "t")
+            ..cli(url, FLAG_CREDENTIAL)
         };
         for url in [
             "ws://10.0.0.5:5000",
@@ -440,7 +531,11 @@ mod tests {
         ] {
             AgentConfig::merge(strict(url), FileConfig::default()).unwrap();
         }
-        AgentConfig::merge(cli("ws://10.0.0.5:5000", "t"), FileConfig::default()).unwrap();
+        AgentConfig::merge(
+            cli("ws://10.0.0.5:5000", FLAG_CREDENTIAL),
+            FileConfig::default(),
+        )
+        .unwrap();
         let file = FileConfig {
             insecure_ws: Some(true),
             ..FileConfig::default()
@@ -535,26 +630,30 @@ mod tests {
 
     #[test]
     fn token_is_not_in_debug_output() {
-        let config = AgentConfig::merge(cli("ws://h:1", "s3cr3t"), FileConfig::default()).unwrap();
-        assert!(!format!("{config:?}").contains("s3cr3t"));
+        let config =
+            AgentConfig::merge(cli("ws://h:1", FLAG_CREDENTIAL), FileConfig::default()).unwrap();
+        assert!(!format!("{config:?}").contains(&FLAG_CREDENTIAL[22..]));
     }
 
     #[test]
     fn flags_win_over_the_file() {
         let file = FileConfig {
             coordinator: Some("ws://file:1".into()),
-            token: Some("file-token".into()),
+            token: None,
             hostname: Some("file-host".into()),
             ca_cert: None,
             analysis_programs: Some(vec!["/usr/local/bin/my-analysis-mi".into()]),
             insecure_ws: Some(true),
+            relay_roots: None,
+            credential: Some(FILE_CREDENTIAL.into()),
+            coordinator_fingerprints: None,
         };
-        let config = AgentConfig::merge(cli("ws://flag:2", "flag-token"), file.clone()).unwrap();
+        let config = AgentConfig::merge(cli("ws://flag:2", FLAG_CREDENTIAL), file.clone()).unwrap();
         assert_eq!(
             config.coordinator.to_string(),
             "ws://flag:2/trace/api/v1.0/agents"
         );
-        assert_eq!(config.token.expose(), "flag-token");
+        assert_eq!(config.token.expose(), FLAG_CREDENTIAL);
         assert_eq!(
             config.analysis_programs,
             vec![PathBuf::from("/usr/local/bin/my-analysis-mi")]
@@ -563,7 +662,7 @@ mod tests {
             analysis_programs: Some(vec!["bin/tool".into()]),
             ..file.clone()
         };
-        let err = AgentConfig::merge(cli("ws://flag:2", "flag-token"), relative).unwrap_err();
+        let err = AgentConfig::merge(cli("ws://flag:2", FLAG_CREDENTIAL), relative).unwrap_err();
         assert!(err.to_string().starts_with("analysis_programs:"), "{err}");
         assert_eq!(config.hostname, "web-1");
 
@@ -572,13 +671,17 @@ mod tests {
             config.coordinator.to_string(),
             "ws://file:1/trace/api/v1.0/agents"
         );
-        assert_eq!(config.token.expose(), "file-token");
+        assert_eq!(config.token.expose(), FILE_CREDENTIAL);
         assert_eq!(config.hostname, "file-host");
     }
 
     #[test]
     fn missing_keys_are_named() {
-        let error = AgentConfig::merge(Cli::default(), FileConfig::default()).unwrap_err();
+        let only_credential = Cli {
+            credential: Some(FLAG_CREDENTIAL.into()),
+            ..Cli::default()
+        };
+        let error = AgentConfig::merge(only_credential, FileConfig::default()).unwrap_err();
         assert!(
             error.to_string().starts_with("coordinator: missing"),
             "{error}"
@@ -587,13 +690,60 @@ mod tests {
             coordinator: Some("ws://h:1".into()),
             ..Cli::default()
         };
-        let error = AgentConfig::merge(only_url, FileConfig::default()).unwrap_err();
-        assert!(error.to_string().starts_with("token: missing"), "{error}");
+        let error = AgentConfig::merge(only_url.clone(), FileConfig::default()).unwrap_err();
+        assert!(
+            error.to_string().starts_with("credential: missing"),
+            "{error}"
+        );
+        // A configuration written before per-agent credentials: refused with what to run.
+        let legacy = FileConfig {
+            token: Some("the-shared-enrollment-token".into()),
+            ..FileConfig::default()
+        };
+        let error = AgentConfig::merge(only_url.clone(), legacy).unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("credential: missing"), "{text}");
+        assert!(
+            text.contains("tracesd enroll --coordinator URL --token TOKEN"),
+            "{text}"
+        );
+        assert!(!text.contains("the-shared-enrollment-token"), "{text}");
+        let garbled = Cli {
+            credential: Some("tvc1_short".into()),
+            ..only_url
+        };
+        let error = AgentConfig::merge(garbled, FileConfig::default()).unwrap_err();
+        assert!(
+            error.to_string().starts_with("credential: not a"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn pinned_fingerprints_are_parsed_and_named_when_invalid() {
+        let file = FileConfig {
+            coordinator_fingerprints: Some(vec![format!("SHA256:{}", "AB:".repeat(31) + "AB")]),
+            ..FileConfig::default()
+        };
+        let config = AgentConfig::merge(cli("ws://h:1", FLAG_CREDENTIAL), file).unwrap();
+        assert_eq!(
+            config.coordinator_fingerprints,
+            vec![crate::tls::Fingerprint([0xab; 32])]
+        );
+        let bad = FileConfig {
+            coordinator_fingerprints: Some(vec!["sha256:abc".into()]),
+            ..FileConfig::default()
+        };
+        let error = AgentConfig::merge(cli("ws://h:1", FLAG_CREDENTIAL), bad).unwrap_err();
+        assert!(
+            error.to_string().starts_with("coordinator_fingerprints: "),
+            "{error}"
+        );
     }
 
     #[test]
     fn default_hostname_is_the_system_one() {
-        let mut cli = cli("ws://h:1", "t");
+        let mut cli = cli("ws://h:1", FLAG_CREDENTIAL);
         cli.hostname = None;
         let config = AgentConfig::merge(cli, FileConfig::default()).unwrap();
         assert_eq!(
@@ -604,7 +754,7 @@ mod tests {
 
     #[test]
     fn bad_ca_cert_is_named() {
-        let mut cli = cli("wss://h:1", "t");
+        let mut cli = cli("wss://h:1", FLAG_CREDENTIAL);
         cli.ca_cert = Some("/nonexistent/ca.pem".into());
         let error = AgentConfig::merge(cli, FileConfig::default()).unwrap_err();
         assert!(

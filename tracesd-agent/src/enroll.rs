@@ -6,13 +6,18 @@
 //! ```
 //!
 //! In order:
-//! 1. validates the values exactly as the agent will (URL, token, hostname, CA file);
-//! 2. checks the coordinator: a real WebSocket upgrade to its hub with the token (no hello is
-//!    sent, so an agent already connected under this hostname is left alone). A 401 is reported
-//!    as a wrong token, a refused connection as an unreachable coordinator. Nothing is written
-//!    when the check fails (`--no-check` skips it, for images provisioned offline);
+//! 1. validates the values exactly as the agent will (URL, token, hostname, CA file,
+//!    fingerprints);
+//! 2. obtains this host's own credential: a WebSocket upgrade to the hub with the enrollment
+//!    token, one `Enroll` frame for the hostname, and the coordinator's `Enrolled` answer (sent
+//!    once the credential is stored; the host's earlier credential is revoked). A 401 is
+//!    reported as a wrong token, a refused connection as an unreachable coordinator, a refusal
+//!    of the hostname with the coordinator's reason. Nothing is written when this fails. With
+//!    `wss://`, the fingerprint of the certificate the coordinator presented is pinned (or the
+//!    one given with `--fingerprint` is required, which also lets a self-signed coordinator in);
 //! 3. writes the agent's TOML configuration atomically (temporary file of mode 0600 in the same
-//!    directory, fsync, rename, fsync of the directory);
+//!    directory, fsync, rename, fsync of the directory): the coordinator, the credential, the
+//!    hostname, the CA file and the pinned fingerprint; the enrollment token is not kept;
 //! 4. checks that lttng-sessiond answers ([`tracevisor_lttng::capabilities::detect`]); a
 //!    missing session daemon is a warning with the command that fixes it, not an error;
 //! 5. enables and (re)starts `tracesd.service` when systemd is running and the configuration is
@@ -70,10 +75,16 @@ pub struct EnrollArgs {
     /// Configuration file to write (mode 0600).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
-    /// Write the configuration without checking the coordinator (for hosts provisioned
-    /// offline).
-    #[arg(long)]
+    /// Refused: enrollment obtains the host's own credential from the coordinator, so it
+    /// cannot run offline (a credential baked into an image would be shared by every clone).
+    #[arg(long, hide = true)]
     pub no_check: bool,
+    /// SHA-256 fingerprint of the coordinator's certificate to require (`sha256:HEX`, or as
+    /// `openssl x509 -noout -fingerprint -sha256` prints it); given, the certificate chain is
+    /// not needed (a self-signed coordinator). Without it, the certificate presented (which
+    /// must chain to --ca-cert or the system roots) is pinned.
+    #[arg(long, value_name = "SHA256")]
+    pub fingerprint: Vec<String>,
     /// Do not enable or restart tracesd.service; only print the next step.
     #[arg(long)]
     pub no_enable: bool,
@@ -89,6 +100,14 @@ pub enum EnrollError {
     /// A value is invalid (nothing was checked or written).
     #[error("{0}")]
     Invalid(#[from] ConfigError),
+    /// The coordinator would not issue a credential for this hostname.
+    #[error("the coordinator at {url} refused to enroll this host: {message}")]
+    NotEnrolled {
+        /// The hub URL.
+        url: String,
+        /// The coordinator's reason.
+        message: String,
+    },
     /// The coordinator answered 401 to the upgrade.
     #[error("the coordinator at {url} refused the enrollment token (HTTP 401 Unauthorized): wrong token? Print the right one on the coordinator with `tracevisor agent-token`")]
     WrongToken {
@@ -216,14 +235,18 @@ pub async fn enroll(
         &format!("Enrolling this host as `{hostname}` with the coordinator at {url}"),
     );
 
-    let coordinator_checked = if args.no_check {
-        say(out, "coordinator: not checked (--no-check)");
-        false
-    } else {
-        check_coordinator(&config).await?;
-        say(out, "coordinator: reachable, enrollment token accepted");
-        true
-    };
+    let (credential, fingerprint) = obtain_credential(&config).await?;
+    say(
+        out,
+        "coordinator: enrollment token accepted, this host's own credential issued",
+    );
+    if let Some(fingerprint) = &fingerprint {
+        say(
+            out,
+            &format!("coordinator: certificate {fingerprint} pinned"),
+        );
+    }
+    let coordinator_checked = true;
 
     let ca_cert = match &config.ca_cert {
         Some(path) => Some(
@@ -236,9 +259,10 @@ pub async fn enroll(
     };
     let mut text = render_config(
         args.coordinator.trim(),
-        config.token.expose(),
-        args.hostname.as_ref().map(|_| hostname.as_str()),
+        &credential,
+        &hostname,
         ca_cert.as_deref(),
+        fingerprint.as_ref(),
     )?;
     if args.insecure_ws {
         text.push_str("# Plaintext ws:// to another host, allowed at enrollment (--insecure-ws).\ninsecure_ws = true\n");
@@ -302,40 +326,110 @@ pub fn validate(args: &EnrollArgs) -> Result<AgentConfig, ConfigError> {
             message: format!("`{}` is not a file path", args.config.display()),
         });
     }
+    if args.no_check {
+        return Err(ConfigError::Invalid {
+            key: "no_check",
+            message: "enrollment obtains this host's own credential from the coordinator, so it cannot run offline; run `tracesd enroll` on the host's first boot (a credential baked into an image would be shared by every clone)".into(),
+        });
+    }
     let cli = Cli {
         coordinator: Some(args.coordinator.clone()),
         token: Some(args.token.clone()),
         hostname: args.hostname.clone(),
         ca_cert: args.ca_cert.clone(),
-        config: None,
         insecure_ws: args.insecure_ws,
+        ..Cli::default()
     };
-    AgentConfig::merge(cli, FileConfig::default())
+    let file = FileConfig {
+        coordinator_fingerprints: Some(args.fingerprint.clone()),
+        ..FileConfig::default()
+    };
+    AgentConfig::for_enrollment(cli, file)
 }
 
-/// Dials the hub and upgrades with the token, then closes without a hello (so the coordinator
-/// registers nothing and an agent already connected under this hostname stays connected).
-pub async fn check_coordinator(config: &AgentConfig) -> Result<(), EnrollError> {
+/// Bound on the wait for the coordinator's answer to `Enroll`.
+const ENROLL_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Dials the hub with the enrollment token and asks for this host's credential; returns it,
+/// with the fingerprint of the coordinator's certificate (with `wss://`) to pin.
+pub async fn obtain_credential(
+    config: &AgentConfig,
+) -> Result<(String, Option<crate::tls::Fingerprint>), EnrollError> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    use tracevisor_protocol::{codec, Frame, Message};
+
     let url = config.coordinator.to_string();
+    let seen = crate::tls::Seen::default();
     let tls = match (&config.tls, config.is_secure()) {
         (Some(tls), _) => Some(tls.clone()),
         (None, true) => Some(
-            crate::tls::client_config(config.ca_cert.as_deref()).map_err(|error| {
-                EnrollError::Tls {
-                    url: url.clone(),
-                    reason: error.to_string(),
-                }
+            crate::tls::client_config_pinned(
+                config.ca_cert.as_deref(),
+                &config.coordinator_fingerprints,
+                Some(seen.clone()),
+            )
+            .map_err(|error| EnrollError::Tls {
+                url: url.clone(),
+                reason: error.to_string(),
             })?,
         ),
         (None, false) => None,
     };
-    match crate::link::connect(config, tls).await {
-        Ok(mut ws) => {
-            // A polite close; the check already succeeded whatever happens here.
-            let _ = tokio::time::timeout(config.link.close_timeout, ws.close(None)).await;
-            Ok(())
+    let check = |reason: String| EnrollError::Check {
+        url: url.clone(),
+        reason,
+    };
+    let mut ws = crate::link::connect(config, tls)
+        .await
+        .map_err(|error| classify(&url, error))?;
+    let ask = Message::Enroll {
+        hostname: config.hostname.clone(),
+    };
+    let bytes = codec::encode(&Frame::new(ask)).map_err(|e| check(e.to_string()))?;
+    ws.send(WsMessage::Binary(bytes.into()))
+        .await
+        .map_err(|e| check(format!("sending the enrollment request: {e}")))?;
+    let answer = tokio::time::timeout(ENROLL_ANSWER_TIMEOUT, async {
+        while let Some(frame) = ws.next().await {
+            match frame {
+                Ok(WsMessage::Binary(bytes)) => {
+                    return codec::decode(&bytes)
+                        .map(|f| f.body)
+                        .map_err(|e| check(format!("undecodable answer: {e}")))
+                }
+                Ok(WsMessage::Close(_)) => break,
+                Ok(_) => continue,
+                Err(e) => return Err(check(format!("link lost: {e}"))),
+            }
         }
-        Err(error) => Err(classify(&url, error)),
+        Err(check(
+            "the coordinator closed the link without an answer".into(),
+        ))
+    })
+    .await
+    .map_err(|_| {
+        check(format!(
+            "no answer within {} s",
+            ENROLL_ANSWER_TIMEOUT.as_secs()
+        ))
+    })??;
+    let _ = tokio::time::timeout(config.link.close_timeout, ws.close(None)).await;
+    match answer {
+        Message::Enrolled {
+            hostname,
+            credential,
+        } if hostname == config.hostname
+            && tracevisor_protocol::split_credential(&credential).is_some() =>
+        {
+            let fingerprint = *seen.lock().unwrap_or_else(|p| p.into_inner());
+            Ok((credential, fingerprint))
+        }
+        Message::Close { message, .. } => Err(EnrollError::NotEnrolled { url, message }),
+        other => Err(check(format!(
+            "unexpected answer to the enrollment request: {}",
+            other.kind()
+        ))),
     }
 }
 
@@ -390,23 +484,30 @@ fn classify(url: &str, error: LinkError) -> EnrollError {
     }
 }
 
-/// The agent's TOML configuration file, with every value quoted by the TOML serializer.
+/// The agent's TOML configuration file, with every value quoted by the TOML serializer. The
+/// hostname is always written: the credential is bound to it.
 pub fn render_config(
     coordinator: &str,
-    token: &str,
-    hostname: Option<&str>,
+    credential: &str,
+    hostname: &str,
     ca_cert: Option<&Path>,
+    fingerprint: Option<&crate::tls::Fingerprint>,
 ) -> Result<String, ConfigError> {
     let quote = |value: &str| toml::Value::String(value.to_owned()).to_string();
     let mut text = String::from(
         "# tracesd agent configuration, written by `tracesd enroll`.\n\
-         # It holds the enrollment token: keep it mode 0600, owned by root.\n\
-         # Keys: coordinator, token, hostname (default: the system's hostname), ca_cert.\n",
+         # It holds this host's own credential: keep it mode 0600, owned by root.\n\
+         # Keys: coordinator, credential, hostname, ca_cert, coordinator_fingerprints,\n\
+         # analysis_programs, relay_roots, insecure_ws.\n",
     );
     text.push_str(&format!("coordinator = {}\n", quote(coordinator)));
-    text.push_str(&format!("token = {}\n", quote(token)));
-    if let Some(hostname) = hostname {
-        text.push_str(&format!("hostname = {}\n", quote(hostname)));
+    text.push_str(&format!("credential = {}\n", quote(credential)));
+    text.push_str(&format!("hostname = {}\n", quote(hostname)));
+    if let Some(fingerprint) = fingerprint {
+        text.push_str(&format!(
+            "coordinator_fingerprints = [{}]\n",
+            quote(&fingerprint.to_string())
+        ));
     }
     if let Some(path) = ca_cert {
         let path = path.to_str().ok_or_else(|| ConfigError::Invalid {
@@ -609,8 +710,13 @@ mod tests {
             no_check: false,
             no_enable: false,
             insecure_ws: false,
+            fingerprint: Vec::new(),
         }
     }
+
+    /// The credential the fake hub issues.
+    const CREDENTIAL: &str =
+        "tvc1_0123456789abcdef_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
     /// A system without LTTng tools, without systemd, whose unit reads `unit_config`.
     fn system(dir: &Path, unit_config: &Path) -> System {
@@ -650,10 +756,25 @@ mod tests {
                     }
                 };
                 if let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await {
-                    use futures_util::StreamExt as _;
-                    // The enrollment check closes without sending anything else.
+                    use futures_util::{SinkExt as _, StreamExt as _};
+                    use tracevisor_protocol::{codec, Frame, Message};
+                    // One Enroll, answered with the credential; then the agent closes.
                     while let Some(Ok(message)) = ws.next().await {
-                        assert!(message.is_close(), "unexpected {message:?}");
+                        if message.is_close() {
+                            break;
+                        }
+                        let body = codec::decode(&message.into_data()).unwrap().body;
+                        let Message::Enroll { hostname } = body else {
+                            panic!("unexpected {body:?}");
+                        };
+                        let answer = Message::Enrolled {
+                            hostname,
+                            credential: CREDENTIAL.into(),
+                        };
+                        let bytes = codec::encode(&Frame::new(answer)).unwrap();
+                        ws.send(tokio_tungstenite::tungstenite::Message::binary(bytes))
+                            .await
+                            .unwrap();
                     }
                 }
                 paths.push(seen.lock().unwrap().clone());
@@ -692,6 +813,7 @@ mod tests {
             }
         );
         assert!(out.contains("enrollment token accepted"), "{out}");
+        assert!(out.contains("own credential issued"), "{out}");
         assert!(out.contains("lttng is not installed"), "{out}");
         assert!(
             out.contains("next step: systemd is not running here"),
@@ -710,8 +832,13 @@ mod tests {
             loaded.coordinator.to_string(),
             format!("ws://127.0.0.1:{port}/trace/api/v1.0/agents")
         );
-        assert_eq!(loaded.token.expose(), TOKEN);
+        assert_eq!(loaded.token.expose(), CREDENTIAL);
         assert_eq!(loaded.hostname, "web-1");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains(TOKEN),
+            "the enrollment token is not kept: {text}"
+        );
         // No temporary file is left beside it.
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
@@ -782,7 +909,7 @@ mod tests {
             let _ = tokio_tungstenite::accept_hdr_async(stream, callback).await;
         });
         let config = AgentConfig::new(&format!("ws://127.0.0.1:{port}/wrong"), TOKEN, "h").unwrap();
-        let error = check_coordinator(&config).await.unwrap_err();
+        let error = obtain_credential(&config).await.unwrap_err();
         server.await.unwrap();
         assert!(
             matches!(&error, EnrollError::Refused { status: 404, body, .. } if body == "no such route"),
@@ -875,31 +1002,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_check_writes_without_dialing_and_keeps_the_system_hostname() {
+    async fn no_check_is_refused_and_the_system_hostname_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tracesd.toml");
-        let mut args = args("wss://coordinator.invalid:5000", &path);
-        args.no_check = true;
+        let mut offline = args("wss://coordinator.invalid:5000", &path);
+        offline.no_check = true;
+        let (result, _) = run(&offline, &system(dir.path(), &path)).await;
+        let error = result.unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("cannot run offline"), "{error}");
+        assert!(!path.exists());
+        // Without --hostname, the system's hostname is enrolled and written: the credential is
+        // bound to it.
+        let (port, hub) = hub(1).await;
+        let mut args = args(&format!("ws://127.0.0.1:{port}"), &path);
         args.hostname = None;
-        let ca = dir.path().join("ca.pem");
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(&ca, cert.pem()).unwrap();
-        args.ca_cert = Some(ca.clone());
         let (result, out) = run(&args, &system(dir.path(), &path)).await;
+        hub.await.unwrap();
         let enrolled = result.unwrap();
-        assert!(!enrolled.coordinator_checked);
-        assert!(out.contains("not checked (--no-check)"), "{out}");
         let file = crate::config::read_file(&path).unwrap();
-        assert_eq!(file.hostname, None, "the system hostname is read at start");
-        assert_eq!(file.ca_cert, Some(ca));
         assert_eq!(
-            file.coordinator.as_deref(),
-            Some("wss://coordinator.invalid:5000")
+            file.hostname.as_deref(),
+            Some(enrolled.hostname.as_str()),
+            "{out}"
         );
+        assert_eq!(file.credential.as_deref(), Some(CREDENTIAL));
     }
 
     #[tokio::test]
@@ -939,9 +1066,10 @@ mod tests {
         let mut system = system(dir.path(), &path);
         std::fs::create_dir(&system.systemd_marker).unwrap();
         system.systemctl = OsString::from("false");
-        let mut args = args("ws://127.0.0.1:1", &path);
-        args.no_check = true;
+        let (port, hub) = hub(1).await;
+        let args = args(&format!("ws://127.0.0.1:{port}"), &path);
         let (result, _) = run(&args, &system).await;
+        hub.await.unwrap();
         let error = result.unwrap_err();
         assert!(
             error.to_string().starts_with(
@@ -960,8 +1088,8 @@ mod tests {
         std::fs::create_dir(&system.systemd_marker).unwrap();
         system.systemctl = OsString::from("false"); // would fail if called
         let other = dir.path().join("other.toml");
-        let mut args = args("ws://127.0.0.1:1", &other);
-        args.no_check = true;
+        let (port, hub) = hub(2).await;
+        let mut args = args(&format!("ws://127.0.0.1:{port}"), &other);
         let (result, out) = run(&args, &system).await;
         assert!(!result.unwrap().service_enabled);
         assert!(
@@ -974,6 +1102,7 @@ mod tests {
         args.config = unit_config;
         args.no_enable = true;
         let (result, out) = run(&args, &system).await;
+        hub.await.unwrap();
         assert!(!result.unwrap().service_enabled);
         assert!(
             out.contains("next step: systemctl enable --now lttng-sessiond && systemctl enable --now tracesd"),
@@ -983,15 +1112,22 @@ mod tests {
 
     #[test]
     fn config_values_are_quoted() {
+        let fingerprint = crate::tls::Fingerprint([0xab; 32]);
         let text = render_config(
             "ws://h:1",
-            "to\"ken\\",
-            Some("web-1"),
+            "cred\"ential\\",
+            "web-1",
             Some(Path::new("/etc/a \"b\".pem")),
+            Some(&fingerprint),
         )
         .unwrap();
         let parsed: FileConfig = toml::from_str(&text).unwrap();
-        assert_eq!(parsed.token.as_deref(), Some("to\"ken\\"));
+        assert_eq!(parsed.credential.as_deref(), Some("cred\"ential\\"));
+        assert_eq!(parsed.token, None);
+        assert_eq!(
+            parsed.coordinator_fingerprints,
+            Some(vec![fingerprint.to_string()])
+        );
         assert_eq!(parsed.ca_cert, Some(PathBuf::from("/etc/a \"b\".pem")));
         assert_eq!(parsed.hostname.as_deref(), Some("web-1"));
     }

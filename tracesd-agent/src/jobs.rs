@@ -4,6 +4,7 @@
 //! reconnect, exactly once per job id as far as the coordinator stores them).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracevisor_lttng::lifecycle::{self, LocalExecutor};
 
 use crate::allow::Allowlist;
+use crate::roots::TraceRoots;
 use tracevisor_protocol::{encode, Frame, JobOutcome, JobSpec, Message};
 
 /// Job events (progress, ends) queued towards the link before job tasks wait.
@@ -84,6 +86,8 @@ pub struct Jobs {
     executor: Arc<LocalExecutor>,
     /// The analysis programs this host runs.
     allowlist: Allowlist,
+    /// Where analysis-only jobs may read traces.
+    roots: TraceRoots,
     running: HashMap<u64, CancellationToken>,
     /// Outcomes by job id, in order of job id, kept until [`JobCommand::ResultAck`].
     unacked: BTreeMap<u64, JobOutcome>,
@@ -103,12 +107,16 @@ impl std::fmt::Debug for Jobs {
 }
 
 impl Jobs {
-    /// No jobs; jobs run on this host through `executor`.
-    pub fn new(executor: LocalExecutor, allowlist: Allowlist) -> Self {
+    /// No jobs; jobs run on this host through `executor`, analysis commands only if
+    /// `allowlist` allows them, and analysis-only jobs read traces only under the executor's
+    /// trace root and `relay_roots` (see [`crate::roots`]).
+    pub fn new(executor: LocalExecutor, allowlist: Allowlist, relay_roots: Vec<PathBuf>) -> Self {
         let (events_tx, events_rx) = mpsc::channel(JOB_EVENT_QUEUE);
+        let roots = TraceRoots::new(executor.trace_root.clone(), relay_roots);
         Jobs {
             executor: Arc::new(executor),
             allowlist,
+            roots,
             running: HashMap::new(),
             unacked: BTreeMap::new(),
             events_tx,
@@ -224,6 +232,18 @@ impl Jobs {
                         return vec![self.finish(job_id, outcome)];
                     }
                 }
+                // An analysis-only job reads its trace only under this agent's trace root and
+                // relay roots, at the canonical paths they were checked as.
+                if let Some(locator) = spec.analysis_only.as_mut() {
+                    if let Err(why) = self.roots.apply(locator) {
+                        tracing::warn!(job_id, why = %why, "refusing a job whose trace is outside this agent's trace and relay roots");
+                        let outcome = JobOutcome::Err {
+                            step: "validate".to_owned(),
+                            message: format!("host {}: {why}", self.executor.hostname),
+                        };
+                        return vec![self.finish(job_id, outcome)];
+                    }
+                }
                 tracing::info!(job_id, session = %spec.session_name, analysis = %spec.analysis, "job started");
                 let cancel = CancellationToken::new();
                 self.running.insert(job_id, cancel.clone());
@@ -312,7 +332,7 @@ fn fit_in_frame(job_id: u64, outcome: JobOutcome) -> JobOutcome {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use tracevisor_protocol::{TraceOutput, MAX_FRAME_BYTES};
+    use tracevisor_protocol::{TraceLocator, TraceOutput, MAX_FRAME_BYTES};
 
     use super::*;
 
@@ -323,6 +343,7 @@ mod tests {
                 trace_root: std::env::temp_dir(),
             },
             Allowlist::discover(&[]),
+            vec![],
         )
     }
 
@@ -369,6 +390,98 @@ mod tests {
         assert!(jobs.handle(JobCommand::ResultAck { job_id: 7 }).is_empty());
         assert!(jobs.pending_results().is_empty());
         assert!(jobs.running().is_empty());
+    }
+
+    /// The job's answer to `spec`, which must be refused at once.
+    fn refusal(jobs: &mut Jobs, job_id: u64, spec: Box<JobSpec>) -> (String, String) {
+        let replies = jobs.handle(JobCommand::Start { job_id, spec });
+        match replies.as_slice() {
+            [Message::JobResult {
+                job_id: id,
+                outcome: JobOutcome::Err { step, message },
+            }] if *id == job_id => (step.clone(), message.clone()),
+            _ => panic!("expected the job refused: {replies:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_analysis_of_a_trace_outside_the_trace_and_relay_roots_is_refused() {
+        let mut jobs = jobs();
+        let hostile = |locator| {
+            Box::new(JobSpec {
+                analysis_only: Some(locator),
+                run_analysis: true,
+                ..*spec("tracevisor-deadbeef-7-h")
+            })
+        };
+        let (step, message) = refusal(&mut jobs, 7, hostile(TraceLocator::Path("/etc".into())));
+        assert_eq!(step, "validate");
+        assert!(
+            message.starts_with("host h: trace path /etc is outside this agent's trace root "),
+            "{message}"
+        );
+        assert!(
+            message.contains("set relay_roots in tracesd.toml"),
+            "{message}"
+        );
+        let (step, message) = refusal(
+            &mut jobs,
+            8,
+            hostile(TraceLocator::RelaySession {
+                roots: vec!["/root".into()],
+            }),
+        );
+        assert_eq!(step, "validate");
+        assert!(
+            message.starts_with("host h: relay root /root is outside"),
+            "{message}"
+        );
+        assert!(jobs.running().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_analysis_under_a_relay_root_runs_on_its_canonical_path() {
+        let relay = tempfile::tempdir().unwrap();
+        let trace = relay.path().join("web-1").join("tracevisor-deadbeef-9-h-x");
+        std::fs::create_dir_all(&trace).unwrap();
+        let mut jobs = Jobs::new(
+            LocalExecutor {
+                hostname: "h".into(),
+                trace_root: std::env::temp_dir().join("tracesd-no-such-trace-root"),
+            },
+            Allowlist::discover(&[]),
+            vec![relay.path().to_owned()],
+        );
+        // No analysis command: the job's result is only the trace it read.
+        let spec = Box::new(JobSpec {
+            analysis_only: Some(TraceLocator::Path(format!(
+                "{}/./web-1/tracevisor-deadbeef-9-h-x/",
+                relay.path().display()
+            ))),
+            run_analysis: true,
+            summary: tracevisor_protocol::Summary::Lami,
+            ..*spec("tracevisor-deadbeef-9-h")
+        });
+        assert!(jobs
+            .handle(JobCommand::Start { job_id: 9, spec })
+            .is_empty());
+        let outcome = loop {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(10), jobs.next_event())
+                .await
+                .unwrap()
+                .unwrap();
+            if let JobEvent::Done { outcome, .. } = event {
+                break outcome;
+            }
+        };
+        let JobOutcome::Ok { result_json } = outcome else {
+            panic!("{outcome:?}");
+        };
+        let canonical = trace.canonicalize().unwrap();
+        assert!(
+            result_json.contains(&format!("\"trace\":\"{}\"", canonical.display())),
+            "{result_json}"
+        );
     }
 
     #[test]

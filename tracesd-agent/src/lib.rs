@@ -4,6 +4,7 @@
 //! Code map:
 //! - [`config`]: flags, `TRACESD_*` variables and the TOML file, validated.
 //! - [`allow`]: the analysis programs this host runs, whatever a coordinator asks.
+//! - [`roots`]: the directories analysis-only jobs read traces in, whatever a coordinator asks.
 //! - [`enroll`]: `tracesd enroll`, which writes that file, checks the coordinator and LTTng,
 //!   and enables the service.
 //! - [`link`]: dial out, hello, heartbeats, reconnect with backoff ([`link::run`] is the entry
@@ -22,7 +23,8 @@ pub mod enroll;
 pub mod host;
 pub mod jobs;
 pub mod link;
+pub mod roots;
 pub mod tls;
 
-pub use config::{AgentConfig, Cli, LinkSettings};
+pub use config::{AgentConfig, Cli, LinkSettings, Token};
 pub use link::{run, LinkError};

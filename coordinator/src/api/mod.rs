@@ -51,6 +51,7 @@ pub struct AppState {
         registry::clients::list, registry::clients::create, registry::clients::get, registry::clients::update, registry::clients::delete,
         registry::analyses_servers::list, registry::analyses_servers::create, registry::analyses_servers::get,
         registry::analyses_servers::update, registry::analyses_servers::delete,
+        agents::credentials, agents::revoke,
         openapi,
     ),
     modifiers(&BearerAuth),
@@ -87,6 +88,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/jobs/{id}/events", get(jobs::events))
         .route("/openapi.json", get(openapi))
+        .route("/agents/credentials", get(agents::credentials))
+        .route(
+            "/agents/credentials/{id}",
+            axum::routing::delete(agents::revoke),
+        )
         .route(
             "/relays",
             get(registry::relays::list).post(registry::relays::create),

@@ -8,6 +8,7 @@
 //! escape sequences in process names, agent versions or messages show as text (`\x1b`).
 
 pub mod client;
+mod credentials;
 pub mod job_view;
 mod jobs;
 mod registry;
@@ -143,6 +144,8 @@ pub enum Command {
     Analyses(jobs::AnalysesArgs),
     /// Whether the coordinator's database answers, and its agents, links, jobs and memory
     Status(jobs::StatusArgs),
+    /// Agents' own credentials (issued by `tracesd enroll`): list, or revoke one host's
+    Credentials(credentials::CredentialsArgs),
 }
 
 const TRACE_HELP: &str = "\
@@ -230,6 +233,7 @@ async fn dispatch(top: &TopConnection, command: Command) -> u8 {
         Command::Cancel(args) => jobs::cancel(top, args).await,
         Command::Analyses(args) => jobs::analyses(top, args).await,
         Command::Status(args) => jobs::status(top, args).await,
+        Command::Credentials(args) => credentials::run(top, args).await,
     };
     match result {
         Ok(code) => code,

@@ -18,7 +18,8 @@ use tracevisor_protocol::{
 };
 
 use super::{
-    unix_ms, AgentEvent, Hub, LiveLink, Outgoing, RegisterError, HELLO_TIMEOUT, OUTGOING_QUEUE,
+    canonical, unix_ms, AgentEvent, Hub, Identity, LiveLink, Outgoing, RegisterError,
+    HELLO_TIMEOUT, OUTGOING_QUEUE,
 };
 use crate::validate;
 
@@ -37,9 +38,17 @@ impl<S> Socket for S where
 {
 }
 
-/// One agent link, from hello to close.
-pub async fn serve_link<S: Socket>(hub: Arc<Hub>, mut socket: S, peer: SocketAddr) {
+/// One agent link, from hello to close; or, for `Identity::Enrollment`, one enrollment.
+pub async fn serve_link<S: Socket>(
+    hub: Arc<Hub>,
+    mut socket: S,
+    peer: SocketAddr,
+    identity: Identity,
+) {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut socket)).await {
+        Ok(Ok(Some(Message::Enroll { hostname }))) => {
+            return serve_enrollment(&hub, socket, peer, &identity, hostname).await
+        }
         Ok(Ok(Some(Message::Hello(hello)))) => hello,
         Ok(Ok(Some(other))) => {
             let why = format!("expected hello, got {}", other.kind());
@@ -71,6 +80,33 @@ pub async fn serve_link<S: Socket>(hub: Arc<Hub>, mut socket: S, peer: SocketAdd
     if let Err(why) = hello_within_bounds(&hello) {
         return close(socket, CloseReason::ProtocolError, &why, peer).await;
     }
+    let credential = match &identity {
+        Identity::Host {
+            credential,
+            hostname,
+        } if *hostname == hello.hostname => credential.clone(),
+        Identity::Host {
+            credential,
+            hostname,
+        } => {
+            let why = format!(
+                "credential {credential} was issued to {hostname}; it cannot register {}",
+                hello.hostname
+            );
+            tracing::warn!(%peer, claimed = %hello.hostname, %hostname, "agent refused: hello for another host than its credential's");
+            return close(socket, CloseReason::Unauthorized, &why, peer).await;
+        }
+        Identity::Enrollment => {
+            let why = format!(
+                "this agent authenticates with the shared enrollment token, which only enrolls: \
+                 run `tracesd enroll --coordinator URL --token TOKEN` on {} to give it its own \
+                 credential (it keeps the rest of its configuration)",
+                hello.hostname
+            );
+            tracing::warn!(%peer, hostname = %hello.hostname, "agent refused: it sent the enrollment token instead of a credential");
+            return close(socket, CloseReason::Unauthorized, &why, peer).await;
+        }
+    };
     let registered = async {
         // The semaphore is never closed, so acquiring only waits.
         let _turn = hub.registrations.acquire().await.ok();
@@ -99,6 +135,8 @@ pub async fn serve_link<S: Socket>(hub: Arc<Hub>, mut socket: S, peer: SocketAdd
     // The silence clock starts once the link is registered: registration may have queued
     // behind many others, and the agent owes nothing before HelloAck.
     let last_seen = Arc::new(AtomicI64::new(unix_ms(OffsetDateTime::now_utc())));
+    let revoked = tokio_util::sync::CancellationToken::new();
+    let revoked_why = Arc::new(std::sync::Mutex::new(String::new()));
     let replaced = hub.links().insert(
         hello.hostname.clone(),
         LiveLink {
@@ -109,7 +147,10 @@ pub async fn serve_link<S: Socket>(hub: Arc<Hub>, mut socket: S, peer: SocketAdd
             connected_since: now,
             last_seen: last_seen.clone(),
             capabilities: hello.capabilities.clone(),
-            addresses: hello.addresses.clone(),
+            peer: canonical(peer.ip()),
+            credential,
+            revoked: revoked.clone(),
+            revoked_why: revoked_why.clone(),
         },
     );
     if let Some(old) = replaced {
@@ -192,6 +233,10 @@ pub async fn serve_link<S: Socket>(hub: Arc<Hub>, mut socket: S, peer: SocketAdd
                 }
             }
             _ = hub.shutdown.cancelled() => end = Some((CloseReason::Shutdown, "coordinator shutting down".into())),
+            _ = revoked.cancelled() => {
+                let why = revoked_why.lock().map(|w| w.clone()).unwrap_or_default();
+                end = Some((CloseReason::Unauthorized, format!("this agent's credential was revoked: {why}")));
+            }
         }
     }
     // Only the link still registered for this hostname removes it (a replaced one does not).
@@ -230,6 +275,54 @@ pub async fn serve_link<S: Socket>(hub: Arc<Hub>, mut socket: S, peer: SocketAdd
     }
     if let Some((reason, why)) = end {
         close(socket, reason, &why, peer).await;
+    }
+}
+
+/// An enrollment link: one `Enroll`, answered with the host's credential once it is stored.
+async fn serve_enrollment<S: Socket>(
+    hub: &Hub,
+    mut socket: S,
+    peer: SocketAddr,
+    identity: &Identity,
+    hostname: String,
+) {
+    if *identity != Identity::Enrollment {
+        let why = "enrolling takes the enrollment token, not a credential";
+        return close(socket, CloseReason::Unauthorized, why, peer).await;
+    }
+    if let Err(e) = validate::dns_name(&hostname) {
+        let why = format!("hostname {hostname:?} {e}");
+        return close(socket, CloseReason::ProtocolError, &why, peer).await;
+    }
+    let issued = async {
+        let _turn = hub.registrations.acquire().await.ok();
+        hub.enroll(&hostname, canonical(peer.ip())).await
+    };
+    match issued.await {
+        Ok(credential) => {
+            let answer = Message::Enrolled {
+                hostname: hostname.clone(),
+                credential,
+            };
+            if send_frame(&mut socket, answer).await.is_err() {
+                tracing::warn!(%hostname, %peer, "enrolled agent left before receiving its credential");
+            }
+            close(socket, CloseReason::Shutdown, "enrolled", peer).await;
+        }
+        Err(RegisterError::Refused(why)) => {
+            tracing::warn!(%hostname, %peer, why = %why, "enrollment refused");
+            close(socket, CloseReason::Unauthorized, &why, peer).await;
+        }
+        Err(error) => {
+            tracing::error!(%hostname, %error, "enrollment failed");
+            close(
+                socket,
+                CloseReason::Shutdown,
+                "enrollment failed; retry later",
+                peer,
+            )
+            .await;
+        }
     }
 }
 
@@ -451,7 +544,11 @@ pub(crate) mod testing {
                 incoming,
                 outgoing: PollSender::new(outgoing),
             };
-            let link = tokio::spawn(serve_link(hub.clone(), socket, peer));
+            let identity = Identity::Host {
+                credential: "0000000000000000".into(),
+                hostname: hello.hostname.clone(),
+            };
+            let link = tokio::spawn(serve_link(hub.clone(), socket, peer, identity));
             let mut agent = FakeAgent {
                 to_hub: Some(to_hub),
                 from_hub,
@@ -461,6 +558,38 @@ pub(crate) mod testing {
             let answer = agent
                 .expect("hello-ack or close", |m| {
                     matches!(m, Message::HelloAck { .. } | Message::Close { .. })
+                })
+                .await;
+            (agent, answer)
+        }
+
+        /// Opens a link from `peer` as `identity` and sends `first`; the hub's first answer
+        /// comes back (`HelloAck`, `Enrolled` or `Close`).
+        pub(crate) async fn open_as(
+            hub: &Arc<Hub>,
+            identity: Identity,
+            first: Message,
+            peer: SocketAddr,
+        ) -> (FakeAgent, Message) {
+            let (to_hub, incoming) = mpsc::channel(64);
+            let (outgoing, from_hub) = mpsc::channel(64);
+            let socket = ChannelSocket {
+                incoming,
+                outgoing: PollSender::new(outgoing),
+            };
+            let link = tokio::spawn(serve_link(hub.clone(), socket, peer, identity));
+            let mut agent = FakeAgent {
+                to_hub: Some(to_hub),
+                from_hub,
+                link,
+            };
+            agent.send(first).await;
+            let answer = agent
+                .expect("an answer", |m| {
+                    matches!(
+                        m,
+                        Message::HelloAck { .. } | Message::Enrolled { .. } | Message::Close { .. }
+                    )
                 })
                 .await;
             (agent, answer)
@@ -479,7 +608,11 @@ pub(crate) mod testing {
                 outgoing: PollSender::new(outgoing),
             };
             let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
-            let link = tokio::spawn(serve_link(hub.clone(), socket, peer));
+            let identity = Identity::Host {
+                credential: "0000000000000000".into(),
+                hostname: hostname.to_owned(),
+            };
+            let link = tokio::spawn(serve_link(hub.clone(), socket, peer, identity));
             let mut agent = FakeAgent {
                 to_hub: Some(to_hub),
                 from_hub,

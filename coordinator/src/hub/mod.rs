@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod auth;
+mod credentials;
 mod link;
 
 use axum::extract::WebSocketUpgrade;
@@ -32,6 +33,8 @@ use crate::registry::{HostRecord, Kind};
 use crate::secrets::secret_eq;
 use crate::store::{AgentRow, Store, StoreError};
 use auth::AuthFailures;
+pub use credentials::Identity;
+use credentials::{CheckError, Credentials};
 pub use link::serve_link;
 #[cfg(test)]
 pub(crate) use link::testing;
@@ -83,7 +86,14 @@ struct LiveLink {
     /// Unix milliseconds of the last frame received.
     last_seen: Arc<AtomicI64>,
     capabilities: Capabilities,
-    addresses: Vec<IpAddr>,
+    /// The address the link comes from.
+    peer: IpAddr,
+    /// The id of the credential the link authenticated with.
+    credential: String,
+    /// Cancelled when that credential is revoked; the link then closes, giving
+    /// `revoked_why`.
+    revoked: CancellationToken,
+    revoked_why: Arc<Mutex<String>>,
 }
 
 enum Outgoing {
@@ -115,6 +125,8 @@ pub struct Hub {
     auth_failures: AuthFailures,
     /// Permits for [`REGISTRATION_CONCURRENCY`] registrations at once.
     registrations: tokio::sync::Semaphore,
+    /// Every agent credential, by id (mirrors the `agent_credential` table).
+    credentials: Mutex<Credentials>,
 }
 
 /// Why a message could not be sent to an agent.
@@ -153,6 +165,7 @@ impl Hub {
             open_links: AtomicU64::new(0),
             auth_failures: AuthFailures::default(),
             registrations: tokio::sync::Semaphore::new(REGISTRATION_CONCURRENCY),
+            credentials: Mutex::new(Credentials::default()),
         };
         (Arc::new(hub), rx)
     }
@@ -196,17 +209,25 @@ impl Hub {
         self.links().get(hostname).map(|l| l.capabilities.clone())
     }
 
-    /// The hostname of the connected agent whose hostname or one of whose addresses is `host`.
+    /// The hostname of the connected agent for `host`: its hostname, or an address its link
+    /// comes from (not loopback: every agent on the coordinator's host shares it). What an
+    /// agent says about its own addresses is never used to route: addresses in the registry
+    /// are resolved by the caller, through the client record.
     pub fn find(&self, host: &str) -> Option<String> {
         let links = self.links();
         if links.contains_key(host) {
             return Some(host.to_owned());
         }
-        let ip = host.parse::<IpAddr>().ok()?;
-        links
-            .iter()
-            .find(|(_, l)| l.addresses.contains(&ip))
-            .map(|(name, _)| name.clone())
+        let ip = canonical(host.parse::<IpAddr>().ok()?);
+        if ip.is_loopback() {
+            return None;
+        }
+        let mut from_ip = links.iter().filter(|(_, l)| l.peer == ip);
+        match (from_ip.next(), from_ip.next()) {
+            // Several agents behind one address (NAT): which one is meant is not known.
+            (Some((name, _)), None) => Some(name.clone()),
+            _ => None,
+        }
     }
 
     /// The client id of the connected agent of `hostname`.
@@ -253,9 +274,10 @@ impl Hub {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Loads the last known state of every agent from the store (once, at start-up); from then
-    /// on it is kept in memory and written through.
+    /// Loads the last known state of every agent and every credential from the store (once,
+    /// at start-up); from then on they are kept in memory and written through.
     pub async fn load(&self) -> Result<(), StoreError> {
+        self.load_credentials().await?;
         let rows = self.store.agents().await?;
         let mut known = self.known();
         for row in rows {
@@ -288,15 +310,7 @@ impl Hub {
         {
             Some(existing) => {
                 let pinned = self.store.agent_pinned_peers(existing.id).await?;
-                if self.takeover == TakeoverPolicy::PinAddress
-                    && !peer_allowed(&existing, &pinned, peer_ip)
-                {
-                    return Err(RegisterError::Refused(format!(
-                        "hostname {} is registered for {}; this link comes from {peer_ip} (agent_takeover = \"pin-address\"): update the client's address to move it",
-                        hello.hostname,
-                        [existing.ipv4.clone(), existing.ipv6.clone()].into_iter().flatten().chain(pinned.iter().cloned()).collect::<Vec<_>>().join(", ")
-                    )));
-                }
+                self.check_takeover(&existing, &pinned, &hello.hostname, peer_ip)?;
                 (existing, pinned)
             }
             None => {
@@ -344,6 +358,30 @@ impl Hub {
             },
         );
         Ok(client.id)
+    }
+
+    /// Whether a link from `peer` may speak for `hostname`, already a client: under
+    /// `agent_takeover = "pin-address"` only from the client's addresses, those its agent
+    /// registered from, or this coordinator's host.
+    fn check_takeover(
+        &self,
+        existing: &HostRecord,
+        pinned: &[String],
+        hostname: &str,
+        peer: IpAddr,
+    ) -> Result<(), RegisterError> {
+        if self.takeover == TakeoverPolicy::PinAddress && !peer_allowed(existing, pinned, peer) {
+            return Err(RegisterError::Refused(format!(
+                "hostname {hostname} is registered for {}; this link comes from {peer} (agent_takeover = \"pin-address\"): update the client's address to move it",
+                [existing.ipv4.clone(), existing.ipv6.clone()]
+                    .into_iter()
+                    .flatten()
+                    .chain(pinned.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// Whether a new agent may register `hostname`, which no client has yet: not a name the
@@ -396,10 +434,19 @@ pub enum TakeoverPolicy {
 pub enum Refusal {
     #[error("too many failed agent authentications from this address; retry later")]
     Throttled,
-    #[error("missing Authorization: Bearer AGENT_TOKEN header")]
+    #[error("missing Authorization: Bearer CREDENTIAL header (the agent's own credential, or the enrollment token to enroll)")]
     NoToken,
     #[error("invalid agent enrollment token")]
     WrongToken,
+    #[error("unknown agent credential {0}: enroll the host again with `tracesd enroll`")]
+    UnknownCredential(String),
+    #[error("agent credential {id} of {hostname} was revoked at {when} ({why}): enroll the host again with `tracesd enroll`")]
+    Revoked {
+        id: String,
+        hostname: String,
+        when: String,
+        why: String,
+    },
     #[error("agent protocol version {0:?} is not supported; this coordinator speaks version {PROTOCOL_VERSION}")]
     Version(String),
     #[error("this coordinator serves at most {0} agent links (max_agent_links)")]
@@ -407,18 +454,45 @@ pub enum Refusal {
 }
 
 impl Hub {
-    /// Checks an upgrade request before the upgrade: not throttled, the enrollment token, the
-    /// protocol version. Failed token checks count towards the source address's throttle.
-    pub fn admit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+    /// Checks an upgrade request before the upgrade: not throttled, who it is (a host's
+    /// credential, or the enrollment token), the protocol version. Failed checks count
+    /// towards the source address's throttle.
+    pub fn admit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<Identity, Refusal> {
         if self.auth_failures.blocked(peer.ip()) {
             return Err(Refusal::Throttled);
         }
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match token {
-            Some(t) if secret_eq(t.trim(), &self.agent_token) => {}
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let identity = match token {
+            Some(t) if tracevisor_protocol::split_credential(t).is_some() => {
+                let (id, secret) = tracevisor_protocol::split_credential(t).unwrap_or_default();
+                match self.check_credential(id, secret) {
+                    Ok(hostname) => Identity::Host {
+                        credential: id.to_owned(),
+                        hostname,
+                    },
+                    Err(CheckError::Unknown) => {
+                        self.auth_failures.record(peer.ip());
+                        tracing::warn!(%peer, credential = %id, "agent rejected: unknown credential");
+                        return Err(Refusal::UnknownCredential(id.to_owned()));
+                    }
+                    Err(CheckError::Revoked(when, why)) => {
+                        self.auth_failures.record(peer.ip());
+                        let hostname = self.credential_hostname(id);
+                        tracing::warn!(%peer, credential = %id, %hostname, "agent rejected: revoked credential");
+                        return Err(Refusal::Revoked {
+                            id: id.to_owned(),
+                            hostname,
+                            when,
+                            why,
+                        });
+                    }
+                }
+            }
+            Some(t) if secret_eq(t, &self.agent_token) => Identity::Enrollment,
             Some(_) => {
                 self.auth_failures.record(peer.ip());
                 tracing::warn!(%peer, "agent rejected: wrong enrollment token");
@@ -429,7 +503,7 @@ impl Hub {
                 tracing::warn!(%peer, "agent rejected: no enrollment token");
                 return Err(Refusal::NoToken);
             }
-        }
+        };
         if let Some(version) = headers.get(PROTOCOL_VERSION_HEADER) {
             let speaks = version
                 .to_str()
@@ -441,7 +515,7 @@ impl Hub {
                 return Err(Refusal::Version(shown));
             }
         }
-        Ok(())
+        Ok(identity)
     }
 
     /// Accepts an admitted upgrade within the link limit and serves the link.
@@ -449,6 +523,7 @@ impl Hub {
         self: &Arc<Self>,
         ws: WebSocketUpgrade,
         peer: SocketAddr,
+        identity: Identity,
     ) -> Result<Response, Refusal> {
         if self.open_links.load(Ordering::Relaxed) >= self.max_links as u64 {
             tracing::warn!(%peer, max = self.max_links, "agent refused: link limit reached");
@@ -470,7 +545,7 @@ impl Hub {
                 }
             })
             .on_upgrade(move |socket| async move {
-                serve_link(hub.clone(), socket, peer).await;
+                serve_link(hub.clone(), socket, peer, identity).await;
                 hub.open_links.fetch_sub(1, Ordering::Relaxed);
             }))
     }
@@ -498,12 +573,19 @@ fn peer_allowed(record: &HostRecord, pinned: &[String], peer: IpAddr) -> bool {
     peer.is_loopback() || record.has_address(&peer_text) || pinned.contains(&peer_text)
 }
 
-/// Picks the record's addresses: the agent's own first, else the address it connected from.
+/// Picks a new client record's addresses: the address the link comes from. Only an agent on
+/// the coordinator's own host (a loopback peer, which says nothing about which host it is)
+/// has its record take the addresses it reports: what a remote agent says about itself must
+/// not make jobs for another host's address reach it.
 fn addresses(reported: &[IpAddr], peer: IpAddr) -> (Option<String>, Option<String>) {
-    // A link from another address than the ones the agent reports (NAT) is pinned by its peer
-    // address in the agent record; the client record keeps what the host says about itself.
-    let v4 = reported.iter().find(|a| a.is_ipv4()).copied();
-    let v6 = reported.iter().find(|a| a.is_ipv6()).copied();
+    let (v4, v6) = if peer.is_loopback() {
+        (
+            reported.iter().find(|a| a.is_ipv4()).copied(),
+            reported.iter().find(|a| a.is_ipv6()).copied(),
+        )
+    } else {
+        (None, None)
+    };
     match (v4, v6) {
         (None, None) => match peer {
             IpAddr::V4(a) => (Some(a.to_string()), None),
@@ -642,5 +724,247 @@ mod tests {
         // The coordinator's own host may still register its local agent.
         let (_, answer) = FakeAgent::open(&hub, hello("localhost"), LOOPBACK.into()).await;
         assert!(matches!(answer, Message::HelloAck { .. }), "{answer:?}");
+    }
+
+    fn enroll(hostname: &str) -> Message {
+        Message::Enroll {
+            hostname: hostname.into(),
+        }
+    }
+
+    fn host(credential: &str, hostname: &str) -> Identity {
+        Identity::Host {
+            credential: credential.into(),
+            hostname: hostname.into(),
+        }
+    }
+
+    /// Enrolls `hostname` from `peer`; the credential's id and secret.
+    async fn enrolled(hub: &Arc<Hub>, hostname: &str, peer: ([u8; 4], u16)) -> (String, String) {
+        let (_, answer) =
+            FakeAgent::open_as(hub, Identity::Enrollment, enroll(hostname), peer.into()).await;
+        let Message::Enrolled {
+            hostname: issued_to,
+            credential,
+        } = answer
+        else {
+            panic!("not enrolled: {answer:?}");
+        };
+        assert_eq!(issued_to, hostname);
+        let (id, secret) = tracevisor_protocol::split_credential(&credential).unwrap();
+        (id.to_owned(), secret.to_owned())
+    }
+
+    fn bearer(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Bearer {value}").parse().unwrap(),
+        );
+        headers
+    }
+
+    #[tokio::test]
+    async fn the_enrollment_token_only_enrolls_and_a_credential_speaks_for_its_host_only() {
+        let (hub, store, _events) = hub().await;
+        // The shared token no longer opens an agent link: the refusal says what to run.
+        let (_, answer) = FakeAgent::open_as(
+            &hub,
+            Identity::Enrollment,
+            Message::Hello(hello("web-1")),
+            REMOTE.into(),
+        )
+        .await;
+        let (reason, why) = refused(&answer);
+        assert_eq!(reason, CloseReason::Unauthorized);
+        assert!(why.contains("tracesd enroll"), "{why}");
+        assert!(store.list(Kind::Clients).await.unwrap().is_empty());
+        // Enrolling issues a credential bound to the hostname, checked before the upgrade.
+        let (id, secret) = enrolled(&hub, "web-1", REMOTE).await;
+        let credential = format!("{}{id}_{secret}", tracevisor_protocol::CREDENTIAL_PREFIX);
+        assert_eq!(
+            hub.admit(REMOTE.into(), &bearer(&credential)).unwrap(),
+            host(&id, "web-1")
+        );
+        assert_eq!(
+            hub.admit(REMOTE.into(), &bearer("agent-token")).unwrap(),
+            Identity::Enrollment
+        );
+        let forged = format!(
+            "{}{id}_{}",
+            tracevisor_protocol::CREDENTIAL_PREFIX,
+            "0".repeat(64)
+        );
+        assert!(matches!(
+            hub.admit(REMOTE.into(), &bearer(&forged)),
+            Err(Refusal::UnknownCredential(_))
+        ));
+        // The credential cannot register another hostname.
+        let (_, answer) = FakeAgent::open_as(
+            &hub,
+            host(&id, "web-1"),
+            Message::Hello(hello("victim")),
+            REMOTE.into(),
+        )
+        .await;
+        let (reason, why) = refused(&answer);
+        assert_eq!(reason, CloseReason::Unauthorized);
+        assert!(why.contains("issued to web-1"), "{why}");
+        // Its own host registers.
+        let (_, answer) = FakeAgent::open_as(
+            &hub,
+            host(&id, "web-1"),
+            Message::Hello(hello("web-1")),
+            REMOTE.into(),
+        )
+        .await;
+        assert!(matches!(answer, Message::HelloAck { .. }), "{answer:?}");
+        // Enrollment meets the same name rules as a hello: not a relay's name, and not a
+        // registered client's from another address.
+        let mut relay = HostRecord::new(
+            Kind::Relays,
+            "relay-a".into(),
+            Some("10.0.0.9".into()),
+            None,
+        );
+        relay.ctrlport = Some(crate::registry::DEFAULT_CTRLPORT);
+        relay.dataport = Some(crate::registry::DEFAULT_DATAPORT);
+        store.create(Kind::Relays, &relay).await.unwrap();
+        for (name, peer) in [("relay-a", REMOTE), ("web-1", ([10, 0, 0, 66], 40000))] {
+            let (_, answer) =
+                FakeAgent::open_as(&hub, Identity::Enrollment, enroll(name), peer.into()).await;
+            let (reason, why) = refused(&answer);
+            assert_eq!(reason, CloseReason::Unauthorized, "{why}");
+            assert!(why.contains(name), "{why}");
+        }
+        // The hijacker's attempt did not revoke the host's credential.
+        assert_eq!(hub.check_credential(&id, &secret), Ok("web-1".into()));
+    }
+
+    #[tokio::test]
+    async fn a_revoked_credential_closes_its_link_at_once_and_is_refused_after() {
+        let (hub, store, _events) = hub().await;
+        let (id, secret) = enrolled(&hub, "web-2", REMOTE).await;
+        let (mut agent, answer) = FakeAgent::open_as(
+            &hub,
+            host(&id, "web-2"),
+            Message::Hello(hello("web-2")),
+            REMOTE.into(),
+        )
+        .await;
+        assert!(matches!(answer, Message::HelloAck { .. }), "{answer:?}");
+        let listed = hub.list_credentials().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].1, "connected");
+        assert!(
+            listed[0].0.secret_sha256.is_empty(),
+            "the hash is not shown"
+        );
+        let revoked = hub
+            .revoke_credential(&id, "stolen laptop")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(revoked.revoked_why.as_deref(), Some("stolen laptop"));
+        let closed = agent.recv(Duration::from_secs(1)).await;
+        match closed {
+            Some(Message::Close { reason, message }) => {
+                assert_eq!(reason, CloseReason::Unauthorized);
+                assert!(message.contains("revoked: stolen laptop"), "{message}");
+            }
+            other => panic!("the link was not closed within a second: {other:?}"),
+        }
+        let credential = format!("{}{id}_{secret}", tracevisor_protocol::CREDENTIAL_PREFIX);
+        match hub.admit(REMOTE.into(), &bearer(&credential)) {
+            Err(refusal @ Refusal::Revoked { .. }) => {
+                let text = refusal.to_string();
+                assert!(
+                    text.contains("web-2") && text.contains("stolen laptop"),
+                    "{text}"
+                );
+            }
+            other => panic!("a revoked credential was not refused: {other:?}"),
+        }
+        // Revocation is durable: a hub loading the store refuses it too.
+        let (fresh, _) = Hub::new(
+            store.clone(),
+            "agent-token".into(),
+            Duration::from_secs(5),
+            CancellationToken::new(),
+            "0test000".into(),
+            100,
+            TakeoverPolicy::PinAddress,
+        );
+        fresh.load().await.unwrap();
+        assert!(matches!(
+            fresh.check_credential(&id, &secret),
+            Err(CheckError::Revoked(..))
+        ));
+        // Enrolling again gives a working credential; unknown ids are not found.
+        let (id2, secret2) = enrolled(&hub, "web-2", REMOTE).await;
+        assert_eq!(hub.check_credential(&id2, &secret2), Ok("web-2".into()));
+        assert!(hub
+            .revoke_credential("ffffffffffffffff", "x")
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn enrolling_again_replaces_the_credential_and_drops_its_link() {
+        let (hub, _store, _events) = hub().await;
+        let (old, old_secret) = enrolled(&hub, "web-3", REMOTE).await;
+        let (mut agent, _) = FakeAgent::open_as(
+            &hub,
+            host(&old, "web-3"),
+            Message::Hello(hello("web-3")),
+            REMOTE.into(),
+        )
+        .await;
+        let (new, _) = enrolled(&hub, "web-3", REMOTE).await;
+        assert_ne!(old, new);
+        match agent.recv(Duration::from_secs(1)).await {
+            Some(Message::Close { reason, message }) => {
+                assert_eq!(reason, CloseReason::Unauthorized);
+                assert!(message.contains("new enrollment"), "{message}");
+            }
+            other => panic!("the old link stayed: {other:?}"),
+        }
+        assert!(matches!(
+            hub.check_credential(&old, &old_secret),
+            Err(CheckError::Revoked(..))
+        ));
+    }
+
+    #[tokio::test]
+    async fn jobs_are_routed_by_the_link_address_not_by_what_an_agent_reports() {
+        let (hub, store, _events) = hub().await;
+        let mut liar = hello("rogue");
+        liar.addresses = vec![IpAddr::from([10, 0, 0, 5])];
+        let (_agent, answer) = FakeAgent::open(&hub, liar, REMOTE.into()).await;
+        assert!(matches!(answer, Message::HelloAck { .. }), "{answer:?}");
+        assert_eq!(
+            hub.find("10.0.0.5"),
+            None,
+            "a claimed address routes nothing"
+        );
+        assert_eq!(
+            hub.find("10.0.0.7"),
+            Some("rogue".into()),
+            "its link's address does"
+        );
+        let record = store
+            .find_by_hostname(Kind::Clients, "rogue")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            record.ipv4.as_deref(),
+            Some("10.0.0.7"),
+            "registered at its link's address"
+        );
+        // Agents on the coordinator's own host share loopback: it routes to none of them.
+        let (_local, _) = FakeAgent::open(&hub, hello("local-1"), LOOPBACK.into()).await;
+        assert_eq!(hub.find("127.0.0.1"), None);
     }
 }

@@ -133,6 +133,12 @@ impl Engine {
         }
         let clients = self.store.list(Kind::Clients).await?;
         if let Some(c) = clients.iter().find(|c| c.answers_to(host)) {
+            // A registered address reaches the client's agent when it has one connected.
+            if self.hub.client_id(&c.hostname).is_some() {
+                return Ok(Route::Agent {
+                    hostname: c.hostname.clone(),
+                });
+            }
             return Ok(Route::Ssh(ssh_target(host, c)));
         }
         Ok(Route::Ssh(SshTarget {

@@ -17,10 +17,12 @@ use surrealdb::Surreal;
 use crate::registry::Kind;
 
 mod agents;
+mod credentials;
 mod jobs;
 mod registry;
 
 pub use agents::AgentRow;
+pub use credentials::CredentialRow;
 pub use jobs::FleetUpdate;
 use registry::RegistryCache;
 
@@ -85,6 +87,17 @@ pub const MIGRATIONS: &[&str] = &[
     DEFINE SEQUENCE OVERWRITE client_id BATCH 100 START $next_client_id;
     DEFINE SEQUENCE OVERWRITE analyses_server_id BATCH 100 START $next_analyses_server_id;
     DEFINE SEQUENCE OVERWRITE job_id BATCH 100 START $next_job_id;
+    "#,
+    // 5: per-agent credentials, issued by enrollment; only the secret's SHA-256 is kept.
+    r#"
+    DEFINE TABLE agent_credential SCHEMAFULL;
+    DEFINE FIELD hostname ON agent_credential TYPE string;
+    DEFINE FIELD secret_sha256 ON agent_credential TYPE string;
+    DEFINE FIELD created ON agent_credential TYPE string;
+    DEFINE FIELD created_from ON agent_credential TYPE string;
+    DEFINE FIELD revoked ON agent_credential TYPE option<string>;
+    DEFINE FIELD revoked_why ON agent_credential TYPE option<string>;
+    DEFINE INDEX agent_credential_hostname ON agent_credential FIELDS hostname;
     "#,
 ];
 
@@ -504,7 +517,10 @@ mod tests {
         }
         assert!(store.delete(Kind::Relays, 3).await.unwrap());
         store.migrate().await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 4);
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            MIGRATIONS.len() as u64
+        );
         let ids: Vec<u64> = [
             store.create(Kind::Relays, &relay("d")).await.unwrap().id,
             store.create(Kind::Relays, &relay("e")).await.unwrap().id,

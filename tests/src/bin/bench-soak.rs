@@ -34,9 +34,10 @@ async fn reconnects(url: &str, n: usize) -> Result<usize> {
         let (gate, url) = (gate.clone(), url.to_owned());
         tasks.spawn(async move {
             let _permit = gate.acquire().await.ok()?;
-            let mut link = RawLink::connect(&url, TOKEN).await.ok()?;
+            let name = format!("soak-{}", i % 64);
+            let mut link = RawLink::agent(&url, TOKEN, &name).await.ok()?;
             // 64 hostnames, each reconnecting many times (replacing its own earlier link).
-            link.hello(&format!("soak-{}", i % 64)).await.ok()?;
+            link.hello(&name).await.ok()?;
             Some(())
         });
     }

@@ -121,7 +121,11 @@ impl LinkError {
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), LinkError> {
     let tls = match (&config.tls, config.is_secure()) {
         (Some(tls), _) => Some(tls.clone()),
-        (None, true) => Some(crate::tls::client_config(config.ca_cert.as_deref())?),
+        (None, true) => Some(crate::tls::client_config_pinned(
+            config.ca_cert.as_deref(),
+            &config.coordinator_fingerprints,
+            None,
+        )?),
         (None, false) => None,
     };
     let url = config.coordinator.to_string();
@@ -131,7 +135,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         programs = allowlist.len(),
         "analysis programs allowed on this host (lttng-*-mi, babeltrace2, analysis_programs)"
     );
-    let mut jobs = Jobs::new(LocalExecutor::new(&config.hostname), allowlist);
+    tracing::info!(
+        relay_roots = ?config.relay_roots,
+        "analysis-only jobs read traces under the trace root and these relay roots"
+    );
+    let mut jobs = Jobs::new(
+        LocalExecutor::new(&config.hostname),
+        allowlist,
+        config.relay_roots.clone(),
+    );
     let mut capabilities = CapabilityCache::default();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
     tracing::info!(

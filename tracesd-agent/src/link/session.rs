@@ -244,11 +244,13 @@ where
                     None => Err(self.protocol_error(&format!("unexpected {kind}")).await),
                 }
             }
-            Message::Hello(_) | Message::JobProgress { .. } | Message::JobResult { .. } => {
-                Err(self
-                    .protocol_error(&format!("unexpected {kind} from the coordinator"))
-                    .await)
-            }
+            Message::Hello(_)
+            | Message::JobProgress { .. }
+            | Message::JobResult { .. }
+            | Message::Enroll { .. }
+            | Message::Enrolled { .. } => Err(self
+                .protocol_error(&format!("unexpected {kind} from the coordinator"))
+                .await),
         }
     }
 

@@ -616,6 +616,55 @@ async fn a_fake_coordinator_cannot_run_a_program_this_host_does_not_allow() {
     stop(shutdown, task).await;
 }
 
+/// A fake coordinator points an analysis-only job at a directory outside the agent's trace
+/// and relay roots (or searches one for a relay's output): the agent refuses it, reads nothing.
+#[tokio::test]
+async fn a_fake_coordinator_cannot_make_the_agent_read_outside_its_trace_roots() {
+    let hub = Hub::start().await;
+    let (shutdown, task) = spawn_agent(hub.config());
+    let (mut ws, _) = hub.accept_and_ack(60_000).await;
+    let locators = [
+        tracevisor_protocol::TraceLocator::Path("/etc".into()),
+        tracevisor_protocol::TraceLocator::RelaySession {
+            roots: vec!["/root".into()],
+        },
+    ];
+    for (job_id, locator) in (8..).zip(locators) {
+        let hostile = JobSpec {
+            session_name: format!("tracevisor-deadbeef-{job_id}-host"),
+            analysis_only: Some(locator),
+            analysis_commands: vec![],
+            run_analysis: true,
+            summary: tracevisor_protocol::Summary::Ust,
+            ..spec()
+        };
+        send(
+            &mut ws,
+            Message::StartJob {
+                job_id,
+                spec: hostile,
+            },
+        )
+        .await;
+        match recv_skipping_heartbeats(&mut ws).await {
+            Some(Message::JobResult {
+                job_id: id,
+                outcome: JobOutcome::Err { step, message },
+            }) if id == job_id => {
+                assert_eq!(step, "validate");
+                assert!(message.starts_with("host agent-1: "), "{message}");
+                assert!(
+                    message.contains(" /etc is outside") || message.contains(" /root is outside"),
+                    "{message}"
+                );
+                assert!(message.contains("relay_roots"), "{message}");
+            }
+            other => panic!("expected job {job_id} refused, got {other:?}"),
+        }
+    }
+    stop(shutdown, task).await;
+}
+
 #[tokio::test]
 async fn drive_works_over_an_in_memory_stream() {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
@@ -661,6 +710,7 @@ async fn drive_works_over_an_in_memory_stream() {
             trace_root: std::env::temp_dir(),
         },
         crate::allow::Allowlist::discover(&[]),
+        vec![],
     );
     let mut established = None;
     let settings = fast_settings();
