@@ -96,7 +96,8 @@ async fn enrolled_agent_connects_with_the_written_config() {
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("coordinator: reachable, enrollment token accepted"),
+        stdout
+            .contains("coordinator: enrollment token accepted, this host's own credential issued"),
         "{stdout}"
     );
     assert!(
@@ -118,15 +119,16 @@ async fn enrolled_agent_connects_with_the_written_config() {
         written.contains(&format!("coordinator = \"{url}\"\n")),
         "{written}"
     );
+    assert!(written.contains("credential = \"tvc1_"), "{written}");
     assert!(
-        written.contains(&format!("token = \"{TOKEN}\"\n")),
-        "{written}"
+        !written.contains(TOKEN),
+        "the enrollment token is not kept on the host: {written}"
     );
     assert!(
         written.contains("hostname = \"pkg-enrolled\"\n"),
         "{written}"
     );
-    // The check registered nothing: it sent no hello.
+    // Enrolling registered nothing: it sent no hello.
     let list = tracevisor_tests::agents::clients(&c).await.unwrap();
     assert!(client(&list, "pkg-enrolled").is_none(), "{list:?}");
 
@@ -222,7 +224,7 @@ async fn enroll_reports_wrong_tokens_unreachable_coordinators_and_invalid_values
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
     assert!(
-        format!("{stdout}{stderr}").contains("coordinator: missing"),
+        format!("{stdout}{stderr}").contains("credential: missing (run `tracesd enroll"),
         "{stdout}\n{stderr}"
     );
 
@@ -235,7 +237,7 @@ async fn enroll_reports_wrong_tokens_unreachable_coordinators_and_invalid_values
             "--hostname",
             "web-1",
         ])
-        .env("TRACESD_TOKEN", TOKEN)
+        .env("TRACESD_CREDENTIAL", format!("tvc1_{:016x}_{:064x}", 1, 2))
         .output()
         .unwrap();
     let (stdout, stderr) = text(&output);

@@ -267,6 +267,7 @@ pub async fn enroll(
     if args.insecure_ws {
         text.push_str("# Plaintext ws:// to another host, allowed at enrollment (--insecure-ws).\ninsecure_ws = true\n");
     }
+    text.push_str(&kept_settings(&args.config));
     write_private_file(&args.config, text.as_bytes()).map_err(|source| EnrollError::Write {
         path: args.config.clone(),
         source,
@@ -517,6 +518,28 @@ pub fn render_config(
         text.push_str(&format!("ca_cert = {}\n", quote(path)));
     }
     Ok(text)
+}
+
+/// The host's own settings in an existing configuration file (`analysis_programs`,
+/// `relay_roots`), as TOML lines to write again: enrolling again must not drop them.
+fn kept_settings(path: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    let Ok(table) = toml::from_str::<toml::Table>(&text) else {
+        return String::new();
+    };
+    let mut kept = String::new();
+    for key in ["analysis_programs", "relay_roots"] {
+        if let Some(value @ toml::Value::Array(_)) = table.get(key) {
+            kept.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    if kept.is_empty() {
+        kept
+    } else {
+        format!("# Kept from the previous configuration.\n{kept}")
+    }
 }
 
 /// Replaces `path` atomically with a file of mode 0600 holding `contents`: a temporary file in
@@ -1130,6 +1153,34 @@ mod tests {
         );
         assert_eq!(parsed.ca_cert, Some(PathBuf::from("/etc/a \"b\".pem")));
         assert_eq!(parsed.hostname.as_deref(), Some("web-1"));
+    }
+
+    #[tokio::test]
+    async fn enrolling_again_keeps_the_hosts_own_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tracesd.toml");
+        std::fs::write(
+            &path,
+            "coordinator = \"ws://old:1\"\ntoken = \"old\"\nrelay_roots = [\"/var/lib/lttng-relayd\"]\nanalysis_programs = [\"/usr/local/bin/x-mi\"]\n",
+        )
+        .unwrap();
+        let (port, hub) = hub(1).await;
+        let args = args(&format!("ws://127.0.0.1:{port}"), &path);
+        let (result, out) = run(&args, &system(dir.path(), &path)).await;
+        hub.await.unwrap();
+        result.unwrap();
+        let file = crate::config::read_file(&path).unwrap();
+        assert_eq!(
+            file.relay_roots,
+            Some(vec![PathBuf::from("/var/lib/lttng-relayd")]),
+            "{out}"
+        );
+        assert_eq!(
+            file.analysis_programs,
+            Some(vec![PathBuf::from("/usr/local/bin/x-mi")])
+        );
+        assert_eq!(file.token, None, "the old shared token is dropped");
+        assert_eq!(file.credential.as_deref(), Some(CREDENTIAL));
     }
 
     #[test]
