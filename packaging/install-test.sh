@@ -196,7 +196,9 @@ TRACESD_TOKEN="$TOKEN" /usr/bin/tracesd enroll --coordinator "http://127.0.0.1:$
     fail "the enrolled config is $(stat -c '%U:%G %a' /etc/tracevisor/tracesd.toml)"
 grep -q "^coordinator = \"http://127.0.0.1:$PORT\"$" /etc/tracevisor/tracesd.toml || fail "coordinator not written"
 grep -q "^hostname = \"$AGENT_NAME\"$" /etc/tracevisor/tracesd.toml || fail "hostname not written"
-check "/etc/tracevisor/tracesd.toml written, root:root 0600"
+grep -q '^credential = "tvc1_' /etc/tracevisor/tracesd.toml || fail "no per-agent credential written"
+grep -qF "$TOKEN" /etc/tracevisor/tracesd.toml && fail "the enrollment token was written to the host"
+check "/etc/tracevisor/tracesd.toml written, root:root 0600, with the host's own credential (not the token)"
 
 step "start the installed agent as tracesd.service does"
 grep -q '^ExecStart=/usr/bin/tracesd --config /etc/tracevisor/tracesd.toml$' \
@@ -244,6 +246,25 @@ except ValueError:
 job = job.get("job", job)
 print("  status", job.get("status"), "via", job.get("via"), "error", job.get("error"))
 ' || true
+
+step "tracevisor credentials revoke $AGENT_NAME: the installed agent is cut off"
+/usr/bin/tracevisor --server "http://127.0.0.1:$PORT" credentials
+/usr/bin/tracevisor --server "http://127.0.0.1:$PORT" credentials revoke "$AGENT_NAME"
+cut_off=""
+for _ in $(seq 1 $((PATIENCE * 2))); do
+    if api /clients | AGENT_NAME="$AGENT_NAME" python3 -c '
+import json, os, sys
+data = json.load(sys.stdin)
+items = data.get("clients", data) if isinstance(data, dict) else data
+sys.exit(0 if any(c.get("hostname") == os.environ["AGENT_NAME"] and not (c.get("agent") or {}).get("connected") for c in items) else 1)
+'; then
+        cut_off=yes
+        break
+    fi
+    sleep 0.5
+done
+[ -n "$cut_off" ] || fail "$AGENT_NAME still connected after its credential was revoked"
+check "$AGENT_NAME disconnected after revocation"
 
 step "remove the packages (configuration kept, no process left)"
 dpkg --remove tracesd tracevisor
