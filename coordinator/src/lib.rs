@@ -141,6 +141,7 @@ pub async fn run(
     if open > 0 {
         tracing::warn!(links = open, "agent links still open at exit");
     }
+    hub.flush_last_seen().await;
     if let Some(agent) = local_agent {
         if tokio::time::timeout(LINK_DRAIN_TIMEOUT, agent)
             .await

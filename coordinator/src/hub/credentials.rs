@@ -126,6 +126,15 @@ impl Hub {
         self.credentials().check(id, secret)
     }
 
+    /// Why credential `id` no longer opens links, if it was revoked. (Credentials are never
+    /// forgotten, and the upgrade checked this one exists.)
+    pub(super) fn revoked_reason(&self, id: &str) -> Option<String> {
+        self.credentials()
+            .by_id
+            .get(id)
+            .and_then(|c| c.revoked.as_ref().map(|(_, why)| why.clone()))
+    }
+
     /// The hostname credential `id` was issued to (empty when unknown).
     pub(super) fn credential_hostname(&self, id: &str) -> String {
         self.credentials()

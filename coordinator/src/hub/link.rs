@@ -148,11 +148,17 @@ pub async fn serve_link<S: Socket>(
             last_seen: last_seen.clone(),
             capabilities: hello.capabilities.clone(),
             peer: canonical(peer.ip()),
-            credential,
+            credential: credential.clone(),
             revoked: revoked.clone(),
             revoked_why: revoked_why.clone(),
         },
     );
+    // Revoked between the upgrade and now: the revocation found no link to close, so this
+    // link closes itself at once.
+    if let Some(why) = hub.revoked_reason(&credential) {
+        *revoked_why.lock().unwrap_or_else(|p| p.into_inner()) = why;
+        revoked.cancel();
+    }
     if let Some(old) = replaced {
         tracing::warn!(hostname = %hello.hostname, %peer, "agent link replaced by a newer one for the same hostname");
         let _ = old.tx.try_send(Outgoing::Close(

@@ -80,6 +80,23 @@ impl Store {
         .map(|_| ())
     }
 
+    /// Records when each of these agents (client id, RFC 3339) was last heard from, in one
+    /// transaction.
+    pub async fn set_agents_last_seen(&self, rows: &[(u64, String)]) -> Result<(), StoreError> {
+        let rows: Vec<Json> = rows
+            .iter()
+            .map(|(id, last_seen)| json!({ "id": id, "last_seen": last_seen }))
+            .collect();
+        self.query(
+            "FOR $row IN $rows { \
+                 UPDATE type::record('agent', $row.id) SET last_seen = $row.last_seen; \
+             };",
+            json!({ "rows": rows }),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Records when the agent of client `client_id` was last heard from.
     pub async fn set_agent_last_seen(
         &self,

@@ -36,16 +36,20 @@ impl Store {
     pub async fn credentials(&self) -> Result<Vec<CredentialRow>, StoreError> {
         let rows = self
             .query(
-                "SELECT *, record::id(id) AS id FROM agent_credential ORDER BY created",
+                "SELECT *, record::id(id) AS id FROM agent_credential",
                 json!({}),
             )
             .await?;
-        rows.into_iter()
+        let mut credentials = rows
+            .into_iter()
             .map(|row| {
-                serde_json::from_value(row)
+                serde_json::from_value::<CredentialRow>(row)
                     .map_err(|e| StoreError::Corrupt(format!("agent credential: {e}")))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        // RFC 3339 in UTC sorts as text.
+        credentials.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        Ok(credentials)
     }
 
     /// Stores a new credential for `row.hostname` and revokes the host's earlier ones, in one
