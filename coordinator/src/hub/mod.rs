@@ -1019,7 +1019,11 @@ mod tests {
                 .unwrap()
                 .last_seen
         };
-        assert_ne!(stored().await, shown, "not written link by link at shutdown");
+        assert_ne!(
+            stored().await,
+            shown,
+            "not written link by link at shutdown"
+        );
         hub.flush_last_seen().await;
         assert_eq!(stored().await, shown);
     }
