@@ -67,16 +67,29 @@ impl Agent {
             .arg(coordinator)
             .arg("--hostname")
             .arg(hostname)
-            .args(extra)
-            // The credential stays out of the process list.
-            .env("TRACESD_CREDENTIAL", credential)
-            .env_remove("TRACESD_TOKEN")
-            .env("TRACESD_LOG", "info")
+            .args(extra);
+        // The credential stays out of the process list.
+        Self::spawn(cmd, hostname, Some(&credential))
+    }
+
+    /// Spawns `cmd` (a `tracesd` command line) with only `credential` (if any) and the log
+    /// settings from the `TRACESD_*` environment, collecting its output.
+    fn spawn(mut cmd: Command, hostname: &str, credential: Option<&str>) -> Result<Agent> {
+        for var in [
+            "TRACESD_COORDINATOR",
+            "TRACESD_HOSTNAME",
+            "TRACESD_CA_CERT",
+            "TRACESD_CONFIG",
+            "TRACESD_TOKEN",
+            "TRACESD_CREDENTIAL",
+        ] {
+            cmd.env_remove(var);
+        }
+        if let Some(credential) = credential {
+            cmd.env("TRACESD_CREDENTIAL", credential);
+        }
+        cmd.env("TRACESD_LOG", "info")
             .env("NO_COLOR", "1")
-            .env_remove("TRACESD_COORDINATOR")
-            .env_remove("TRACESD_HOSTNAME")
-            .env_remove("TRACESD_CA_CERT")
-            .env_remove("TRACESD_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -97,34 +110,8 @@ impl Agent {
     /// nothing else given.
     pub fn start_configured(config: &Path, hostname: &str) -> Result<Agent> {
         let mut cmd = Command::new(binary("tracesd")?);
-        cmd.arg("--config")
-            .arg(config)
-            .env("TRACESD_LOG", "info")
-            .env("NO_COLOR", "1");
-        for var in [
-            "TRACESD_COORDINATOR",
-            "TRACESD_HOSTNAME",
-            "TRACESD_CA_CERT",
-            "TRACESD_CONFIG",
-            "TRACESD_TOKEN",
-            "TRACESD_CREDENTIAL",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("spawning tracesd")?;
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        collect_lines(stdout, format!("[tracesd {hostname}]"), logs.clone());
-        collect_lines(stderr, format!("[tracesd {hostname}]"), logs.clone());
-        Ok(Agent {
-            child,
-            hostname: hostname.to_owned(),
-            logs,
-        })
+        cmd.arg("--config").arg(config);
+        Self::spawn(cmd, hostname, None)
     }
 
     /// The log lines printed so far (ANSI colours removed).

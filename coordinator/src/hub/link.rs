@@ -544,29 +544,11 @@ pub(crate) mod testing {
             hello: tracevisor_protocol::Hello,
             peer: SocketAddr,
         ) -> (FakeAgent, Message) {
-            let (to_hub, incoming) = mpsc::channel(64);
-            let (outgoing, from_hub) = mpsc::channel(64);
-            let socket = ChannelSocket {
-                incoming,
-                outgoing: PollSender::new(outgoing),
-            };
             let identity = Identity::Host {
                 credential: "0000000000000000".into(),
                 hostname: hello.hostname.clone(),
             };
-            let link = tokio::spawn(serve_link(hub.clone(), socket, peer, identity));
-            let mut agent = FakeAgent {
-                to_hub: Some(to_hub),
-                from_hub,
-                link,
-            };
-            agent.send(Message::Hello(hello)).await;
-            let answer = agent
-                .expect("hello-ack or close", |m| {
-                    matches!(m, Message::HelloAck { .. } | Message::Close { .. })
-                })
-                .await;
-            (agent, answer)
+            Self::open_as(hub, identity, Message::Hello(hello), peer).await
         }
 
         /// Opens a link from `peer` as `identity` and sends `first`; the hub's first answer
