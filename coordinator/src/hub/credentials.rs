@@ -73,7 +73,7 @@ fn random_hex(n: usize) -> String {
 /// Credentials by id.
 #[derive(Default)]
 pub(super) struct Credentials {
-    by_id: HashMap<String, Credential>,
+    pub(super) by_id: HashMap<String, Credential>,
 }
 
 impl Credentials {
@@ -107,7 +107,7 @@ impl Credentials {
 }
 
 impl Hub {
-    fn credentials(&self) -> std::sync::MutexGuard<'_, Credentials> {
+    pub(super) fn credentials(&self) -> std::sync::MutexGuard<'_, Credentials> {
         self.credentials.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -177,6 +177,15 @@ impl Hub {
             }
             None => self.may_claim(hostname, peer).await?,
         }
+        // At most two credentials per host are kept (below), so this bounds the table and the
+        // map by the number of hosts a coordinator serves.
+        let held = self.credentials().by_id.len();
+        if held >= 2 * self.max_links {
+            return Err(RegisterError::Refused(format!(
+                "this coordinator holds {held} agent credentials, twice max_agent_links ({}): revoke unused ones (tracevisor credentials) or raise max_agent_links",
+                self.max_links
+            )));
+        }
         let (id, secret) = (random_hex(8), random_hex(32));
         let now = rfc3339(OffsetDateTime::now_utc());
         let row = CredentialRow {
@@ -192,6 +201,10 @@ impl Hub {
         self.store.issue_credential(&row, &why).await?;
         let replaced: Vec<String> = {
             let mut credentials = self.credentials();
+            // As in the store: the host's rows revoked before go.
+            credentials
+                .by_id
+                .retain(|_, c| c.hostname != hostname || c.revoked.is_none() || c.local);
             let replaced = credentials
                 .by_id
                 .iter_mut()

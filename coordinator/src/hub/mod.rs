@@ -1027,4 +1027,48 @@ mod tests {
         hub.flush_last_seen().await;
         assert_eq!(stored().await, shown);
     }
+
+    #[tokio::test]
+    async fn enrolling_over_and_over_keeps_two_credentials_per_host() {
+        let (hub, store, _events) = hub().await;
+        let mut last = (String::new(), String::new());
+        for _ in 0..5 {
+            last = enrolled(&hub, "web-4", REMOTE).await;
+        }
+        let rows: Vec<_> = store
+            .credentials()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.hostname == "web-4")
+            .collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows.iter().filter(|c| c.revoked.is_none()).count(), 1);
+        assert_eq!(hub.credentials().by_id.len(), 2);
+        assert_eq!(hub.check_credential(&last.0, &last.1), Ok("web-4".into()));
+    }
+
+    #[tokio::test]
+    async fn enrollment_stops_at_twice_the_link_limit() {
+        let store = Store::open("mem://", StorageLimits::default())
+            .await
+            .unwrap();
+        let (hub, _events) = Hub::new(
+            store,
+            "agent-token".into(),
+            Duration::from_secs(5),
+            CancellationToken::new(),
+            "0test000".into(),
+            2,
+            TakeoverPolicy::PinAddress,
+        );
+        for name in ["a-1", "a-2", "a-3", "a-4"] {
+            enrolled(&hub, name, REMOTE).await;
+        }
+        let (_, answer) =
+            FakeAgent::open_as(&hub, Identity::Enrollment, enroll("a-5"), REMOTE.into()).await;
+        let (reason, why) = refused(&answer);
+        assert_eq!(reason, CloseReason::Unauthorized);
+        assert!(why.contains("max_agent_links"), "{why}");
+    }
 }

@@ -52,8 +52,10 @@ impl Store {
         Ok(credentials)
     }
 
-    /// Stores a new credential for `row.hostname` and revokes the host's earlier ones, in one
-    /// transaction: a host holds one live credential, and enrolling again replaces it.
+    /// Stores a new credential for `row.hostname` and revokes the host's earlier one, in one
+    /// transaction: a host holds one live credential, and enrolling again replaces it. Rows
+    /// revoked before are deleted then, so a host keeps at most two (the live one and the one
+    /// it replaced) however often it enrolls.
     pub async fn issue_credential(
         &self,
         row: &CredentialRow,
@@ -65,6 +67,7 @@ impl Store {
         }
         self.write(
             "BEGIN TRANSACTION; \
+             DELETE agent_credential WHERE hostname = $data.hostname AND revoked != NONE; \
              UPDATE agent_credential SET revoked = $data.created, revoked_why = $why \
                  WHERE hostname = $data.hostname AND revoked = NONE; \
              CREATE type::record('agent_credential', $id) CONTENT $data; \
