@@ -20,6 +20,17 @@ pub fn hostname(value: &str) -> Result<(), String> {
 }
 
 /// Checks a DNS host name (RFC 1123 labels), not an address.
+/// The name an agent registers or enrolls under: a DNS name in its one spelling (lowercase,
+/// no trailing dot), as `tracesd` sends it, so that `Web-1` or `web-1.` cannot stand beside
+/// `web-1` as another host.
+pub fn agent_hostname(value: &str) -> Result<(), String> {
+    dns_name(value)?;
+    if value.ends_with('.') || value.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("must be lowercase without a trailing dot (as tracesd sends it)".into());
+    }
+    Ok(())
+}
+
 pub fn dns_name(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty".into());

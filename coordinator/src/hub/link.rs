@@ -73,7 +73,7 @@ pub async fn serve_link<S: Socket>(
         );
         return close(socket, CloseReason::UnsupportedVersion, &why, peer).await;
     }
-    if let Err(e) = validate::dns_name(&hello.hostname) {
+    if let Err(e) = validate::agent_hostname(&hello.hostname) {
         let why = format!("hostname {:?} {e}", hello.hostname);
         return close(socket, CloseReason::ProtocolError, &why, peer).await;
     }
@@ -296,7 +296,7 @@ async fn serve_enrollment<S: Socket>(
         let why = "enrolling takes the enrollment token, not a credential";
         return close(socket, CloseReason::Unauthorized, why, peer).await;
     }
-    if let Err(e) = validate::dns_name(&hostname) {
+    if let Err(e) = validate::agent_hostname(&hostname) {
         let why = format!("hostname {hostname:?} {e}");
         return close(socket, CloseReason::ProtocolError, &why, peer).await;
     }

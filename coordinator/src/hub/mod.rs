@@ -839,6 +839,15 @@ mod tests {
         let (reason, why) = refused(&answer);
         assert_eq!(reason, CloseReason::Unauthorized);
         assert!(why.contains("issued to web-1"), "{why}");
+        // Another spelling of a name is not another host: refused.
+        for spelling in ["WEB-1", "web-1."] {
+            let (_, answer) =
+                FakeAgent::open_as(&hub, Identity::Enrollment, enroll(spelling), REMOTE.into())
+                    .await;
+            let (reason, why) = refused(&answer);
+            assert_eq!(reason, CloseReason::ProtocolError, "{why}");
+            assert!(why.contains("lowercase"), "{why}");
+        }
         // Its own host registers.
         let (_, answer) = FakeAgent::open_as(
             &hub,
