@@ -345,7 +345,15 @@ pub fn validate(args: &EnrollArgs) -> Result<AgentConfig, ConfigError> {
         coordinator_fingerprints: Some(args.fingerprint.clone()),
         ..FileConfig::default()
     };
-    AgentConfig::for_enrollment(cli, file)
+    let config = AgentConfig::for_enrollment(cli, file)?;
+    if !config.coordinator_fingerprints.is_empty() && !config.is_secure() {
+        return Err(ConfigError::Invalid {
+            key: "fingerprint",
+            message: "pins a wss:// coordinator's certificate; this coordinator URL is plaintext"
+                .into(),
+        });
+    }
+    Ok(config)
 }
 
 /// Bound on the wait for the coordinator's answer to `Enroll`.
@@ -1014,6 +1022,13 @@ mod tests {
                 "ca_cert: ",
             ),
             (args("ws://127.0.0.1:1", Path::new("/")), "config: "),
+            (
+                EnrollArgs {
+                    fingerprint: vec![format!("sha256:{}", "ab".repeat(32))],
+                    ..args("ws://127.0.0.1:1", &path)
+                },
+                "fingerprint: ",
+            ),
         ];
         for (args, prefix) in cases {
             let (result, _) = run(&args, &system(dir.path(), &path)).await;

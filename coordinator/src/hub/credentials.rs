@@ -41,6 +41,8 @@ pub(super) struct Credential {
     secret_sha256: String,
     /// When and why, once revoked.
     revoked: Option<(String, String)>,
+    /// The address it was enrolled from.
+    created_from: String,
     /// The built-in local agent's: made at start, never stored nor listed.
     local: bool,
 }
@@ -100,6 +102,7 @@ impl Credentials {
                     .revoked
                     .clone()
                     .map(|when| (when, row.revoked_why.clone().unwrap_or_default())),
+                created_from: row.created_from.clone(),
                 local: false,
             },
         );
@@ -154,6 +157,7 @@ impl Hub {
                 hostname: hostname.to_owned(),
                 secret_sha256: sha256_hex(&secret),
                 revoked: None,
+                created_from: String::new(),
                 local: true,
             },
         );
@@ -170,19 +174,46 @@ impl Hub {
         hostname: &str,
         peer: IpAddr,
     ) -> Result<String, RegisterError> {
+        // One enrollment or revocation at a time: each writes the store, then the map, and two
+        // interleaved could leave the map saying otherwise than the store.
+        let _one = self.credential_writes.lock().await;
         match self.store.find_by_hostname(Kind::Clients, hostname).await? {
             Some(existing) => {
                 let pinned = self.store.agent_pinned_peers(existing.id).await?;
                 self.check_takeover(&existing, &pinned, hostname, peer)?;
             }
-            None => self.may_claim(hostname, peer).await?,
+            None => {
+                self.may_claim(hostname, peer).await?;
+                // Enrolled but not registered yet (no client record): the host's live
+                // credential pins the name to the address it was enrolled from, so another
+                // token holder cannot replace it before the host first connects.
+                let elsewhere = self
+                    .credentials()
+                    .by_id
+                    .values()
+                    .find(|c| c.hostname == hostname && c.revoked.is_none() && !c.local)
+                    .map(|c| c.created_from.clone())
+                    .filter(|from| *from != peer.to_string());
+                if let Some(from) = elsewhere {
+                    if self.takeover == super::TakeoverPolicy::PinAddress && !peer.is_loopback() {
+                        return Err(RegisterError::Refused(format!(
+                            "hostname {hostname} was enrolled from {from}; enroll it from there, or revoke its credential first (tracevisor credentials revoke {hostname})"
+                        )));
+                    }
+                }
+            }
         }
-        // At most two credentials per host are kept (below), so this bounds the table and the
-        // map by the number of hosts a coordinator serves.
-        let held = self.credentials().by_id.len();
-        if held >= 2 * self.max_links {
+        // At most two credentials per host are kept (below), and a live one per host: live
+        // credentials are bounded so that the table and the map are too. Revoking frees room.
+        let live = self
+            .credentials()
+            .by_id
+            .values()
+            .filter(|c| c.revoked.is_none() && !c.local)
+            .count();
+        if live >= 2 * self.max_links {
             return Err(RegisterError::Refused(format!(
-                "this coordinator holds {held} agent credentials, twice max_agent_links ({}): revoke unused ones (tracevisor credentials) or raise max_agent_links",
+                "this coordinator holds {live} live agent credentials, twice max_agent_links ({}): revoke unused ones (tracevisor credentials) or raise max_agent_links",
                 self.max_links
             )));
         }
@@ -249,6 +280,7 @@ impl Hub {
         id: &str,
         why: &str,
     ) -> Result<Option<CredentialRow>, StoreError> {
+        let _one = self.credential_writes.lock().await;
         let now = rfc3339(OffsetDateTime::now_utc());
         let Some(mut row) = self.store.revoke_credential(id, &now, why).await? else {
             return Ok(None);

@@ -130,6 +130,11 @@ pub async fn serve_link<S: Socket>(
             .await;
         }
     };
+    // Revoked since the upgrade: refused before it can replace the host's live link.
+    if let Some(why) = hub.revoked_reason(&credential) {
+        let why = format!("this agent's credential was revoked: {why}");
+        return close(socket, CloseReason::Unauthorized, &why, peer).await;
+    }
     let link_id = hub.next_link.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(OUTGOING_QUEUE);
     // The silence clock starts once the link is registered: registration may have queued

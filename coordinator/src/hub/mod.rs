@@ -127,6 +127,8 @@ pub struct Hub {
     registrations: tokio::sync::Semaphore,
     /// Every agent credential, by id (mirrors the `agent_credential` table).
     credentials: Mutex<Credentials>,
+    /// Held by an enrollment or a revocation, from its store write to its map update.
+    credential_writes: tokio::sync::Mutex<()>,
     /// Last contact of the links closed by shutdown, written together by
     /// [`Hub::flush_last_seen`].
     last_seen_at_exit: Mutex<Vec<(u64, String)>>,
@@ -169,6 +171,7 @@ impl Hub {
             auth_failures: AuthFailures::default(),
             registrations: tokio::sync::Semaphore::new(REGISTRATION_CONCURRENCY),
             credentials: Mutex::new(Credentials::default()),
+            credential_writes: tokio::sync::Mutex::new(()),
             last_seen_at_exit: Mutex::new(Vec::new()),
         };
         (Arc::new(hub), rx)
@@ -393,7 +396,13 @@ impl Hub {
     /// not a loopback name (`localhost`, the built-in agent's) from another host.
     async fn may_claim(&self, hostname: &str, peer: IpAddr) -> Result<(), RegisterError> {
         for kind in [Kind::Relays, Kind::AnalysesServers] {
-            if self.store.find_by_hostname(kind, hostname).await?.is_some() {
+            // Records made over REST may spell the name otherwise (`Relay-A`, `relay-a.`).
+            let same = |r: &HostRecord| {
+                r.hostname
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(hostname)
+            };
+            if self.store.list(kind).await?.iter().any(same) {
                 return Err(RegisterError::Refused(format!(
                     "hostname {hostname} is registered as {} {hostname}; an agent cannot claim it (register a client of that name first to let its agent in)",
                     if kind == Kind::Relays { "the relay" } else { "the analyses server" }
@@ -509,7 +518,8 @@ impl Hub {
                         return Err(Refusal::UnknownCredential(id.to_owned()));
                     }
                     Err(CheckError::Revoked(when, why)) => {
-                        self.auth_failures.record(peer.ip());
+                        // Not counted towards the throttle: revoked agents keep retrying, and
+                        // several behind one address must not lock out the others there.
                         let hostname = self.credential_hostname(id);
                         tracing::warn!(%peer, credential = %id, %hostname, "agent rejected: revoked credential");
                         return Err(Refusal::Revoked {
@@ -1079,5 +1089,24 @@ mod tests {
         let (reason, why) = refused(&answer);
         assert_eq!(reason, CloseReason::Unauthorized);
         assert!(why.contains("max_agent_links"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn an_enrolled_name_cannot_be_enrolled_again_from_elsewhere_before_it_connects() {
+        let (hub, _store, _events) = hub().await;
+        let (id, secret) = enrolled(&hub, "web-8", REMOTE).await;
+        let (_, answer) = FakeAgent::open_as(
+            &hub,
+            Identity::Enrollment,
+            enroll("web-8"),
+            ([10, 0, 0, 66], 40000).into(),
+        )
+        .await;
+        let (reason, why) = refused(&answer);
+        assert_eq!(reason, CloseReason::Unauthorized);
+        assert!(why.contains("enrolled from 10.0.0.7"), "{why}");
+        assert_eq!(hub.check_credential(&id, &secret), Ok("web-8".into()));
+        // From its own address it may enroll again (a reinstalled host).
+        enrolled(&hub, "web-8", REMOTE).await;
     }
 }
