@@ -417,14 +417,77 @@ pub async fn run_job(
     if let Some(locator) = &spec.analysis_only {
         progress(JOB_STATUS_ANALYSIS_RUNNING, "analysing the trace");
         let trace = locate(exec, spec, locator).await?;
-        return analyse(exec, spec, &trace).await;
+        let analysed = analyse(exec, spec, &trace).await;
+        // A trace at a path the job was given is not this job's to delete; a relay session
+        // directory found for this job's session is.
+        let ours = matches!(locator, TraceLocator::RelaySession { .. });
+        return settle_trace(exec, spec, &trace, ours, analysed).await;
     }
     let trace = record(exec, spec, &progress, cancel).await?;
     if !spec.run_analysis {
+        // Another host analyses it (on the relay): that job settles it.
         return Ok(json!({ "kind": "trace", "trace": trace, "host": exec.host() }));
     }
     progress(JOB_STATUS_ANALYSIS_RUNNING, "analysing the trace");
-    analyse(exec, spec, &trace).await
+    let analysed = analyse(exec, spec, &trace).await;
+    let ours = matches!(spec.output, TraceOutput::Local);
+    settle_trace(exec, spec, &trace, ours, analysed).await
+}
+
+/// Bound on deleting one trace directory.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Once the analysis is done (whether it succeeded or not): deletes the trace unless the job
+/// keeps it or it is not the job's own (`ours`), and says so in the result
+/// (`"trace_kept"`). A deletion that fails is logged and noted in the result
+/// (`"trace_delete_error"`); it does not fail the job, whose result is complete.
+async fn settle_trace(
+    exec: &impl Executor,
+    spec: &JobSpec,
+    trace: &str,
+    ours: bool,
+    analysed: Result<Json, StepError>,
+) -> Result<Json, StepError> {
+    let keep = spec.keep_trace || !ours;
+    let deleted = if keep {
+        Ok(())
+    } else {
+        delete_trace(exec, trace).await
+    };
+    if let Err(why) = &deleted {
+        tracing::warn!(host = %exec.host(), %trace, %why, "could not delete a trace after its analysis");
+    }
+    analysed.map(|mut result| {
+        if let Some(object) = result.as_object_mut() {
+            object.insert("trace_kept".into(), json!(keep));
+            if let Err(why) = deleted {
+                object.insert("trace_delete_error".into(), json!(why));
+            }
+        }
+        result
+    })
+}
+
+/// Deletes a trace directory: an absolute path naming a `tracevisor-*` session directory, on
+/// one file system, never following a symbolic link out of it (`rm -r` does not).
+pub async fn delete_trace(exec: &impl Executor, trace: &str) -> Result<(), String> {
+    let path = std::path::Path::new(trace);
+    let named_for_a_session = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(SESSION_PREFIX));
+    if !path.is_absolute() || trace.contains("..") || !named_for_a_session {
+        return Err(format!(
+            "{trace} is not a trace directory of a job; not deleted"
+        ));
+    }
+    exec.run(
+        argv(&["rm", "-r", "-f", "--one-file-system", "--", trace]),
+        DELETE_TIMEOUT,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 /// Records the trace; returns where it is (a path on this host, or `net://...` for a relay).
@@ -796,6 +859,37 @@ mod tests {
     // Trace directories: the checks run for real through the local executor (mkdir, stat
     // and id as the agent runs them); only the owner check needs root to set up.
 
+    #[tokio::test]
+    async fn only_a_jobs_own_trace_directory_is_deleted_and_links_are_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).expect("mkdir");
+        std::fs::write(outside.join("keep-me"), "x").expect("write");
+        let trace = dir.path().join("tracevisor-0c0ffee0-7-h");
+        std::fs::create_dir_all(trace.join("ust/uid/0/64-bit")).expect("mkdir");
+        std::fs::write(trace.join("ust/uid/0/64-bit/metadata"), "m").expect("write");
+        std::os::unix::fs::symlink(&outside, trace.join("link-out")).expect("symlink");
+        let exec = executor(dir.path());
+        delete_trace(&exec, trace.to_str().expect("utf-8"))
+            .await
+            .expect("deleted");
+        assert!(!trace.exists());
+        assert!(
+            outside.join("keep-me").exists(),
+            "a link inside is not followed"
+        );
+        for refused in [
+            "/etc",
+            "relative/tracevisor-1",
+            "/tmp/../etc/tracevisor-x",
+            outside.to_str().expect("utf-8"),
+        ] {
+            let error = delete_trace(&exec, refused).await.expect_err(refused);
+            assert!(error.contains("not deleted"), "{error}");
+        }
+        assert!(outside.exists());
+    }
+
     fn executor(root: &Path) -> LocalExecutor {
         LocalExecutor {
             hostname: "h".into(),
@@ -830,6 +924,7 @@ mod tests {
             run_analysis: false,
             summary: Summary::Ust,
             analysis_only: None,
+            keep_trace: false,
         }
     }
 

@@ -68,7 +68,10 @@ pub mod codec;
 pub use codec::{decode, encode, CodecError, MAX_FRAME_BYTES};
 
 /// The version of this protocol, carried in every [`Frame`] and in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// History: 1, the first; 2, `JobSpec::keep_trace` (a struct field changes the encoding) and
+/// the enrollment messages (`Enroll`, `Enrolled`).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Path of the coordinator's agent hub (the WebSocket endpoint agents dial).
 pub const HUB_PATH: &str = "/trace/api/v1.0/agents";
@@ -339,6 +342,10 @@ pub struct JobSpec {
     /// When set, nothing is traced: the agent finds the trace recorded by another host's job
     /// (on a relay, or at a path) and only analyses it.
     pub analysis_only: Option<TraceLocator>,
+    /// Keep the trace once analysed. When false, the trace this job recorded locally, or the
+    /// relay session directory it analysed, is deleted as soon as the analysis is done
+    /// (a trace named by [`TraceLocator::Path`] is never deleted). Added in version 2.
+    pub keep_trace: bool,
 }
 
 /// How a job's result is produced. Only ever append variants.

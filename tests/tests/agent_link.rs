@@ -318,7 +318,10 @@ async fn a_wrong_token_is_refused() {
         (Some("not-the-token"), "invalid agent enrollment token"),
         (None, "missing"),
     ] {
-        match RawLink::upgrade(&url, token, Some("1")).await.unwrap() {
+        match RawLink::upgrade(&url, token, Some(&PROTOCOL_VERSION.to_string()))
+            .await
+            .unwrap()
+        {
             Upgrade::Refused { status, body } => {
                 assert_eq!(status, 401, "{body}");
                 let body: Json = serde_json::from_str(&body).unwrap();

@@ -259,7 +259,35 @@ fn ust_job_through_the_agent_counts_exactly_what_the_program_emitted() {
         assert_eq!(stored["status"], COMPLETE);
         // The session was destroyed.
         assert!(!session_alive(&session).unwrap(), "{session} destroyed");
+        assert_eq!(result["trace_kept"], true, "{result}");
+        assert!(trace.is_dir(), "kept: {}", trace.display());
+        // Without keep_trace (the default), the trace is deleted once analysed.
+        assert_trace_deleted_after_analysis(&c, "localhost", &mut traces).await;
     });
+}
+
+/// A `ust` job on `host` without `keep_trace`: it completes, its result counts the events,
+/// and its trace directory is gone.
+async fn assert_trace_deleted_after_analysis(
+    c: &Coordinator,
+    host: &str,
+    traces: &mut TraceCleanup,
+) {
+    let mut body = job_body(host, UST_SECS, "ust");
+    body.as_object_mut().unwrap().remove("keep_trace");
+    let answer = post_analyses(c, &body, &[]).await.unwrap();
+    let job = &answer.body;
+    traces.add_result(&job["result"]);
+    assert_eq!(answer.status.as_u16(), 200, "{job}");
+    let result = &job["result"];
+    assert_eq!(result["trace_kept"], false, "{result}");
+    assert!(result["trace_delete_error"].is_null(), "{result}");
+    let trace = result_trace(result).unwrap();
+    assert!(
+        !trace.exists(),
+        "{} left after its analysis: {result}",
+        trace.display()
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -483,6 +511,8 @@ fn ust_job_over_ssh_counts_exactly_and_a_changed_host_key_is_refused() {
         let old_key = sshd.host_public_key().unwrap();
         let old_blob = old_key.split_whitespace().nth(1).unwrap();
         assert!(pinned.contains(old_blob), "{pinned}");
+        // Without keep_trace, the trace is deleted on the host over SSH once analysed.
+        assert_trace_deleted_after_analysis(&c, "sshhost", &mut traces).await;
 
         // A result over the limit fails the job at step `result` instead of being stored.
         let answer = post_analyses(&c, &job_body("sshhost", 0.2, "huge"), &[])
@@ -631,6 +661,7 @@ fn analysis_spec(profile: &str, trace: &Path) -> JobSpec {
         run_analysis: true,
         summary: Summary::Lami,
         analysis_only: Some(TraceLocator::Path(trace.display().to_string())),
+        keep_trace: false,
     }
 }
 

@@ -360,6 +360,7 @@ mod tests {
             run_analysis: false,
             summary: tracevisor_protocol::Summary::Ust,
             analysis_only: None,
+            keep_trace: false,
         })
     }
 

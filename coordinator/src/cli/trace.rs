@@ -60,6 +60,10 @@ pub struct TraceArgs {
     /// Passed to analysis commands declaring {mongoport}
     #[arg(long, value_name = "PORT")]
     pub mongoport: Option<u16>,
+    /// Keep the trace on the host once analysed (by default it is deleted then); the result
+    /// names where it is
+    #[arg(long)]
+    pub keep: bool,
     /// Rows shown per result table (0: all)
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
@@ -95,6 +99,9 @@ impl TraceArgs {
             if let Some(v) = value {
                 body.insert(key.into(), v);
             }
+        }
+        if self.keep {
+            body.insert("keep_trace".into(), json!(true));
         }
         body.insert("wait".into(), json!(false));
         Json::Object(body)

@@ -19,6 +19,8 @@ pub struct JobRequest {
     pub mongohost: Option<String>,
     pub mongoport: Option<u16>,
     pub wait: bool,
+    /// Keep the trace on the host after its analysis (default: deleted once analysed).
+    pub keep_trace: bool,
 }
 
 fn field_str(
@@ -91,16 +93,16 @@ impl JobRequest {
                 Some(validate::port(n).map_err(|e| FieldError::new("mongoport", e))?)
             }
         };
-        let wait = match body.get("wait") {
-            None | Some(Json::Null) => true,
-            Some(Json::Bool(b)) => *b,
-            Some(other) => {
-                return Err(FieldError::new(
-                    "wait",
-                    format!("must be a boolean, got {other}"),
-                ))
-            }
+        let flag = |field: &str, default: bool| match body.get(field) {
+            None | Some(Json::Null) => Ok(default),
+            Some(Json::Bool(b)) => Ok(*b),
+            Some(other) => Err(FieldError::new(
+                field,
+                format!("must be a boolean, got {other}"),
+            )),
         };
+        let wait = flag("wait", true)?;
+        let keep_trace = flag("keep_trace", false)?;
         Ok(JobRequest {
             host,
             duration,
@@ -111,6 +113,7 @@ impl JobRequest {
             mongohost,
             mongoport,
             wait,
+            keep_trace,
         })
     }
 }

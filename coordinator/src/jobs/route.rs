@@ -106,6 +106,7 @@ impl Plan {
                 Summary::Ust => WireSummary::Ust,
             },
             analysis_only: None,
+            keep_trace: req.keep_trace,
         }
     }
 

@@ -74,6 +74,7 @@ fn request(host: &str, duration: f64) -> JobRequest {
         mongohost: None,
         mongoport: None,
         wait: false,
+        keep_trace: false,
     }
 }
 

@@ -285,7 +285,7 @@ async fn reconnects_after_the_coordinator_drops_the_link() {
 #[tokio::test]
 async fn malformed_frames_close_with_a_reason_and_reconnect() {
     let mut newer = encode(&Frame::new(Message::Heartbeat { seq: 1 })).unwrap();
-    newer[0] = 2;
+    newer[0] = 3;
     let mut trailing = encode(&Frame::new(Message::Heartbeat { seq: 1 })).unwrap();
     trailing.push(0);
     let cases: Vec<(WsMessage, CloseReason, &str)> = vec![
@@ -300,7 +300,7 @@ async fn malformed_frames_close_with_a_reason_and_reconnect() {
             "invalid varint",
         ),
         (
-            WsMessage::binary(vec![1, 100]),
+            WsMessage::binary(vec![2, 100]),
             CloseReason::ProtocolError,
             "malformed frame",
         ),
@@ -312,7 +312,7 @@ async fn malformed_frames_close_with_a_reason_and_reconnect() {
         (
             WsMessage::binary(newer),
             CloseReason::UnsupportedVersion,
-            "protocol version 2",
+            "protocol version 3",
         ),
         (
             WsMessage::binary(trailing),
@@ -523,6 +523,7 @@ fn spec() -> JobSpec {
         run_analysis: true,
         summary: tracevisor_protocol::Summary::Lami,
         analysis_only: None,
+        keep_trace: false,
     }
 }
 
