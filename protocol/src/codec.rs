@@ -436,6 +436,19 @@ mod tests {
             (Message::CancelJob { job_id: 42 }, "02 06 2a"),
             (Message::ResultAck { job_id: 42 }, "02 07 2a"),
             (
+                Message::Enroll {
+                    hostname: "web-1".into(),
+                },
+                "02 0a 05 77 65 62 2d 31",
+            ),
+            (
+                Message::Enrolled {
+                    hostname: "h".into(),
+                    credential: "c".into(),
+                },
+                "02 0b 01 68 01 63",
+            ),
+            (
                 Message::JobProgress {
                     job_id: 42,
                     status: -1,
