@@ -87,6 +87,8 @@ struct FileConfig {
     max_duration_secs: Option<u64>,
     heartbeat_interval_secs: Option<u64>,
     relay_output_dirs: Option<Vec<String>>,
+    trace_retention_secs: Option<u64>,
+    trace_quota_mib: Option<u64>,
     ssh_host_key_policy: Option<crate::ssh::HostKeyPolicy>,
     ssh_connect_timeout_secs: Option<u64>,
     max_agent_links: Option<usize>,
@@ -144,6 +146,8 @@ pub struct Config {
     pub profiles: BTreeMap<String, Profile>,
     /// Where relays write traces, searched by analyses when a relay record has no `output_dir`.
     pub relay_output_dirs: Vec<String>,
+    /// Retention and quota of kept traces, on SSH hosts and the built-in agent's host.
+    pub traces: tracevisor_lttng::lifecycle::TracePolicy,
     /// How SSH host keys are checked.
     pub ssh_host_key_policy: crate::ssh::HostKeyPolicy,
     /// SSH connection timeout.
@@ -202,6 +206,7 @@ impl Config {
             heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
             profiles: profiles::builtin(),
             relay_output_dirs: vec!["/var/lib/lttng-relayd".into(), "/root/lttng-traces".into()],
+            traces: tracevisor_lttng::lifecycle::TracePolicy::default(),
             ssh_host_key_policy: crate::ssh::HostKeyPolicy::Tofu,
             ssh_connect_timeout: Duration::from_secs(10),
             max_agent_links: 100_000,
@@ -291,6 +296,12 @@ impl Config {
         }
         if let Some(v) = file.relay_output_dirs {
             config.relay_output_dirs = v;
+        }
+        if let Some(v) = file.trace_retention_secs {
+            config.traces.retention = Duration::from_secs(v);
+        }
+        if let Some(v) = file.trace_quota_mib {
+            config.traces.quota_bytes = v.saturating_mul(1 << 20);
         }
         if let Some(v) = file.ssh_host_key_policy {
             config.ssh_host_key_policy = v;
@@ -458,6 +469,16 @@ impl Config {
         for dir in &self.relay_output_dirs {
             crate::validate::abs_path(dir)
                 .map_err(|e| err(format!("relay_output_dirs: {dir:?} {e}")))?;
+        }
+        let min_age = tracevisor_lttng::lifecycle::TRACE_MIN_AGE.as_secs();
+        if self.traces.retention.as_secs() < min_age {
+            return Err(err(format!(
+                "trace_retention_secs: {} is under {min_age} (a younger trace may be a running job's)",
+                self.traces.retention.as_secs()
+            )));
+        }
+        if self.traces.quota_bytes == 0 {
+            return Err(err("trace_quota_mib: must be at least 1".to_owned()));
         }
         let ssh_timeout = self.ssh_connect_timeout.as_secs();
         if !(1..=300).contains(&ssh_timeout) {

@@ -90,6 +90,7 @@ pub async fn run(
             known_hosts: ssh::known_hosts(&config.data_dir),
             policy: config.ssh_host_key_policy,
             connect_timeout: config.ssh_connect_timeout,
+            traces: config.traces,
         },
         instance,
         shutdown.clone(),
@@ -197,6 +198,7 @@ fn spawn_local_agent(
         .collect();
     // It also analyses traces relays wrote on this host: the coordinator's relay output
     // directories are its relay roots (those that do not exist are skipped at each job).
+    agent.trace_policy = config.traces;
     agent.relay_roots = config
         .relay_output_dirs
         .iter()

@@ -47,6 +47,8 @@ pub struct SshSettings {
     pub known_hosts: PathBuf,
     pub policy: HostKeyPolicy,
     pub connect_timeout: Duration,
+    /// Retention and quota of kept traces on SSH hosts.
+    pub traces: tracevisor_lttng::lifecycle::TracePolicy,
 }
 
 /// A connected host.
@@ -55,6 +57,7 @@ pub struct SshExecutor {
     display: String,
     /// The SSH user (validated as a POSIX user name), which names the trace root.
     user: String,
+    traces: tracevisor_lttng::lifecycle::TracePolicy,
 }
 
 fn io_err(command: String, message: impl std::fmt::Display) -> RunError {
@@ -81,6 +84,7 @@ impl SshExecutor {
             session,
             display: target.display.clone(),
             user: target.user.clone(),
+            traces: settings.traces,
         })
     }
 
@@ -266,6 +270,10 @@ fn argv(items: &[&str]) -> Vec<String> {
 impl Executor for SshExecutor {
     fn host(&self) -> &str {
         &self.display
+    }
+
+    fn trace_policy(&self) -> tracevisor_lttng::lifecycle::TracePolicy {
+        self.traces
     }
 
     fn trace_root(&self) -> String {

@@ -47,7 +47,37 @@ pub trait Executor: Send + Sync {
         argv: Vec<String>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Output, RunError>> + Send;
+    /// How long kept traces stay in the trace root, and how much they may take.
+    fn trace_policy(&self) -> TracePolicy {
+        TracePolicy::default()
+    }
 }
+
+/// How long kept traces stay in a host's trace root and how much room they may take
+/// ([`prune_kept_traces`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TracePolicy {
+    /// Kept traces older than this are deleted (`trace_retention_secs`).
+    pub retention: Duration,
+    /// Beyond this many bytes in the trace root, the oldest kept traces are deleted
+    /// (`trace_quota_mib`).
+    pub quota_bytes: u64,
+}
+
+impl Default for TracePolicy {
+    fn default() -> Self {
+        TracePolicy {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            quota_bytes: 10 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// A kept trace is deleted only once it has been idle this long: its directory is older and
+/// no file in it changed since (a trace just stopped, or being analysed, has changed within
+/// minutes; one being recorded has its session listed, and is skipped for that). The
+/// retention cannot be shorter.
+pub const TRACE_MIN_AGE: Duration = Duration::from_secs(3 * 3600);
 
 /// The agent's trace root when it can be created (the agent runs as root, or as a user that
 /// owns `/var/lib/tracesd`, the packaged service's state directory).
@@ -62,6 +92,8 @@ pub struct LocalExecutor {
     pub hostname: String,
     /// Directory for local traces.
     pub trace_root: PathBuf,
+    /// Retention and quota of kept traces.
+    pub policy: TracePolicy,
 }
 
 impl LocalExecutor {
@@ -75,6 +107,7 @@ impl LocalExecutor {
         LocalExecutor {
             hostname: hostname.to_owned(),
             trace_root: default_trace_root(),
+            policy: TracePolicy::default(),
         }
     }
 }
@@ -121,6 +154,10 @@ fn default_trace_root() -> PathBuf {
 impl Executor for LocalExecutor {
     fn host(&self) -> &str {
         &self.hostname
+    }
+
+    fn trace_policy(&self) -> TracePolicy {
+        self.policy
     }
 
     fn trace_root(&self) -> String {
@@ -468,6 +505,128 @@ async fn settle_trace(
     })
 }
 
+/// Deletes the kept traces of the trace root that are older than the retention, then, while
+/// the root holds more than the quota, the oldest others. A trace is never deleted while it
+/// may still be in use: its session is listed by the session daemon (tracing), or a file in it
+/// changed within [`TRACE_MIN_AGE`] (just stopped, being analysed). Each deletion is logged; a
+/// failure is logged and does not fail the job that triggered the pass. Ages are judged by the
+/// host's own clock (`find -mmin`), sizes by `du`.
+pub async fn prune_kept_traces(exec: &impl Executor) {
+    let policy = exec.trace_policy();
+    let root = exec.trace_root();
+    let minutes = |d: Duration| (d.as_secs() / 60).max(1).to_string();
+    let listing = argv(&[
+        "find",
+        &root,
+        "-mindepth",
+        "1",
+        "-maxdepth",
+        "1",
+        "-type",
+        "d",
+        "-name",
+        &format!("{SESSION_PREFIX}*"),
+        "-mmin",
+        &format!("+{}", minutes(TRACE_MIN_AGE)),
+        "-printf",
+        "%T@ %p\n",
+    ]);
+    let Ok(out) = exec.run(listing, LTTNG_TIMEOUT).await else {
+        return;
+    };
+    let mut candidates: Vec<(f64, String)> = out
+        .stdout_lossy()
+        .lines()
+        .filter_map(|l| {
+            let (time, path) = l.split_once(' ')?;
+            Some((time.parse().ok()?, path.to_owned()))
+        })
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Sessions that exist: their traces are being written.
+    let live = exec
+        .run(lttng(&["list"]), LTTNG_TIMEOUT)
+        .await
+        .map(|o| o.stdout_lossy())
+        .unwrap_or_default();
+    let mut idle = Vec::new();
+    for (time, trace) in candidates {
+        let name = trace.rsplit('/').next().unwrap_or_default().to_owned();
+        if live.contains(&name) {
+            continue;
+        }
+        let recent = argv(&[
+            "find",
+            &trace,
+            "-mmin",
+            &format!("-{}", minutes(TRACE_MIN_AGE)),
+            "-print",
+            "-quit",
+        ]);
+        match exec.run(recent, LTTNG_TIMEOUT).await {
+            Ok(out) if out.stdout_lossy().trim().is_empty() => idle.push((time, trace)),
+            _ => {}
+        }
+    }
+    let now = exec
+        .run(argv(&["date", "+%s"]), LTTNG_TIMEOUT)
+        .await
+        .ok()
+        .and_then(|o| o.stdout_lossy().trim().parse::<f64>().ok());
+    let retention = policy.retention.max(TRACE_MIN_AGE).as_secs_f64();
+    let mut kept = Vec::new();
+    for (time, trace) in idle {
+        if now.is_some_and(|now| now - time > retention) {
+            match delete_trace(exec, &trace).await {
+                Ok(()) => {
+                    tracing::info!(host = %exec.host(), %trace, retention_secs = retention, "deleted a kept trace past its retention (trace_retention_secs)")
+                }
+                Err(why) => {
+                    tracing::warn!(host = %exec.host(), %trace, %why, "could not delete a kept trace past its retention")
+                }
+            }
+        } else {
+            kept.push(trace);
+        }
+    }
+    let size = |path: String| async move {
+        let out = exec
+            .run(
+                argv(&["du", "-s", "-B1", "--one-file-system", &path]),
+                LTTNG_TIMEOUT,
+            )
+            .await
+            .ok()?;
+        out.stdout_lossy()
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+    };
+    let Some(mut total) = size(root.clone()).await else {
+        return;
+    };
+    // Oldest first.
+    for trace in kept {
+        if total <= policy.quota_bytes {
+            break;
+        }
+        let bytes = size(trace.clone()).await.unwrap_or(0);
+        match delete_trace(exec, &trace).await {
+            Ok(()) => {
+                total = total.saturating_sub(bytes);
+                tracing::info!(host = %exec.host(), %trace, bytes, quota_bytes = policy.quota_bytes, "deleted the oldest kept trace: the trace root is over its quota (trace_quota_mib)");
+            }
+            Err(why) => {
+                tracing::warn!(host = %exec.host(), %trace, %why, "could not delete a kept trace over the quota")
+            }
+        }
+    }
+}
+
 /// Deletes a trace directory: an absolute path naming a `tracevisor-*` session directory, on
 /// one file system, never following a symbolic link out of it (`rm -r` does not).
 pub async fn delete_trace(exec: &impl Executor, trace: &str) -> Result<(), String> {
@@ -502,6 +661,8 @@ async fn record(
         TraceOutput::Local => {
             // Made by us, new, mode 0700 in a checked root; lttng writes into it.
             let dir = create_trace_dir(exec, name).await?;
+            // Room for it: kept traces past their retention, or beyond the quota, go first.
+            prune_kept_traces(exec).await;
             (dir.clone(), vec!["--output".to_owned(), dir])
         }
         TraceOutput::Relay {
@@ -890,10 +1051,65 @@ mod tests {
         assert!(outside.exists());
     }
 
+    /// A `tracevisor-*` directory in `root` holding `bytes`, last modified `age` ago.
+    fn aged_trace(root: &Path, name: &str, bytes: usize, age: &str) -> std::path::PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(dir.join("data"), vec![7u8; bytes]).expect("write");
+        let touched = std::process::Command::new("touch")
+            .args(["-d", age])
+            .arg(dir.join("data"))
+            .arg(&dir)
+            .status()
+            .expect("touch");
+        assert!(touched.success());
+        dir
+    }
+
+    #[tokio::test]
+    async fn kept_traces_go_after_their_retention_and_the_oldest_beyond_the_quota() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let mib = 1 << 20;
+        let expired = aged_trace(root, "tracevisor-a-1-h", mib, "9 days ago");
+        let oldest = aged_trace(root, "tracevisor-a-2-h", mib, "5 days ago");
+        let older = aged_trace(root, "tracevisor-a-3-h", mib, "4 days ago");
+        let recent = aged_trace(root, "tracevisor-a-4-h", mib, "2 days ago");
+        // Young enough to be a running job's: never deleted for the quota.
+        let running = aged_trace(root, "tracevisor-a-5-h", 3 * mib, "10 minutes ago");
+        let other = aged_trace(root, "not-a-trace", mib, "30 days ago");
+        let mut exec = executor(root);
+        exec.policy = TracePolicy {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            quota_bytes: 6 * mib as u64,
+        };
+        prune_kept_traces(&exec).await;
+        assert!(!expired.exists(), "past its retention");
+        // 8 MiB left (3 traces of 1 MiB, the running one's 3, and the other directory) for a
+        // quota of 6: the two oldest kept traces go.
+        assert!(
+            !oldest.exists() && !older.exists(),
+            "oldest first, down to the quota"
+        );
+        assert!(recent.exists(), "the quota is met without it");
+        assert!(running.exists(), "younger than TRACE_MIN_AGE");
+        assert!(other.exists(), "not a trace of a job");
+        // Under the quota and within the retention: nothing more goes.
+        prune_kept_traces(&exec).await;
+        assert!(recent.exists() && running.exists());
+        // An old directory with a file written just now (a trace being analysed) stays, even
+        // past its retention.
+        let busy = aged_trace(root, "tracevisor-a-6-h", mib, "30 days ago");
+        std::fs::write(busy.join("data"), b"fresh").expect("write");
+        prune_kept_traces(&exec).await;
+        assert!(busy.exists(), "a file in it changed within TRACE_MIN_AGE");
+    }
+
     fn executor(root: &Path) -> LocalExecutor {
         LocalExecutor {
             hostname: "h".into(),
             trace_root: root.to_path_buf(),
+            policy: TracePolicy::default(),
         }
     }
 

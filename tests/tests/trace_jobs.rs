@@ -671,6 +671,7 @@ async fn analyse(profile: &str, trace: &Path) -> (Json, Vec<i8>) {
     let exec = LocalExecutor {
         hostname: "analysis-host".into(),
         trace_root: std::env::temp_dir(),
+        policy: Default::default(),
     };
     let statuses = std::sync::Mutex::new(Vec::new());
     let result = run_job(

@@ -95,6 +95,11 @@ pub struct FileConfig {
     /// Output directories of the `lttng-relayd` on this host (its `--output`), where
     /// analysis-only jobs may read traces besides the agent's own trace root (absolute paths).
     pub relay_roots: Option<Vec<PathBuf>>,
+    /// Kept traces older than this are deleted (default: a week; at least 3 hours).
+    pub trace_retention_secs: Option<u64>,
+    /// Beyond this many MiB in the trace root, the oldest kept traces are deleted (default:
+    /// 10 GiB).
+    pub trace_quota_mib: Option<u64>,
 }
 
 /// An invalid or missing setting.
@@ -217,6 +222,8 @@ pub struct AgentConfig {
     /// Output directories of the relay daemon on this host, where analysis-only jobs may read
     /// traces besides the agent's own trace root (absolute paths).
     pub relay_roots: Vec<PathBuf>,
+    /// Retention and quota of the traces jobs keep on this host.
+    pub trace_policy: tracevisor_lttng::lifecycle::TracePolicy,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -231,6 +238,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("link", &self.link)
             .field("analysis_programs", &self.analysis_programs)
             .field("relay_roots", &self.relay_roots)
+            .field("trace_policy", &self.trace_policy)
             .finish()
     }
 }
@@ -249,6 +257,7 @@ impl AgentConfig {
             link: LinkSettings::default(),
             analysis_programs: Vec::new(),
             relay_roots: Vec::new(),
+            trace_policy: Default::default(),
         })
     }
 
@@ -347,6 +356,23 @@ impl AgentConfig {
                 format!("{} is not an absolute path", bad.display()),
             ));
         }
+        let mut trace_policy = tracevisor_lttng::lifecycle::TracePolicy::default();
+        if let Some(secs) = file.trace_retention_secs {
+            let min = tracevisor_lttng::lifecycle::TRACE_MIN_AGE.as_secs();
+            if secs < min {
+                return Err(invalid(
+                    "trace_retention_secs",
+                    format!("{secs} is under {min} (a younger trace may be a running job's)"),
+                ));
+            }
+            trace_policy.retention = Duration::from_secs(secs);
+        }
+        if let Some(mib) = file.trace_quota_mib {
+            if mib == 0 {
+                return Err(invalid("trace_quota_mib", "must be at least 1"));
+            }
+            trace_policy.quota_bytes = mib.saturating_mul(1 << 20);
+        }
         let relay_roots = file.relay_roots.unwrap_or_default();
         if let Some(bad) = relay_roots.iter().find(|p| !p.is_absolute()) {
             return Err(invalid(
@@ -364,6 +390,7 @@ impl AgentConfig {
             link: LinkSettings::default(),
             analysis_programs,
             relay_roots,
+            trace_policy,
         })
     }
 
@@ -645,6 +672,8 @@ mod tests {
             analysis_programs: Some(vec!["/usr/local/bin/my-analysis-mi".into()]),
             insecure_ws: Some(true),
             relay_roots: None,
+            trace_retention_secs: None,
+            trace_quota_mib: None,
             credential: Some(FILE_CREDENTIAL.into()),
             coordinator_fingerprints: None,
         };
@@ -715,6 +744,29 @@ mod tests {
         let error = AgentConfig::merge(garbled, FileConfig::default()).unwrap_err();
         assert!(
             error.to_string().starts_with("credential: not a"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn trace_retention_and_quota_are_read_and_bounded() {
+        let file = FileConfig {
+            trace_retention_secs: Some(86_400),
+            trace_quota_mib: Some(512),
+            ..FileConfig::default()
+        };
+        let config = AgentConfig::merge(cli("ws://h:1", FLAG_CREDENTIAL), file).unwrap();
+        assert_eq!(config.trace_policy.retention, Duration::from_secs(86_400));
+        assert_eq!(config.trace_policy.quota_bytes, 512 << 20);
+        let short = FileConfig {
+            trace_retention_secs: Some(60),
+            ..FileConfig::default()
+        };
+        let error = AgentConfig::merge(cli("ws://h:1", FLAG_CREDENTIAL), short).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("trace_retention_secs: 60 is under 10800"),
             "{error}"
         );
     }

@@ -341,6 +341,7 @@ mod tests {
             LocalExecutor {
                 hostname: "h".into(),
                 trace_root: std::env::temp_dir(),
+                policy: Default::default(),
             },
             Allowlist::discover(&[]),
             vec![],
@@ -449,6 +450,7 @@ mod tests {
             LocalExecutor {
                 hostname: "h".into(),
                 trace_root: std::env::temp_dir().join("tracesd-no-such-trace-root"),
+                policy: Default::default(),
             },
             Allowlist::discover(&[]),
             vec![relay.path().to_owned()],

@@ -50,6 +50,7 @@ async fn setup(heartbeat: Duration) -> Setup {
             known_hosts: "/nonexistent/known_hosts".into(),
             policy: HostKeyPolicy::Strict,
             connect_timeout: Duration::from_secs(1),
+            traces: Default::default(),
         },
         INSTANCE.into(),
         shutdown.clone(),

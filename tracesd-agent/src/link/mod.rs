@@ -139,11 +139,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         relay_roots = ?config.relay_roots,
         "analysis-only jobs read traces under the trace root and these relay roots"
     );
-    let mut jobs = Jobs::new(
-        LocalExecutor::new(&config.hostname),
-        allowlist,
-        config.relay_roots.clone(),
-    );
+    let mut executor = LocalExecutor::new(&config.hostname);
+    executor.policy = config.trace_policy;
+    let mut jobs = Jobs::new(executor, allowlist, config.relay_roots.clone());
     let mut capabilities = CapabilityCache::default();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
     tracing::info!(

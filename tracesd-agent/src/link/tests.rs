@@ -709,6 +709,7 @@ async fn drive_works_over_an_in_memory_stream() {
         LocalExecutor {
             hostname: "in-memory".into(),
             trace_root: std::env::temp_dir(),
+            policy: Default::default(),
         },
         crate::allow::Allowlist::discover(&[]),
         vec![],
