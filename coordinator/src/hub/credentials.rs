@@ -52,8 +52,12 @@ pub(super) struct Credential {
 pub(super) enum CheckError {
     /// No credential has this id, or the secret does not match.
     Unknown,
-    /// It was revoked: when and why.
-    Revoked(String, String),
+    /// It was revoked: the hostname it was issued to, when and why.
+    Revoked {
+        hostname: String,
+        when: String,
+        why: String,
+    },
 }
 
 /// Hex SHA-256 of a credential's secret part.
@@ -87,9 +91,31 @@ impl Credentials {
             return Err(CheckError::Unknown);
         }
         match &c.revoked {
-            Some((when, why)) => Err(CheckError::Revoked(when.clone(), why.clone())),
+            Some((when, why)) => Err(CheckError::Revoked {
+                hostname: c.hostname.clone(),
+                when: when.clone(),
+                why: why.clone(),
+            }),
             None => Ok(c.hostname.clone()),
         }
+    }
+
+    /// How many credentials are live, and where `hostname`'s live one was enrolled from, if
+    /// it has one (one pass over the map).
+    fn live(&self, hostname: &str) -> (usize, Option<String>) {
+        let mut count = 0;
+        let mut from = None;
+        for c in self
+            .by_id
+            .values()
+            .filter(|c| c.revoked.is_none() && !c.local)
+        {
+            count += 1;
+            if c.hostname == hostname {
+                from = Some(c.created_from.clone());
+            }
+        }
+        (count, from)
     }
 
     fn insert_row(&mut self, row: &CredentialRow) {
@@ -138,15 +164,6 @@ impl Hub {
             .and_then(|c| c.revoked.as_ref().map(|(_, why)| why.clone()))
     }
 
-    /// The hostname credential `id` was issued to (empty when unknown).
-    pub(super) fn credential_hostname(&self, id: &str) -> String {
-        self.credentials()
-            .by_id
-            .get(id)
-            .map(|c| c.hostname.clone())
-            .unwrap_or_default()
-    }
-
     /// A credential for the built-in local agent of `hostname`: valid for this process only,
     /// neither stored nor listed.
     pub fn local_credential(&self, hostname: &str) -> String {
@@ -177,6 +194,7 @@ impl Hub {
         // One enrollment or revocation at a time: each writes the store, then the map, and two
         // interleaved could leave the map saying otherwise than the store.
         let _one = self.credential_writes.lock().await;
+        let (live, live_from) = self.credentials().live(hostname);
         match self.store.find_by_hostname(Kind::Clients, hostname).await? {
             Some(existing) => {
                 let pinned = self.store.agent_pinned_peers(existing.id).await?;
@@ -187,13 +205,7 @@ impl Hub {
                 // Enrolled but not registered yet (no client record): the host's live
                 // credential pins the name to the address it was enrolled from, so another
                 // token holder cannot replace it before the host first connects.
-                let elsewhere = self
-                    .credentials()
-                    .by_id
-                    .values()
-                    .find(|c| c.hostname == hostname && c.revoked.is_none() && !c.local)
-                    .map(|c| c.created_from.clone())
-                    .filter(|from| *from != peer.to_string());
+                let elsewhere = live_from.filter(|from| *from != peer.to_string());
                 if let Some(from) = elsewhere {
                     if self.takeover == super::TakeoverPolicy::PinAddress && !peer.is_loopback() {
                         return Err(RegisterError::Refused(format!(
@@ -205,12 +217,6 @@ impl Hub {
         }
         // At most two credentials per host are kept (below), and a live one per host: live
         // credentials are bounded so that the table and the map are too. Revoking frees room.
-        let live = self
-            .credentials()
-            .by_id
-            .values()
-            .filter(|c| c.revoked.is_none() && !c.local)
-            .count();
         if live >= 2 * self.max_links {
             return Err(RegisterError::Refused(format!(
                 "this coordinator holds {live} live agent credentials, twice max_agent_links ({}): revoke unused ones (tracevisor credentials) or raise max_agent_links",
@@ -230,24 +236,24 @@ impl Hub {
         };
         let why = format!("replaced by a new enrollment of {hostname} from {peer}");
         self.store.issue_credential(&row, &why).await?;
-        let replaced: Vec<String> = {
+        let mut replaced: Vec<String> = Vec::new();
+        {
             let mut credentials = self.credentials();
-            // As in the store: the host's rows revoked before go.
-            credentials
-                .by_id
-                .retain(|_, c| c.hostname != hostname || c.revoked.is_none() || c.local);
-            let replaced = credentials
-                .by_id
-                .iter_mut()
-                .filter(|(_, c)| c.hostname == hostname && c.revoked.is_none() && !c.local)
-                .map(|(old, c)| {
-                    c.revoked = Some((now.clone(), why.clone()));
-                    old.clone()
-                })
-                .collect();
+            // As in the store, in one pass: the host's rows revoked before go, its live one is
+            // revoked.
+            credentials.by_id.retain(|old, c| {
+                if c.hostname != hostname || c.local {
+                    return true;
+                }
+                if c.revoked.is_some() {
+                    return false;
+                }
+                c.revoked = Some((now.clone(), why.clone()));
+                replaced.push(old.clone());
+                true
+            });
             credentials.insert_row(&row);
-            replaced
-        };
+        }
         for old in &replaced {
             self.disconnect_credential(old, &why);
         }
@@ -347,10 +353,11 @@ mod tests {
         });
         assert_eq!(
             credentials.check(&row.id, &secret),
-            Err(CheckError::Revoked(
-                "2026-01-02T00:00:00Z".into(),
-                "lost laptop".into()
-            ))
+            Err(CheckError::Revoked {
+                hostname: "web-1".into(),
+                when: "2026-01-02T00:00:00Z".into(),
+                why: "lost laptop".into(),
+            })
         );
         let shaped = format!("{CREDENTIAL_PREFIX}{}_{secret}", row.id);
         assert_eq!(

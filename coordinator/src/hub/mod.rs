@@ -504,9 +504,8 @@ impl Hub {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let identity = match token {
-            Some(t) if tracevisor_protocol::split_credential(t).is_some() => {
-                let (id, secret) = tracevisor_protocol::split_credential(t).unwrap_or_default();
+        let identity = match token.map(|t| (t, tracevisor_protocol::split_credential(t))) {
+            Some((_, Some((id, secret)))) => {
                 match self.check_credential(id, secret) {
                     Ok(hostname) => Identity::Host {
                         credential: id.to_owned(),
@@ -517,10 +516,13 @@ impl Hub {
                         tracing::warn!(%peer, credential = %id, "agent rejected: unknown credential");
                         return Err(Refusal::UnknownCredential(id.to_owned()));
                     }
-                    Err(CheckError::Revoked(when, why)) => {
+                    Err(CheckError::Revoked {
+                        hostname,
+                        when,
+                        why,
+                    }) => {
                         // Not counted towards the throttle: revoked agents keep retrying, and
                         // several behind one address must not lock out the others there.
-                        let hostname = self.credential_hostname(id);
                         tracing::warn!(%peer, credential = %id, %hostname, "agent rejected: revoked credential");
                         return Err(Refusal::Revoked {
                             id: id.to_owned(),
@@ -531,7 +533,7 @@ impl Hub {
                     }
                 }
             }
-            Some(t) if secret_eq(t, &self.agent_token) => Identity::Enrollment,
+            Some((t, None)) if secret_eq(t, &self.agent_token) => Identity::Enrollment,
             Some(_) => {
                 self.auth_failures.record(peer.ip());
                 tracing::warn!(%peer, "agent rejected: wrong enrollment token");
@@ -678,16 +680,21 @@ mod tests {
         let store = Store::open("mem://", StorageLimits::default())
             .await
             .unwrap();
-        let (hub, events) = Hub::new(
+        let (hub, events) = hub_on(&store, 100);
+        (hub, store, events)
+    }
+
+    /// A hub on `store` serving at most `max_links` links.
+    fn hub_on(store: &Store, max_links: usize) -> (Arc<Hub>, mpsc::Receiver<AgentEvent>) {
+        Hub::new(
             store.clone(),
             "agent-token".into(),
             Duration::from_secs(5),
             CancellationToken::new(),
             "0test000".into(),
-            100,
+            max_links,
             TakeoverPolicy::PinAddress,
-        );
-        (hub, store, events)
+        )
     }
 
     fn hello(hostname: &str) -> Hello {
@@ -934,19 +941,11 @@ mod tests {
             other => panic!("a revoked credential was not refused: {other:?}"),
         }
         // Revocation is durable: a hub loading the store refuses it too.
-        let (fresh, _) = Hub::new(
-            store.clone(),
-            "agent-token".into(),
-            Duration::from_secs(5),
-            CancellationToken::new(),
-            "0test000".into(),
-            100,
-            TakeoverPolicy::PinAddress,
-        );
+        let (fresh, _) = hub_on(&store, 100);
         fresh.load().await.unwrap();
         assert!(matches!(
             fresh.check_credential(&id, &secret),
-            Err(CheckError::Revoked(..))
+            Err(CheckError::Revoked { .. })
         ));
         // Enrolling again gives a working credential; unknown ids are not found.
         let (id2, secret2) = enrolled(&hub, "web-2", REMOTE).await;
@@ -980,7 +979,7 @@ mod tests {
         }
         assert!(matches!(
             hub.check_credential(&old, &old_secret),
-            Err(CheckError::Revoked(..))
+            Err(CheckError::Revoked { .. })
         ));
     }
 
@@ -1072,15 +1071,7 @@ mod tests {
         let store = Store::open("mem://", StorageLimits::default())
             .await
             .unwrap();
-        let (hub, _events) = Hub::new(
-            store,
-            "agent-token".into(),
-            Duration::from_secs(5),
-            CancellationToken::new(),
-            "0test000".into(),
-            2,
-            TakeoverPolicy::PinAddress,
-        );
+        let (hub, _events) = hub_on(&store, 2);
         for name in ["a-1", "a-2", "a-3", "a-4"] {
             enrolled(&hub, name, REMOTE).await;
         }
