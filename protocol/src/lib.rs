@@ -34,6 +34,12 @@
 //! | [`Message::JobProgress`] | agent | when a job changes status (started, trace running, analysis running) |
 //! | [`Message::JobResult`] | agent | when a job ends, and again after every reconnect until acknowledged |
 //! | [`Message::ResultAck`] | coordinator | once a `JobResult` is stored; the agent then forgets that result |
+//! | [`Message::FetchTrace`] | coordinator | to stream a kept trace directory as a tar archive |
+//! | [`Message::TraceStart`] | agent | first answer to `FetchTrace` when the trace can be sent: its size |
+//! | [`Message::TraceChunk`] | agent | the archive's next bytes, within the credit the coordinator granted |
+//! | [`Message::TraceCredit`] | coordinator | once it has passed on bytes of a fetch: that many more may be sent |
+//! | [`Message::TraceEnd`] | agent | last frame of a fetch: complete, or why not (the trace is gone, refused, failed) |
+//! | [`Message::CancelFetch`] | coordinator | to stop a fetch (its reader went away); the agent sends nothing more for it |
 //!
 //! # Heartbeats and liveness
 //!
@@ -51,6 +57,18 @@
 //! result the agent still holds is answered with that result instead of running again. The
 //! coordinator stores a result once per job id and acknowledges duplicates again. `Hello`
 //! lists the jobs still running so the coordinator can keep waiting for them.
+//!
+//! # Fetching a trace, with flow control
+//!
+//! `FetchTrace { fetch_id, path, window }` asks for a kept trace: the agent refuses any path
+//! that is not a Tracevisor trace directory (`tracevisor-*`) under its trace root or its
+//! `relay_roots`. It answers `TraceStart` (or a `TraceEnd` with the error), then sends the
+//! directory as a POSIX tar stream (entries relative to the directory, regular files and
+//! directories only) in `TraceChunk`s of at most [`TRACE_CHUNK_BYTES`]. The agent never has
+//! more than `window` bytes sent and not yet credited: the coordinator sends `TraceCredit`
+//! as it passes bytes on to its reader, so a slow reader slows the agent and neither side
+//! buffers more than the window, whatever the trace's size. A fetch ends with `TraceEnd`, or
+//! `CancelFetch`, or with the link.
 //!
 //! # Evolving the format
 //!
@@ -70,8 +88,10 @@ pub use codec::{decode, encode, CodecError, MAX_FRAME_BYTES};
 /// The version of this protocol, carried in every [`Frame`] and in [`Message::Hello`].
 ///
 /// History: 1, the first; 2, `JobSpec::keep_trace` (a struct field changes the encoding) and
-/// the enrollment messages (`Enroll`, `Enrolled`).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// the enrollment messages (`Enroll`, `Enrolled`); 3, the trace fetch messages (`FetchTrace`,
+/// `TraceStart`, `TraceChunk`, `TraceCredit`, `TraceEnd`, `CancelFetch`): appended, but an
+/// agent of version 2 cannot decode them and would close its link on the first fetch.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Path of the coordinator's agent hub (the WebSocket endpoint agents dial).
 pub const HUB_PATH: &str = "/trace/api/v1.0/agents";
@@ -221,6 +241,53 @@ pub enum Message {
         /// with it as `Authorization: Bearer <credential>`.
         credential: String,
     },
+    /// Coordinator → agent: send the trace directory at `path` as a tar stream (see the
+    /// crate docs). Added in version 3.
+    FetchTrace {
+        /// Chosen by the coordinator, unique on the link.
+        fetch_id: u64,
+        /// The trace directory, as the job's result gave it.
+        path: String,
+        /// Bytes the agent may send before the first [`Message::TraceCredit`].
+        window: u32,
+    },
+    /// Agent → coordinator: the trace is there and is being sent.
+    TraceStart {
+        fetch_id: u64,
+        /// The size of its files, in bytes (the archive adds headers).
+        bytes: u64,
+        /// How many files it holds.
+        files: u32,
+    },
+    /// Agent → coordinator: the next bytes of the tar stream, at most [`TRACE_CHUNK_BYTES`].
+    TraceChunk {
+        fetch_id: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Coordinator → agent: `bytes` more may be sent for this fetch.
+    TraceCredit { fetch_id: u64, bytes: u32 },
+    /// Agent → coordinator: the last frame of a fetch; `error` is `None` when the whole
+    /// archive was sent.
+    TraceEnd {
+        fetch_id: u64,
+        error: Option<FetchError>,
+    },
+    /// Coordinator → agent: stop sending this fetch.
+    CancelFetch { fetch_id: u64 },
+}
+
+/// The largest [`Message::TraceChunk`] payload.
+pub const TRACE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Why a trace cannot be (or was not completely) sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchError {
+    /// The trace is not there (any more): deleted after its retention, beyond the quota, or
+    /// by hand. Otherwise the fetch was refused or failed.
+    pub gone: bool,
+    /// What happened, for the user.
+    pub message: String,
 }
 
 impl Message {
@@ -239,6 +306,12 @@ impl Message {
             Message::JobResult { .. } => "job-result",
             Message::Enroll { .. } => "enroll",
             Message::Enrolled { .. } => "enrolled",
+            Message::FetchTrace { .. } => "fetch-trace",
+            Message::TraceStart { .. } => "trace-start",
+            Message::TraceChunk { .. } => "trace-chunk",
+            Message::TraceCredit { .. } => "trace-credit",
+            Message::TraceEnd { .. } => "trace-end",
+            Message::CancelFetch { .. } => "cancel-fetch",
         }
     }
 }

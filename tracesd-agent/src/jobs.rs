@@ -125,6 +125,11 @@ impl Jobs {
         }
     }
 
+    /// Where analysis-only jobs and trace fetches may read traces.
+    pub fn roots(&self) -> &TraceRoots {
+        &self.roots
+    }
+
     /// Once per agent process and coordinator (at the first `HelloAck`): destroys the sessions
     /// of that coordinator's jobs a previous run of this agent left behind, and records those
     /// jobs as failed; returns the `JobResult`s to send.

@@ -20,6 +20,7 @@
 pub mod allow;
 pub mod config;
 pub mod enroll;
+pub mod fetch;
 pub mod host;
 pub mod jobs;
 pub mod link;

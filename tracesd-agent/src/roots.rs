@@ -178,6 +178,12 @@ impl TraceRoots {
         utf8(&shown, real)
     }
 
+    /// Whether `path` does not exist but is spelled under an allowed root: a trace that was
+    /// there and is gone (deleted after its retention, beyond the quota, or by hand).
+    pub fn missing_under_roots(&self, path: &str) -> bool {
+        !Path::new(path).exists() && self.resolve().contains_lexically(Path::new(path))
+    }
+
     /// The canonical paths of the relay roots to search, each an allowed root or a directory
     /// under one; those that do not exist but are spelled under an allowed root are left out.
     pub fn check_relay_roots(&self, roots: &[String]) -> Result<Vec<String>, String> {

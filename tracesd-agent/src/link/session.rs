@@ -16,6 +16,7 @@ use tracevisor_protocol::{
 
 use super::LinkError;
 use crate::config::LinkSettings;
+use crate::fetch::Fetches;
 use crate::jobs::{JobCommand, JobEvent, Jobs};
 
 /// What the session loop waits on.
@@ -25,6 +26,7 @@ enum Event {
     Deadline,
     HeartbeatDue,
     Job(Option<JobEvent>),
+    Fetch(Option<Message>),
 }
 
 /// Drives one link over an upgraded WebSocket `ws`: sends `hello`, waits for `HelloAck`,
@@ -34,10 +36,29 @@ enum Event {
 /// closing the socket), else the reason the link ended. `established` is set when
 /// `HelloAck` arrives. A malformed or unexpected frame is answered with
 /// `Close { ProtocolError }` (or `UnsupportedVersion`) before closing; nothing panics.
+/// Trace fetches live as long as the link: they are cancelled and awaited when it ends.
 pub async fn drive<S>(
     ws: &mut S,
     hello: Hello,
     jobs: &mut Jobs,
+    settings: &LinkSettings,
+    shutdown: &CancellationToken,
+    established: &mut Option<Instant>,
+) -> Result<(), LinkError>
+where
+    S: Sink<WsMessage, Error = WsError> + Stream<Item = Result<WsMessage, WsError>> + Unpin,
+{
+    let mut fetches = Fetches::new(jobs.roots().clone());
+    let ended = drive_link(ws, hello, jobs, &mut fetches, settings, shutdown, established).await;
+    fetches.close().await;
+    ended
+}
+
+async fn drive_link<S>(
+    ws: &mut S,
+    hello: Hello,
+    jobs: &mut Jobs,
+    fetches: &mut Fetches,
     settings: &LinkSettings,
     shutdown: &CancellationToken,
     established: &mut Option<Instant>,
@@ -70,6 +91,7 @@ where
             received = session.ws.next() => Event::Received(received),
             // Job reports wait for HelloAck, so they follow the re-sent results in order.
             event = jobs.next_event(), if session.heartbeat.is_some() => Event::Job(event),
+            frame = fetches.next() => Event::Fetch(frame),
             _ = tokio::time::sleep_until(deadline) => Event::Deadline,
         };
         match event {
@@ -97,7 +119,8 @@ where
                 let message = jobs.on_event(event);
                 session.send(message).await?;
             }
-            Event::Job(None) => {}
+            Event::Job(None) | Event::Fetch(None) => {}
+            Event::Fetch(Some(message)) => session.send(message).await?,
             Event::HeartbeatDue => {
                 let seq = session.next_seq;
                 session.next_seq += 1;
@@ -124,7 +147,7 @@ where
                             Ok(frame) => frame,
                             Err(error) => return Err(session.refuse_frame(error).await),
                         };
-                        session.handle(frame.body, jobs, established).await?;
+                        session.handle(frame.body, jobs, fetches, established).await?;
                     }
                     WsMessage::Text(_) => {
                         let message = "text message (the protocol uses binary frames only)";
@@ -183,6 +206,7 @@ where
         &mut self,
         message: Message,
         jobs: &mut Jobs,
+        fetches: &mut Fetches,
         established: &mut Option<Instant>,
     ) -> Result<(), LinkError> {
         let kind = message.kind();
@@ -244,11 +268,27 @@ where
                     None => Err(self.protocol_error(&format!("unexpected {kind}")).await),
                 }
             }
+            Message::FetchTrace { .. }
+            | Message::TraceCredit { .. }
+            | Message::CancelFetch { .. } => {
+                if self.heartbeat.is_none() {
+                    return Err(self
+                        .protocol_error(&format!("{kind} before hello-ack"))
+                        .await);
+                }
+                match fetches.handle(message) {
+                    Some(reply) => self.send(reply).await,
+                    None => Ok(()),
+                }
+            }
             Message::Hello(_)
             | Message::JobProgress { .. }
             | Message::JobResult { .. }
             | Message::Enroll { .. }
-            | Message::Enrolled { .. } => Err(self
+            | Message::Enrolled { .. }
+            | Message::TraceStart { .. }
+            | Message::TraceChunk { .. }
+            | Message::TraceEnd { .. } => Err(self
                 .protocol_error(&format!("unexpected {kind} from the coordinator"))
                 .await),
         }
