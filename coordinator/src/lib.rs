@@ -5,6 +5,7 @@
 //! every task it started (jobs, agent links, the local agent) has ended, each within a bound.
 
 pub mod api;
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod hub;

@@ -325,6 +325,34 @@ pub struct SshSession {
     pub session: String,
 }
 
+/// Where a job kept its trace (`"keep_trace": true`): the host holding it, how this
+/// coordinator reaches it, and the trace directory there. Written into the job's result as
+/// `kept_trace` by the coordinator from its own route (never taken from what a host reported,
+/// but the path, which the same host's agent checks again when asked for it); read by
+/// `GET /jobs/{id}/trace`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptTrace {
+    /// The host holding the trace (the traced host, or the relay or analysis host).
+    pub host: String,
+    pub via: Via,
+    /// The trace directory on that host.
+    pub path: String,
+    /// The agent's hostname, when reached through its agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// How it is reached over SSH, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshAccess>,
+}
+
+/// An SSH address, port and user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshAccess {
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+}
+
 /// A fleet host's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -5,6 +5,7 @@
 //! to a per-user root checked on the host ([`SSH_TRACE_ROOT_PREFIX`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openssh::Session;
@@ -53,7 +54,7 @@ pub struct SshSettings {
 
 /// A connected host.
 pub struct SshExecutor {
-    session: Session,
+    session: Arc<Session>,
     display: String,
     /// The SSH user (validated as a POSIX user name), which names the trace root.
     user: String,
@@ -79,7 +80,7 @@ impl SshExecutor {
             message,
         };
         let dir = launch_master(target, settings).await.map_err(fail)?;
-        let session = Session::new_native_mux(dir);
+        let session = Arc::new(Session::new_native_mux(dir));
         Ok(SshExecutor {
             session,
             display: target.display.clone(),
@@ -145,8 +146,129 @@ impl SshExecutor {
 
     /// Closes the master connection.
     pub async fn close(self) {
-        if let Err(error) = self.session.close().await {
-            tracing::debug!(host = %self.display, %error, "closing the ssh connection");
+        close_session(self.session, &self.display).await;
+    }
+
+    /// Starts streaming the trace directory `path` as a tar archive (entries relative to it,
+    /// GNU format): `du` first, so a trace that is gone is told apart from a failure, then
+    /// `tar` bounded by [`TAR_TIMEOUT`] on the host. `path` must be an absolute
+    /// Tracevisor trace directory (`tracevisor-*`) with no `..`; it is passed as one argument.
+    pub async fn stream_tar(self, path: &str) -> Result<SshTar, (bool, String)> {
+        let named = Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(tracevisor_lttng::lifecycle::SESSION_PREFIX));
+        if !path.starts_with('/')
+            || path.split('/').any(|p| p == "..")
+            || path.chars().any(char::is_control)
+            || !named
+        {
+            return Err((false, format!("{path} is not a Tracevisor trace directory")));
+        }
+        let host = self.display.clone();
+        let size = self
+            .run(argv(&["du", "-s", "-b", "--", path]), Duration::from_secs(60))
+            .await;
+        let bytes = match size {
+            Ok(out) => out
+                .stdout_lossy()
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+            Err(e) => {
+                let text = e.to_string();
+                let gone = text.contains("No such file or directory");
+                self.close().await;
+                return Err((gone, format!("host {host}: {path}: {text}")));
+            }
+        };
+        let secs = TAR_TIMEOUT.as_secs().to_string();
+        let mut cmd = self.session.clone().arc_command("timeout");
+        cmd.args(["-k", "5", secs.as_str(), "tar", "-C", path, "--format=gnu", "-cf", "-", "."])
+            .stdin(openssh::Stdio::null())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::null());
+        let mut child = match cmd.spawn().await {
+            Ok(child) => child,
+            Err(e) => {
+                self.close().await;
+                return Err((false, format!("host {host}: cannot start tar: {e}")));
+            }
+        };
+        let Some(stdout) = child.stdout().take() else {
+            self.close().await;
+            return Err((false, format!("host {host}: tar has no output")));
+        };
+        Ok(SshTar {
+            child: Some(child),
+            stdout,
+            bytes,
+            exec: Some(self),
+        })
+    }
+}
+
+/// How long `tar` of one trace may run on a host.
+pub const TAR_TIMEOUT: Duration = Duration::from_secs(3600);
+
+async fn close_session(session: Arc<Session>, host: &str) {
+    match Arc::try_unwrap(session) {
+        Ok(session) => {
+            if let Err(error) = session.close().await {
+                tracing::debug!(%host, %error, "closing the ssh connection");
+            }
+        }
+        // Still used by a command: the last owner's drop shuts the master down.
+        Err(_) => tracing::debug!(%host, "ssh connection still in use; closed when released"),
+    }
+}
+
+/// A trace's tar stream over SSH ([`SshExecutor::stream_tar`]). Dropping it closes the SSH
+/// channel (the remote `tar` then ends on a broken pipe, or at its timeout) and the connection.
+pub struct SshTar {
+    child: Option<openssh::Child<Arc<Session>>>,
+    stdout: openssh::ChildStdout,
+    /// The size of the trace's files (`du -b`).
+    pub bytes: u64,
+    exec: Option<SshExecutor>,
+}
+
+impl SshTar {
+    /// The next bytes of the archive, `None` at its end; `idle` bounds the wait for each.
+    pub async fn next_chunk(&mut self, max: usize, idle: Duration) -> Result<Option<Vec<u8>>, String> {
+        use tokio::io::AsyncReadExt as _;
+        let host = self.exec.as_ref().map(|e| e.display.clone()).unwrap_or_default();
+        let mut buf = vec![0u8; max];
+        let mut filled = 0;
+        while filled < max {
+            let read = tokio::time::timeout(idle, self.stdout.read(&mut buf[filled..]))
+                .await
+                .map_err(|_| format!("host {host}: tar sent nothing for {} s", idle.as_secs()))?
+                .map_err(|e| format!("host {host}: reading tar's output: {e}"))?;
+            if read == 0 {
+                break;
+            }
+            filled += read;
+        }
+        if filled > 0 {
+            buf.truncate(filled);
+            return Ok(Some(buf));
+        }
+        let Some(child) = self.child.take() else {
+            return Ok(None);
+        };
+        let status = tokio::time::timeout(idle, child.wait())
+            .await
+            .map_err(|_| format!("host {host}: tar did not exit"))?
+            .map_err(|e| format!("host {host}: tar: {e}"))?;
+        if let Some(exec) = self.exec.take() {
+            exec.close().await;
+        }
+        if status.success() {
+            Ok(None)
+        } else {
+            Err(format!("host {host}: tar of the trace failed ({status})"))
         }
     }
 }

@@ -476,8 +476,9 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Once the analysis is done (whether it succeeded or not): deletes the trace unless the job
 /// keeps it or it is not the job's own (`ours`), and says so in the result
-/// (`"trace_kept"`). A deletion that fails is logged and noted in the result
-/// (`"trace_delete_error"`); it does not fail the job, whose result is complete.
+/// (`"trace_kept"`, and where a kept trace is: `"trace_path"`). A deletion that fails is
+/// logged and noted in the result (`"trace_delete_error"`); it does not fail the job, whose
+/// result is complete.
 async fn settle_trace(
     exec: &impl Executor,
     spec: &JobSpec,
@@ -497,6 +498,9 @@ async fn settle_trace(
     analysed.map(|mut result| {
         if let Some(object) = result.as_object_mut() {
             object.insert("trace_kept".into(), json!(keep));
+            if keep {
+                object.insert("trace_path".into(), json!(trace));
+            }
             if let Err(why) = deleted {
                 object.insert("trace_delete_error".into(), json!(why));
             }

@@ -215,6 +215,9 @@ pub async fn serve_link<S: Socket>(
                         m @ (Message::JobProgress { .. } | Message::JobResult { .. }) => {
                             hub.emit(AgentEvent { client_id, hostname: hello.hostname.clone(), message: m }).await;
                         }
+                        m @ (Message::TraceStart { .. } | Message::TraceChunk { .. } | Message::TraceEnd { .. }) => {
+                            hub.fetch_frame(&hello.hostname, m);
+                        }
                         other => {
                             end = Some((CloseReason::ProtocolError, format!("unexpected {} from an agent", other.kind())));
                         }
@@ -259,6 +262,7 @@ pub async fn serve_link<S: Socket>(
         }
     };
     if removed {
+        hub.end_fetches_of(&hello.hostname);
         hub.record_disconnect(
             client_id,
             &hello.hostname,

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 mod auth;
 mod credentials;
+mod fetch;
 mod link;
 
 use axum::extract::WebSocketUpgrade;
@@ -34,6 +35,7 @@ use crate::secrets::secret_eq;
 use crate::store::{AgentRow, Store, StoreError};
 use auth::AuthFailures;
 pub use credentials::Identity;
+pub use fetch::{FetchFailure, TraceFetch, FETCH_WINDOW};
 use credentials::{CheckError, Credentials};
 pub use link::serve_link;
 #[cfg(test)]
@@ -132,6 +134,9 @@ pub struct Hub {
     /// Last contact of the links closed by shutdown, written together by
     /// [`Hub::flush_last_seen`].
     last_seen_at_exit: Mutex<Vec<(u64, String)>>,
+    /// Trace fetches under way, by fetch id ([`fetch`]).
+    fetches: Mutex<HashMap<u64, fetch::Sink>>,
+    next_fetch: AtomicU64,
 }
 
 /// Why a message could not be sent to an agent.
@@ -173,6 +178,8 @@ impl Hub {
             credentials: Mutex::new(Credentials::default()),
             credential_writes: tokio::sync::Mutex::new(()),
             last_seen_at_exit: Mutex::new(Vec::new()),
+            fetches: Mutex::new(HashMap::new()),
+            next_fetch: AtomicU64::new(1),
         };
         (Arc::new(hub), rx)
     }

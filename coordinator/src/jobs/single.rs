@@ -13,7 +13,7 @@ use super::agent::Ack;
 use super::fleet::json_size;
 use super::route::{Plan, Route};
 use super::{now, Engine, JobRequest, JobView, SubmitError, MAX_RESULT_BYTES};
-use crate::model::{JobError, JobRecord, JobStatus, Step};
+use crate::model::{JobError, JobRecord, JobStatus, KeptTrace, SshAccess, Step};
 use crate::profiles::Profile;
 use crate::ssh::{SshExecutor, SshTarget};
 use crate::store::StoreError;
@@ -115,10 +115,11 @@ impl Engine {
             }
         }
         let spec = plan.trace_spec(&self.instance, job_id, req);
-        let (traced, ack) = self
+        let (mut traced, ack) = self
             .run_phase(job_id, &plan.route, &spec, profile, cancel, None)
             .await?;
         let Some(analysis_route) = &plan.analysis_route else {
+            note_kept_trace(&mut traced, &plan.route);
             return Ok((traced, ack));
         };
         // The recording phase's result is not the job's end: nothing of it needs storing.
@@ -137,6 +138,7 @@ impl Engine {
             )
             .await?;
         result["recorded_on"] = json!(plan.route.name());
+        note_kept_trace(&mut result, analysis_route);
         Ok((result, ack))
     }
 
@@ -272,6 +274,43 @@ impl Engine {
                 other => return other,
             }
         }
+    }
+}
+
+/// Writes where a kept trace is (`kept_trace`) into a job's final result, from the route of
+/// the phase that analysed it and the path its host gave; removes any `kept_trace` a host put
+/// there itself.
+fn note_kept_trace(result: &mut Json, route: &Route) {
+    let Some(object) = result.as_object_mut() else {
+        return;
+    };
+    object.remove("kept_trace");
+    let kept = object.get("trace_kept") == Some(&Json::Bool(true));
+    let Some(path) = object.get("trace_path").and_then(Json::as_str) else {
+        return;
+    };
+    if !kept {
+        return;
+    }
+    let home = KeptTrace {
+        host: route.name(),
+        via: route.via(),
+        path: path.to_owned(),
+        agent: match route {
+            Route::Agent { hostname } => Some(hostname.clone()),
+            Route::Ssh(_) => None,
+        },
+        ssh: match route {
+            Route::Agent { .. } => None,
+            Route::Ssh(t) => Some(SshAccess {
+                address: t.address.clone(),
+                port: t.port,
+                user: t.user.clone(),
+            }),
+        },
+    };
+    if let Ok(home) = serde_json::to_value(home) {
+        object.insert("kept_trace".into(), home);
     }
 }
 
