@@ -325,3 +325,64 @@ pub async fn list(
         sessions: state.engine.list(q.all).await?,
     }))
 }
+
+/// `GET /jobs/{id}/trace`: the job's kept trace as an archive of its CTF trace directory
+/// (`.tar.gz` by default, `.tar.zst` with `Accept: application/zstd`, plain tar with
+/// `Accept: application/x-tar`), streamed from the host holding it; a fleet job's traces in
+/// one archive, a folder per host. `X-Trace-Bytes` gives the size of the trace's files when
+/// known (the archive is streamed: no `Content-Length`).
+#[utoipa::path(get, path = "/trace/api/v1.0/jobs/{id}/trace", tag = "analyses", params(("id" = u64, Path, description = "job id")),
+    responses((status = 200, description = "the trace archive (application/gzip, application/zstd or application/x-tar)", content_type = "application/gzip"),
+              (status = 404, description = "unknown job"), (status = 409, description = "the job is still running"),
+              (status = 410, description = "the trace was not kept, or is no longer on its host: says when and why"),
+              (status = 502, description = "the host could not send it"), (status = 503, description = "the host's agent is not connected, or too many downloads run (Retry-After)")))]
+pub async fn trace(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    use crate::archive::Encoding;
+    let id = parse_job_id(&raw)?;
+    let record = state
+        .engine
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let encoding = Encoding::from_accept(accept);
+    let download = match state.engine.trace_download(&record, encoding).await {
+        Ok(download) => download,
+        Err(refused) => {
+            let status =
+                StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut error = ApiError::new(status, refused.message).with(json!({ "jobid": id }));
+            if let Some(secs) = refused.retry_after {
+                error = error.retry_after(secs);
+            }
+            return Err(error);
+        }
+    };
+    tracing::info!(job_id = id, encoding = ?download.encoding, bytes = ?download.bytes, "streaming a trace archive");
+    let stream = futures_util::stream::unfold(download.body, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
+    });
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(download.encoding.content_type()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"job-{id}-trace.{}\"",
+        download.encoding.extension()
+    )) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Some(bytes) = download.bytes {
+        h.insert("x-trace-bytes", HeaderValue::from(bytes));
+    }
+    Ok(response)
+}

@@ -46,7 +46,7 @@ pub struct AppState {
 #[openapi(
     info(title = "Tracevisor", description = "Control plane for LTTng tracing across a fleet of Linux hosts"),
     paths(
-        misc::root, misc::status, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel, jobs::events,
+        misc::root, misc::status, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel, jobs::events, jobs::trace,
         registry::relays::list, registry::relays::create, registry::relays::get, registry::relays::update, registry::relays::delete,
         registry::clients::list, registry::clients::create, registry::clients::get, registry::clients::update, registry::clients::delete,
         registry::analyses_servers::list, registry::analyses_servers::create, registry::analyses_servers::get,
@@ -87,6 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/list", get(jobs::list))
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/jobs/{id}/events", get(jobs::events))
+        .route("/jobs/{id}/trace", get(jobs::trace))
         .route("/openapi.json", get(openapi))
         .route("/agents/credentials", get(agents::credentials))
         .route(

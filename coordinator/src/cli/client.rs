@@ -206,6 +206,28 @@ impl Client {
         )
     }
 
+    /// Starts a download (`GET path` with `accept`): the response once its status is a
+    /// success, with the body left to read (no overall timeout: the caller bounds each read).
+    pub async fn download(&self, path: &str, accept: &str) -> Result<reqwest::Response, CliError> {
+        let resp = self
+            .request(Method::GET, path)
+            .header(reqwest::header::ACCEPT, accept)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Json::String(text));
+        Err(self.answer_error(&Answer {
+            status,
+            location: None,
+            body,
+        }))
+    }
+
     /// Opens `GET /jobs/{id}/events`; `None` when the server has no such endpoint or job (404).
     pub async fn events(&self, id: u64) -> Result<Option<EventStream>, CliError> {
         let resp = self

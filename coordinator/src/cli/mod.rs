@@ -9,6 +9,7 @@
 
 pub mod client;
 mod credentials;
+mod fetch;
 pub mod job_view;
 mod jobs;
 mod registry;
@@ -146,6 +147,9 @@ pub enum Command {
     Status(jobs::StatusArgs),
     /// Agents' own credentials (issued by `tracesd enroll`): list, or revoke one host's
     Credentials(credentials::CredentialsArgs),
+    /// Download a job's kept trace (`trace --keep`) and unpack it, for Trace Compass or babeltrace2
+    #[command(after_help = fetch::FETCH_HELP)]
+    Fetch(fetch::FetchArgs),
 }
 
 const TRACE_HELP: &str = "\
@@ -234,6 +238,7 @@ async fn dispatch(top: &TopConnection, command: Command) -> u8 {
         Command::Analyses(args) => jobs::analyses(top, args).await,
         Command::Status(args) => jobs::status(top, args).await,
         Command::Credentials(args) => credentials::run(top, args).await,
+        Command::Fetch(args) => fetch::run(top, args).await,
     };
     match result {
         Ok(code) => code,

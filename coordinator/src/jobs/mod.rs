@@ -7,7 +7,8 @@
 //! - `single.rs`: one job, its phases and its end;
 //! - `agent.rs`: jobs on agents: results, progress, lost links, acknowledgements;
 //! - `fleet.rs`: one analysis on many hosts, outcomes in one record;
-//! - `recovery.rs`: restart recovery, SSH session clean-up, pruning.
+//! - `recovery.rs`: restart recovery, SSH session clean-up, pruning;
+//! - `trace.rs`: kept traces streamed as one archive.
 //!
 //! Every task the engine starts goes through its [`TaskTracker`] and every job's cancellation
 //! token is a child of the coordinator's shutdown token, so [`Engine::stopped`] can wait for
@@ -19,6 +20,7 @@ mod recovery;
 mod request;
 mod route;
 mod single;
+mod trace;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +46,7 @@ pub use request::{
     FleetRequest, HostSelection, JobRequest, CAPABILITIES, DEFAULT_HOST_TIMEOUT, MAX_FLEET_HOSTS,
 };
 pub use route::Route;
+pub use trace::{kept_traces, TraceDownload, Unavailable, MAX_TRACE_DOWNLOADS};
 
 /// Job ids of fleet children: `CHILD_ID_BASE + (fleet id << 20) + index`. Children are not
 /// stored on their own; their outcomes are entries of the fleet's record.
@@ -132,6 +135,8 @@ pub struct Engine {
     tasks: TaskTracker,
     /// Jobs running now, against the configured limits.
     load: Arc<Mutex<Load>>,
+    /// Trace archives being streamed ([`MAX_TRACE_DOWNLOADS`]).
+    downloads: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -163,6 +168,7 @@ impl Engine {
             shutdown,
             tasks: TaskTracker::new(),
             load: Arc::default(),
+            downloads: Arc::new(tokio::sync::Semaphore::new(MAX_TRACE_DOWNLOADS)),
         })
     }
 
