@@ -61,7 +61,11 @@ enum State {
     /// Passing on (or skipping) `left` bytes of an entry's data and padding.
     Data { left: u64, keep: bool },
     /// Collecting a GNU long name of `size` bytes (`left` of the padded data to go).
-    LongName { size: usize, left: u64, name: Vec<u8> },
+    LongName {
+        size: usize,
+        left: u64,
+        name: Vec<u8>,
+    },
     /// After the end-of-archive block: the rest is ignored.
     End,
 }
@@ -88,7 +92,14 @@ impl Rebase {
                 at.push('/');
             }
             at.push_str(part);
-            write_entry(out, &format!("{at}/"), tar::EntryType::Directory, 0, 0o755, now());
+            write_entry(
+                out,
+                &format!("{at}/"),
+                tar::EntryType::Directory,
+                0,
+                0o755,
+                now(),
+            );
         }
         Rebase {
             prefix,
@@ -105,7 +116,9 @@ impl Rebase {
             match &mut self.state {
                 State::End => return Ok(()),
                 State::Data { left, keep } => {
-                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(input.len());
+                    let n = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len());
                     if *keep {
                         out.extend_from_slice(&input[..n]);
                     }
@@ -116,7 +129,9 @@ impl Rebase {
                     }
                 }
                 State::LongName { size, left, name } => {
-                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(input.len());
+                    let n = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len());
                     let wanted = size.saturating_sub(name.len()).min(n);
                     name.extend_from_slice(&input[..wanted]);
                     *left -= n as u64;
@@ -164,7 +179,13 @@ impl Rebase {
         let computed: u32 = block
             .iter()
             .enumerate()
-            .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u32::from(*b) })
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u32::from(*b)
+                }
+            })
             .sum();
         if stored != computed {
             return Err("a tar header's checksum does not match".into());
@@ -177,7 +198,9 @@ impl Rebase {
         if kind.is_gnu_longname() {
             let size = usize::try_from(size).unwrap_or(usize::MAX);
             if size > MAX_NAME {
-                return Err(format!("a tar entry name of {size} bytes (at most {MAX_NAME})"));
+                return Err(format!(
+                    "a tar entry name of {size} bytes (at most {MAX_NAME})"
+                ));
             }
             return Ok(State::LongName {
                 size,
@@ -204,12 +227,26 @@ impl Rebase {
         self.entries += 1;
         if kind.is_dir() {
             let path = format!("{}/{relative}/", self.prefix);
-            write_entry(out, &path, tar::EntryType::Directory, 0, mode | 0o700, mtime);
+            write_entry(
+                out,
+                &path,
+                tar::EntryType::Directory,
+                0,
+                mode | 0o700,
+                mtime,
+            );
             // A directory's data, if any, is not passed on.
             return Ok(skip(padded));
         }
         let path = format!("{}/{relative}", self.prefix);
-        write_entry(out, &path, tar::EntryType::Regular, size, mode | 0o600, mtime);
+        write_entry(
+            out,
+            &path,
+            tar::EntryType::Regular,
+            size,
+            mode | 0o600,
+            mtime,
+        );
         Ok(if padded == 0 {
             State::Header(Vec::with_capacity(BLOCK))
         } else {
@@ -235,10 +272,12 @@ fn skip(padded: u64) -> State {
 /// The entry's path relative to the trace directory, `None` for the directory itself; an
 /// absolute path, a `..` component or a name that is not UTF-8 is refused.
 fn relative_name(name: &[u8]) -> Result<Option<String>, String> {
-    let name = std::str::from_utf8(name)
-        .map_err(|_| "a tar entry name that is not UTF-8".to_owned())?;
+    let name =
+        std::str::from_utf8(name).map_err(|_| "a tar entry name that is not UTF-8".to_owned())?;
     if name.starts_with('/') || name.contains('\0') || name.chars().any(char::is_control) {
-        return Err(format!("the tar entry {name:?} has an absolute or invalid name"));
+        return Err(format!(
+            "the tar entry {name:?} has an absolute or invalid name"
+        ));
     }
     let mut parts = Vec::new();
     for part in name.split('/') {
@@ -259,7 +298,14 @@ fn now() -> u64 {
 }
 
 /// Writes one entry's header (a GNU long name entry first when the path is over 100 bytes).
-fn write_entry(out: &mut Vec<u8>, path: &str, kind: tar::EntryType, size: u64, mode: u32, mtime: u64) {
+fn write_entry(
+    out: &mut Vec<u8>,
+    path: &str,
+    kind: tar::EntryType,
+    size: u64,
+    mode: u32,
+    mtime: u64,
+) {
     let bytes = path.as_bytes();
     let mut header = tar::Header::new_gnu();
     if bytes.len() > 100 {
@@ -290,7 +336,14 @@ fn write_entry(out: &mut Vec<u8>, path: &str, kind: tar::EntryType, size: u64, m
 
 /// A regular file of `data` at `path` (a note in the archive), padded.
 pub fn note_entry(out: &mut Vec<u8>, path: &str, data: &[u8]) {
-    write_entry(out, path, tar::EntryType::Regular, data.len() as u64, 0o644, now());
+    write_entry(
+        out,
+        path,
+        tar::EntryType::Regular,
+        data.len() as u64,
+        0o644,
+        now(),
+    );
     out.extend_from_slice(data);
     let pad = (BLOCK - data.len() % BLOCK) % BLOCK;
     out.resize(out.len() + pad, 0);
@@ -393,7 +446,8 @@ mod tests {
         let mut file = tar::Header::new_gnu();
         file.set_size(data.len() as u64);
         file.set_mode(0o600);
-        b.append_data(&mut file, "ust/metadata", data.as_slice()).unwrap();
+        b.append_data(&mut file, "ust/metadata", data.as_slice())
+            .unwrap();
         let long = format!("ust/{}/channel0_0", "d".repeat(150));
         let mut file = tar::Header::new_gnu();
         file.set_size(3);
@@ -432,11 +486,17 @@ mod tests {
         let input = host_archive(|_| {});
         let whole = rebase_all(&input, "web-1/tracevisor-a-1-web-1", input.len()).unwrap();
         for piece in [1, 7, 511, 512, 513, 4096] {
-            assert_eq!(rebase_all(&input, "web-1/tracevisor-a-1-web-1", piece).unwrap(), whole);
+            assert_eq!(
+                rebase_all(&input, "web-1/tracevisor-a-1-web-1", piece).unwrap(),
+                whole
+            );
         }
         let entries = listing(&whole);
         let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
-        let long = format!("web-1/tracevisor-a-1-web-1/ust/{}/channel0_0", "d".repeat(150));
+        let long = format!(
+            "web-1/tracevisor-a-1-web-1/ust/{}/channel0_0",
+            "d".repeat(150)
+        );
         assert_eq!(
             names,
             [
@@ -457,7 +517,8 @@ mod tests {
             let mut link = tar::Header::new_gnu();
             link.set_entry_type(tar::EntryType::Symlink);
             link.set_size(0);
-            b.append_link(&mut link, "ust/passwd", "/etc/passwd").unwrap();
+            b.append_link(&mut link, "ust/passwd", "/etc/passwd")
+                .unwrap();
         });
         let out = rebase_all(&input, "t", 100).unwrap();
         assert!(listing(&out).iter().all(|(n, _)| !n.contains("passwd")));
@@ -526,6 +587,9 @@ mod tests {
         assert_eq!(Encoding::from_accept("*/*"), Encoding::Gzip);
         assert_eq!(Encoding::from_accept("application/zstd"), Encoding::Zstd);
         assert_eq!(Encoding::from_accept("application/x-tar"), Encoding::Tar);
-        assert_eq!(Encoding::from_accept("application/gzip, application/x-tar;q=0.5"), Encoding::Gzip);
+        assert_eq!(
+            Encoding::from_accept("application/gzip, application/x-tar;q=0.5"),
+            Encoding::Gzip
+        );
     }
 }

@@ -167,7 +167,10 @@ impl SshExecutor {
         }
         let host = self.display.clone();
         let size = self
-            .run(argv(&["du", "-s", "-b", "--", path]), Duration::from_secs(60))
+            .run(
+                argv(&["du", "-s", "-b", "--", path]),
+                Duration::from_secs(60),
+            )
             .await;
         let bytes = match size {
             Ok(out) => out
@@ -185,10 +188,21 @@ impl SshExecutor {
         };
         let secs = TAR_TIMEOUT.as_secs().to_string();
         let mut cmd = self.session.clone().arc_command("timeout");
-        cmd.args(["-k", "5", secs.as_str(), "tar", "-C", path, "--format=gnu", "-cf", "-", "."])
-            .stdin(openssh::Stdio::null())
-            .stdout(openssh::Stdio::piped())
-            .stderr(openssh::Stdio::null());
+        cmd.args([
+            "-k",
+            "5",
+            secs.as_str(),
+            "tar",
+            "-C",
+            path,
+            "--format=gnu",
+            "-cf",
+            "-",
+            ".",
+        ])
+        .stdin(openssh::Stdio::null())
+        .stdout(openssh::Stdio::piped())
+        .stderr(openssh::Stdio::null());
         let mut child = match cmd.spawn().await {
             Ok(child) => child,
             Err(e) => {
@@ -236,9 +250,17 @@ pub struct SshTar {
 
 impl SshTar {
     /// The next bytes of the archive, `None` at its end; `idle` bounds the wait for each.
-    pub async fn next_chunk(&mut self, max: usize, idle: Duration) -> Result<Option<Vec<u8>>, String> {
+    pub async fn next_chunk(
+        &mut self,
+        max: usize,
+        idle: Duration,
+    ) -> Result<Option<Vec<u8>>, String> {
         use tokio::io::AsyncReadExt as _;
-        let host = self.exec.as_ref().map(|e| e.display.clone()).unwrap_or_default();
+        let host = self
+            .exec
+            .as_ref()
+            .map(|e| e.display.clone())
+            .unwrap_or_default();
         let mut buf = vec![0u8; max];
         let mut filled = 0;
         while filled < max {

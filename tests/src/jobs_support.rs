@@ -390,3 +390,102 @@ pub async fn register_ssh_client(c: &Coordinator, hostname: &str, port: u16) -> 
     }
     Ok(())
 }
+
+/// A trace downloaded from `GET /jobs/{id}/trace`.
+#[derive(Debug)]
+pub struct FetchedTrace {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// The error answer (JSON) when the status is not 200.
+    pub error: Json,
+    /// The archive as downloaded (200), in `dir`.
+    pub archive: Option<PathBuf>,
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// Whether the download ended cleanly (false: the server cut it off).
+    pub complete: bool,
+    pub dir: tempfile::TempDir,
+}
+
+impl FetchedTrace {
+    /// Unpacks the archive with the system's GNU tar (which detects gzip) into `dir/out`.
+    pub fn unpack(&self) -> Result<PathBuf> {
+        let archive = self.archive.as_ref().context("no archive downloaded")?;
+        let out = self.dir.path().join("out");
+        std::fs::create_dir_all(&out)?;
+        let status = std::process::Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(&out)
+            .status()
+            .context("running tar")?;
+        if !status.success() {
+            bail!("tar -xf {} failed: {status}", archive.display());
+        }
+        Ok(out)
+    }
+}
+
+/// Downloads job `id`'s trace with `accept` into a new temporary directory, streaming it to a
+/// file (memory stays flat whatever its size).
+pub async fn fetch_trace(c: &Coordinator, id: u64, accept: &str) -> Result<FetchedTrace> {
+    use std::io::Write as _;
+    let dir = crate::temp_dir("tv-fetch-");
+    let mut resp = c
+        .request(Method::GET, &format!("/jobs/{id}/trace"))
+        .header(reqwest::header::ACCEPT, accept)
+        .timeout(Duration::from_secs(900))
+        .send()
+        .await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    if status != StatusCode::OK {
+        let text = resp.text().await.unwrap_or_default();
+        return Ok(FetchedTrace {
+            status,
+            headers,
+            error: serde_json::from_str(&text).unwrap_or(Json::String(text)),
+            archive: None,
+            bytes: 0,
+            complete: false,
+            dir,
+        });
+    }
+    let path = dir.path().join("trace.archive");
+    let mut file = std::fs::File::create(&path)?;
+    let mut bytes = 0u64;
+    let complete = loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                bytes += chunk.len() as u64;
+                file.write_all(&chunk)?;
+            }
+            Ok(None) => break true,
+            Err(_) => break false,
+        }
+    };
+    file.flush()?;
+    Ok(FetchedTrace {
+        status,
+        headers,
+        error: Json::Null,
+        archive: Some(path),
+        bytes,
+        complete,
+        dir,
+    })
+}
+
+/// The one trace directory (holding `metadata` somewhere below) under `dir`, e.g. an unpacked
+/// archive's single folder.
+pub fn single_subdir(dir: &Path) -> Result<PathBuf> {
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    match entries.as_slice() {
+        [one] if one.is_dir() => Ok(one.clone()),
+        other => bail!("expected one directory in {}: {other:?}", dir.display()),
+    }
+}

@@ -21,10 +21,10 @@ use tracevisor_protocol::{JobSpec, Summary, TraceLocator, TraceOutput};
 use tracevisor_tests::agents::{hub_url, is_connected, wait_clients, Agent};
 use tracevisor_tests::coordinator::Coordinator;
 use tracevisor_tests::jobs_support::{
-    check_ust_trace, get_job, is_job_session, job_body, list_jobs, new_host_sessions,
+    check_ust_trace, fetch_trace, get_job, is_job_session, job_body, list_jobs, new_host_sessions,
     new_job_sessions, parse_session, post_analyses, result_trace, session_alive, session_names,
-    start_with_local_agent, unique_tag, wait_ended, wait_status, Submitted, TraceCleanup,
-    AGENT_TRACE_ROOT, COMPLETE, FAILED, PATIENCE, SSH_TRACE_ROOT, TRACE_RUNNING,
+    single_subdir, start_with_local_agent, unique_tag, wait_ended, wait_status, Submitted,
+    TraceCleanup, AGENT_TRACE_ROOT, COMPLETE, FAILED, PATIENCE, SSH_TRACE_ROOT, TRACE_RUNNING,
 };
 use tracevisor_tests::lttng::{
     self, ensure_sessiond, gen_kernel_trace, lami_number, lami_process_row, lami_table,
@@ -261,9 +261,67 @@ fn ust_job_through_the_agent_counts_exactly_what_the_program_emitted() {
         assert!(!session_alive(&session).unwrap(), "{session} destroyed");
         assert_eq!(result["trace_kept"], true, "{result}");
         assert!(trace.is_dir(), "kept: {}", trace.display());
+        // The kept trace comes back through the agent link, every event in it.
+        assert_eq!(result["kept_trace"]["via"], "agent", "{result}");
+        assert_eq!(result["kept_trace"]["path"], trace.to_str().unwrap());
+        assert_fetched_trace(&c, id, &trace, &run).await;
+        // The CLI downloads it as zstd and unpacks it.
+        let out = tracevisor_tests::temp_dir("tv-cli-fetch-");
+        let cli = std::process::Command::new(
+            tracevisor_tests::coordinator::binary("tracevisor").unwrap(),
+        )
+        .args(["fetch", &id.to_string(), "--zstd", "--server", &c.url("")])
+        .arg("-o")
+        .arg(out.path())
+        .output()
+        .unwrap();
+        assert!(
+            cli.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cli.stderr)
+        );
+        let unpacked = out.path().join(trace.file_name().unwrap());
+        assert_eq!(
+            String::from_utf8_lossy(&cli.stdout).trim(),
+            unpacked.display().to_string()
+        );
+        let check = check_ust_trace(&unpacked, run.tag, run.app_pid).unwrap();
+        assert_eq!(check.our_seqs, (0..TICKS).collect::<Vec<_>>());
+        // Once the trace is gone from the host, the fetch says so (410), with when and why.
+        std::fs::remove_dir_all(&trace).unwrap();
+        let gone = fetch_trace(&c, id, "application/gzip").await.unwrap();
+        assert_eq!(gone.status.as_u16(), 410, "{}", gone.error);
+        let message = gone.error["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("no longer on localhost") && message.contains("trace_retention_secs"),
+            "{}",
+            gone.error
+        );
         // Without keep_trace (the default), the trace is deleted once analysed.
         assert_trace_deleted_after_analysis(&c, "localhost", &mut traces).await;
     });
+}
+
+/// Fetches job `id`'s kept trace (gzip) and checks that babeltrace2 reads, in the unpacked
+/// folder named like the trace directory, exactly the ticks the program emitted.
+async fn assert_fetched_trace(c: &Coordinator, id: u64, trace: &Path, run: &UstRun) {
+    let fetched = fetch_trace(c, id, "application/gzip").await.unwrap();
+    assert_eq!(fetched.status.as_u16(), 200, "{}", fetched.error);
+    assert!(fetched.complete, "the download ended cleanly");
+    assert_eq!(fetched.headers["content-type"], "application/gzip");
+    let size: u64 = fetched.headers["x-trace-bytes"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(size > 0);
+    let out = fetched.unpack().unwrap();
+    let unpacked = single_subdir(&out).unwrap();
+    assert_eq!(unpacked.file_name(), trace.file_name());
+    let check = check_ust_trace(&unpacked, run.tag, run.app_pid).unwrap();
+    assert_eq!(check.our_ticks, TICKS, "{check:?}");
+    assert_eq!(check.our_seqs, (0..TICKS).collect::<Vec<_>>());
+    assert_eq!(check.our_done, 1, "{check:?}");
 }
 
 /// A `ust` job on `host` without `keep_trace`: it completes, its result counts the events,
@@ -287,6 +345,18 @@ async fn assert_trace_deleted_after_analysis(
         !trace.exists(),
         "{} left after its analysis: {result}",
         trace.display()
+    );
+    assert!(result["kept_trace"].is_null(), "{result}");
+    let id = answer.job_id().unwrap();
+    let fetched = fetch_trace(c, id, "application/gzip").await.unwrap();
+    assert_eq!(fetched.status.as_u16(), 410, "{}", fetched.error);
+    assert!(
+        fetched.error["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("keep_trace"),
+        "{}",
+        fetched.error
     );
 }
 
@@ -406,6 +476,10 @@ fn ust_job_streamed_to_a_relay_is_analysed_on_the_relay_host() {
             !Path::new(AGENT_TRACE_ROOT).join(session).exists(),
             "nothing written locally on the traced host"
         );
+        // The kept trace is fetched from the relay host, through its agent.
+        assert_eq!(result["kept_trace"]["host"], "relay1", "{result}");
+        assert_eq!(result["kept_trace"]["agent"], "relay1", "{result}");
+        assert_fetched_trace(&c, id, &trace, &run).await;
 
         // An explicit analysis host: the traced host's own agent reads the relay output.
         let mut body = job_body("localhost", UST_SECS, "ust");
@@ -505,6 +579,9 @@ fn ust_job_over_ssh_counts_exactly_and_a_changed_host_key_is_refused() {
         // One SSH connection for the whole job (the original needed nine).
         let logins = sshd.log().matches("Accepted publickey").count();
         assert_eq!(logins, 1, "sshd log:\n{}", sshd.log());
+        // The kept trace comes back over SSH (one more connection), every event in it.
+        assert_eq!(result["kept_trace"]["via"], "ssh", "{result}");
+        assert_fetched_trace(&c, id, &trace, &run).await;
         // Trust on first use: the host key is pinned in the data dir.
         let known_hosts = dir.path().join("ssh/known_hosts");
         let pinned = std::fs::read_to_string(&known_hosts).unwrap();

@@ -87,7 +87,11 @@ impl Fetches {
                     if active.credit.available_permits().saturating_add(bytes) <= MAX_CREDIT {
                         active.credit.add_permits(bytes);
                     } else {
-                        tracing::warn!(fetch_id, bytes, "ignoring credit beyond {MAX_CREDIT} bytes");
+                        tracing::warn!(
+                            fetch_id,
+                            bytes,
+                            "ignoring credit beyond {MAX_CREDIT} bytes"
+                        );
                     }
                 }
                 None
@@ -117,13 +121,17 @@ impl Fetches {
         if self.active.len() >= MAX_FETCHES {
             return refuse(
                 false,
-                format!("this agent already sends {MAX_FETCHES} traces; try again once one is done"),
+                format!(
+                    "this agent already sends {MAX_FETCHES} traces; try again once one is done"
+                ),
             );
         }
         if (window as usize) < TRACE_CHUNK_BYTES {
             return refuse(
                 false,
-                format!("a fetch window of {window} bytes is under one chunk ({TRACE_CHUNK_BYTES})"),
+                format!(
+                    "a fetch window of {window} bytes is under one chunk ({TRACE_CHUNK_BYTES})"
+                ),
             );
         }
         let dir = match self.check(&path) {
@@ -255,8 +263,8 @@ fn walk(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool, u64)>> {
     let mut found = Vec::new();
     let mut pending = vec![PathBuf::new()];
     while let Some(relative) = pending.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(dir.join(&relative))?
-            .collect::<Result<_, _>>()?;
+        let mut entries: Vec<_> =
+            std::fs::read_dir(dir.join(&relative))?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries.into_iter().rev() {
             let kind = entry.file_type()?;
@@ -320,7 +328,9 @@ impl ChunkWriter {
             return Ok(());
         }
         let full = std::mem::replace(&mut self.buf, Vec::with_capacity(TRACE_CHUNK_BYTES));
-        self.tx.blocking_send(Piece::Data(full)).map_err(|_| closed())
+        self.tx
+            .blocking_send(Piece::Data(full))
+            .map_err(|_| closed())
     }
 }
 
@@ -385,7 +395,9 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let trace = root.path().join("tracevisor-x-1-host");
         std::fs::create_dir_all(trace.join("ust/uid/0/64-bit")).unwrap();
-        let big: Vec<u8> = (0..3 * TRACE_CHUNK_BYTES + 7).map(|i| (i % 251) as u8).collect();
+        let big: Vec<u8> = (0..3 * TRACE_CHUNK_BYTES + 7)
+            .map(|i| (i % 251) as u8)
+            .collect();
         std::fs::write(trace.join("ust/uid/0/64-bit/channel0_0"), &big).unwrap();
         std::fs::write(trace.join("ust/uid/0/64-bit/metadata"), b"/* CTF 1.8 */").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", trace.join("passwd")).unwrap();
@@ -453,7 +465,11 @@ mod tests {
                 bytes += data.len();
             }
         }
-        assert_eq!(bytes, 2 * TRACE_CHUNK_BYTES, "no more than the window without credit");
+        assert_eq!(
+            bytes,
+            2 * TRACE_CHUNK_BYTES,
+            "no more than the window without credit"
+        );
         fetches.handle(Message::CancelFetch { fetch_id: 9 });
         fetches.close().await;
     }
@@ -469,15 +485,30 @@ mod tests {
         let mut fetches = Fetches::new(roots(root.path()));
         for (path, gone, says) in [
             ("/etc".to_owned(), false, "not a Tracevisor trace directory"),
-            (not_a_trace.display().to_string(), false, "not a Tracevisor trace directory"),
-            (outside.display().to_string(), false, "outside this agent's trace root"),
             (
-                root.path().join("tracevisor-x-4-host").display().to_string(),
+                not_a_trace.display().to_string(),
+                false,
+                "not a Tracevisor trace directory",
+            ),
+            (
+                outside.display().to_string(),
+                false,
+                "outside this agent's trace root",
+            ),
+            (
+                root.path()
+                    .join("tracevisor-x-4-host")
+                    .display()
+                    .to_string(),
                 true,
                 "does not exist",
             ),
             (
-                format!("{}/../{}", root.path().display(), outside.strip_prefix("/").unwrap().display()),
+                format!(
+                    "{}/../{}",
+                    root.path().display(),
+                    outside.strip_prefix("/").unwrap().display()
+                ),
                 false,
                 "outside",
             ),

@@ -356,8 +356,7 @@ pub async fn trace(
     let download = match state.engine.trace_download(&record, encoding).await {
         Ok(download) => download,
         Err(refused) => {
-            let status =
-                StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_GATEWAY);
             let mut error = ApiError::new(status, refused.message).with(json!({ "jobid": id }));
             if let Some(secs) = refused.retry_after {
                 error = error.retry_after(secs);

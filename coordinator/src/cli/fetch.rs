@@ -56,9 +56,8 @@ enum Sink {
 
 pub async fn run(top: &TopConnection, args: FetchArgs) -> Result<u8, CliError> {
     let client = Client::new(&Settings::resolve(top, &args.conn))?;
-    std::fs::create_dir_all(&args.output).map_err(|e| {
-        CliError::other(format!("cannot create {}: {e}", args.output.display()))
-    })?;
+    std::fs::create_dir_all(&args.output)
+        .map_err(|e| CliError::other(format!("cannot create {}: {e}", args.output.display())))?;
     let accept = if args.zstd {
         "application/zstd"
     } else {
@@ -110,7 +109,11 @@ pub async fn run(top: &TopConnection, args: FetchArgs) -> Result<u8, CliError> {
                     READ_IDLE_TIMEOUT.as_secs()
                 ))
             }
-            Ok(Err(e)) => break Some(format!("the download was cut off ({e}); the server's log says why")),
+            Ok(Err(e)) => {
+                break Some(format!(
+                    "the download was cut off ({e}); the server's log says why"
+                ))
+            }
             Ok(Ok(None)) => break None,
             Ok(Ok(Some(chunk))) => chunk,
         };
@@ -161,7 +164,10 @@ fn write_out(
                 .create_new(true)
                 .open(&path)
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-            let mut reader = Counted { inner: reader, counted };
+            let mut reader = Counted {
+                inner: reader,
+                counted,
+            };
             std::io::copy(&mut reader, &mut file)
                 .and_then(|_| file.flush())
                 .map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -176,7 +182,13 @@ fn write_out(
             } else {
                 Box::new(flate2::read::GzDecoder::new(reader))
             };
-            unpack(Counted { inner: decoded, counted }, &dir)
+            unpack(
+                Counted {
+                    inner: decoded,
+                    counted,
+                },
+                &dir,
+            )
         }
     }
 }
@@ -275,7 +287,11 @@ impl Bar {
     }
 
     fn draw(&mut self, unpacked: u64, downloaded: u64) {
-        if !self.tty || self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+        if !self.tty
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
             return;
         }
         self.last = Some(Instant::now());
@@ -331,7 +347,10 @@ mod tests {
         let top = unpack(good.as_slice(), dir.path()).unwrap();
         assert_eq!(top, [dir.path().join("t")]);
         assert_eq!(std::fs::read(dir.path().join("t/a")).unwrap(), b"hi");
-        assert!(unpack(good.as_slice(), dir.path()).is_err(), "an existing file is kept");
+        assert!(
+            unpack(good.as_slice(), dir.path()).is_err(),
+            "an existing file is kept"
+        );
 
         let mut h = tar::Header::new_gnu();
         h.set_size(1);

@@ -176,7 +176,12 @@ impl Hub {
         if let Some(why) = refused {
             // Dropping the sender ends the reader's stream; it reports the failure.
             fetches.remove(&fetch_id);
-            tracing::warn!(hostname, fetch_id, why, "agent broke the fetch protocol; fetch failed");
+            tracing::warn!(
+                hostname,
+                fetch_id,
+                why,
+                "agent broke the fetch protocol; fetch failed"
+            );
             self.cancel_fetch(hostname, fetch_id);
         }
     }
@@ -258,7 +263,9 @@ impl TraceFetch {
 
     fn ended_early(&self, error: Option<FetchError>) -> FetchFailure {
         match error {
-            Some(e) if e.gone => FetchFailure::Gone(format!("host {}: {}", self.hostname, e.message)),
+            Some(e) if e.gone => {
+                FetchFailure::Gone(format!("host {}: {}", self.hostname, e.message))
+            }
             Some(e) => FetchFailure::Failed(format!("host {}: {}", self.hostname, e.message)),
             None => FetchFailure::Failed(format!(
                 "host {}: the agent ended the fetch before sending the trace",

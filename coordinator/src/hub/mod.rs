@@ -35,8 +35,8 @@ use crate::secrets::secret_eq;
 use crate::store::{AgentRow, Store, StoreError};
 use auth::AuthFailures;
 pub use credentials::Identity;
-pub use fetch::{FetchFailure, TraceFetch, FETCH_WINDOW};
 use credentials::{CheckError, Credentials};
+pub use fetch::{FetchFailure, TraceFetch, FETCH_WINDOW};
 pub use link::serve_link;
 #[cfg(test)]
 pub(crate) use link::testing;

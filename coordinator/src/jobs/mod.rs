@@ -20,9 +20,9 @@ mod recovery;
 mod request;
 mod route;
 mod single;
-mod trace;
 #[cfg(test)]
 mod tests;
+mod trace;
 
 use std::collections::HashMap;
 use std::future::Future;

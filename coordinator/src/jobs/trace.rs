@@ -106,7 +106,10 @@ pub fn kept_traces(record: &JobRecord) -> Result<Vec<(String, KeptTrace)>, Unava
             .iter()
             .filter_map(|entry| {
                 let kept = kept_of(entry.result.as_ref())?;
-                Some((format!("{}/{}", sanitize(&entry.host), folder_of(&kept)), kept))
+                Some((
+                    format!("{}/{}", sanitize(&entry.host), folder_of(&kept)),
+                    kept,
+                ))
             })
             .collect();
         if traces.is_empty() {
@@ -173,9 +176,11 @@ fn unavailable(record: &JobRecord, kept: &KeptTrace, failure: FetchFailure) -> U
 impl Engine {
     async fn open_trace(&self, kept: &KeptTrace) -> Result<Source, FetchFailure> {
         match (kept.via, &kept.agent, &kept.ssh) {
-            (Via::Agent, Some(agent), _) => {
-                self.hub.fetch_trace(agent, &kept.path).await.map(Source::Agent)
-            }
+            (Via::Agent, Some(agent), _) => self
+                .hub
+                .fetch_trace(agent, &kept.path)
+                .await
+                .map(Source::Agent),
             (Via::Ssh, _, Some(ssh)) => {
                 let target = SshTarget {
                     display: kept.host.clone(),

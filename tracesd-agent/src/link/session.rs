@@ -49,7 +49,16 @@ where
     S: Sink<WsMessage, Error = WsError> + Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
     let mut fetches = Fetches::new(jobs.roots().clone());
-    let ended = drive_link(ws, hello, jobs, &mut fetches, settings, shutdown, established).await;
+    let ended = drive_link(
+        ws,
+        hello,
+        jobs,
+        &mut fetches,
+        settings,
+        shutdown,
+        established,
+    )
+    .await;
     fetches.close().await;
     ended
 }
@@ -147,7 +156,9 @@ where
                             Ok(frame) => frame,
                             Err(error) => return Err(session.refuse_frame(error).await),
                         };
-                        session.handle(frame.body, jobs, fetches, established).await?;
+                        session
+                            .handle(frame.body, jobs, fetches, established)
+                            .await?;
                     }
                     WsMessage::Text(_) => {
                         let message = "text message (the protocol uses binary frames only)";
