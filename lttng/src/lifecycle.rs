@@ -661,25 +661,36 @@ async fn record(
     cancel: &CancellationToken,
 ) -> Result<String, StepError> {
     let name = spec.session_name.as_str();
-    let (location, output_args) = match &spec.output {
-        TraceOutput::Local => {
-            // Made by us, new, mode 0700 in a checked root; lttng writes into it.
-            let dir = create_trace_dir(exec, name).await?;
-            // Room for it: kept traces past their retention, or beyond the quota, go first.
-            prune_kept_traces(exec).await;
-            (dir.clone(), vec!["--output".to_owned(), dir])
-        }
-        TraceOutput::Relay {
-            host,
-            ctrl_port,
-            data_port,
-        } => {
-            let url = format!("net://{}:{ctrl_port}:{data_port}", bracket(host));
-            (url.clone(), vec!["--set-url".to_owned(), url])
+    let output = async {
+        match &spec.output {
+            TraceOutput::Local => {
+                // Made by us, new, mode 0700 in a checked root; lttng writes into it.
+                let dir = create_trace_dir(exec, name).await?;
+                // Room for it: kept traces past their retention, or beyond the quota, go first.
+                prune_kept_traces(exec).await;
+                Ok((dir.clone(), vec!["--output".to_owned(), dir]))
+            }
+            TraceOutput::Relay {
+                host,
+                ctrl_port,
+                data_port,
+            } => {
+                let url = format!("net://{}:{ctrl_port}:{data_port}", bracket(host));
+                Ok((url.clone(), vec!["--set-url".to_owned(), url]))
+            }
         }
     };
+    // The trace format depends on the version (asked at the same time: no extra round trip
+    // over SSH for a local trace).
+    let version = exec.run(argv(&["lttng", "--version"]), LTTNG_TIMEOUT);
+    let (output, version) = tokio::join!(output, version);
+    let (location, output_args) = output?;
+    let version = version
+        .ok()
+        .and_then(|out| lttng_version(&out.stdout_lossy()));
     let mut create = vec!["create", name];
     create.extend(output_args.iter().map(String::as_str));
+    create.extend(trace_format_args(version));
     if let Err(e) = lttng_step(exec, "create", &create).await {
         if matches!(spec.output, TraceOutput::Local) {
             // The directory is still empty: leave nothing behind (rmdir removes only that).
@@ -703,6 +714,28 @@ async fn record(
     result?;
     destroyed?;
     Ok(location)
+}
+
+/// The `major.minor` of `lttng --version`'s output ("lttng (LTTng Trace Control) 2.13.9 -
+/// Nordicité").
+pub fn lttng_version(text: &str) -> Option<(u32, u32)> {
+    text.split_whitespace().find_map(|word| {
+        let mut parts = word.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some((major, minor))
+    })
+}
+
+/// The `lttng create` options of the trace format. LTTng 2.15 and later write CTF 2 by
+/// default, which babeltrace2 2.0 (Debian's) and the lttng-analyses built on it cannot read,
+/// nor older Trace Compass releases: sessions are created in CTF 1.8 there. Earlier versions
+/// write CTF 1.8 only and know no such option. An unknown version gets no option.
+pub fn trace_format_args(version: Option<(u32, u32)>) -> &'static [&'static str] {
+    match version {
+        Some(v) if v >= (2, 15) => &["--trace-format=ctf-1.8"],
+        _ => &[],
+    }
 }
 
 async fn traced(
@@ -1149,6 +1182,94 @@ mod tests {
     }
 
     const SESSION: &str = "tracevisor-c0ffee00-7-h";
+
+    #[test]
+    fn the_trace_format_is_ctf_1_8_from_lttng_2_15() {
+        assert_eq!(
+            lttng_version("lttng (LTTng Trace Control) 2.13.9 - Nordicité"),
+            Some((2, 13))
+        );
+        assert_eq!(
+            lttng_version("lttng (LTTng Trace Control) 2.15.0-rc1 - Péché Mortel"),
+            Some((2, 15))
+        );
+        assert_eq!(lttng_version("no version here"), None);
+        assert!(trace_format_args(Some((2, 13))).is_empty());
+        assert!(trace_format_args(None).is_empty());
+        assert_eq!(trace_format_args(Some((2, 15))), ["--trace-format=ctf-1.8"]);
+        assert_eq!(trace_format_args(Some((3, 0))), ["--trace-format=ctf-1.8"]);
+    }
+
+    /// Answers `lttng --version` as LTTng 2.15 would (2.15 is not installed here) and records
+    /// the other commands, which succeed without output.
+    struct Lttng215 {
+        commands: std::sync::Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Executor for Lttng215 {
+        fn host(&self) -> &str {
+            "h"
+        }
+        fn trace_root(&self) -> String {
+            "/nonexistent".into()
+        }
+        async fn run(&self, argv: Vec<String>, _: Duration) -> Result<Output, RunError> {
+            use std::os::unix::process::ExitStatusExt as _;
+            let stdout = if argv == ["lttng", "--version"] {
+                b"lttng (LTTng Trace Control) 2.15.0 - Peche Mortel\n".to_vec()
+            } else {
+                self.commands.lock().unwrap().push(argv);
+                Vec::new()
+            };
+            Ok(Output {
+                status: std::process::ExitStatus::from_raw(0),
+                stdout,
+                stderr: Vec::new(),
+                elapsed: Duration::ZERO,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_on_lttng_2_15_are_created_in_ctf_1_8() {
+        let exec = Lttng215 {
+            commands: std::sync::Mutex::new(Vec::new()),
+        };
+        let spec = JobSpec {
+            session_name: "tracevisor-c0ffee00-1-h".into(),
+            analysis: "ust".into(),
+            kernel_events: Vec::new(),
+            syscalls: false,
+            userspace_events: vec!["*".into()],
+            duration_ms: 1,
+            output: TraceOutput::Relay {
+                host: "127.0.0.1".into(),
+                ctrl_port: 5342,
+                data_port: 5343,
+            },
+            analysis_commands: Vec::new(),
+            run_analysis: false,
+            summary: Summary::Ust,
+            analysis_only: None,
+            keep_trace: false,
+        };
+        record(&exec, &spec, &|_, _| {}, &CancellationToken::new())
+            .await
+            .expect("recorded");
+        let commands = exec.commands.lock().unwrap();
+        assert_eq!(
+            commands[0],
+            [
+                "lttng",
+                "--no-sessiond",
+                "create",
+                "tracevisor-c0ffee00-1-h",
+                "--set-url",
+                "net://127.0.0.1:5342:5343",
+                "--trace-format=ctf-1.8"
+            ]
+        );
+    }
 
     #[tokio::test]
     async fn trace_dirs_are_created_private_in_a_private_root() {

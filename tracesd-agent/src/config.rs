@@ -100,6 +100,9 @@ pub struct FileConfig {
     /// Beyond this many MiB in the trace root, the oldest kept traces are deleted (default:
     /// 10 GiB).
     pub trace_quota_mib: Option<u64>,
+    /// Where jobs write local traces (default: /var/lib/tracesd/traces); an absolute path,
+    /// created mode 0700 and checked before each job like the default.
+    pub trace_root: Option<PathBuf>,
 }
 
 /// An invalid or missing setting.
@@ -224,6 +227,8 @@ pub struct AgentConfig {
     pub relay_roots: Vec<PathBuf>,
     /// Retention and quota of the traces jobs keep on this host.
     pub trace_policy: tracevisor_lttng::lifecycle::TracePolicy,
+    /// Where jobs write local traces (`None`: the default root).
+    pub trace_root: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -239,6 +244,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("analysis_programs", &self.analysis_programs)
             .field("relay_roots", &self.relay_roots)
             .field("trace_policy", &self.trace_policy)
+            .field("trace_root", &self.trace_root)
             .finish()
     }
 }
@@ -258,6 +264,7 @@ impl AgentConfig {
             analysis_programs: Vec::new(),
             relay_roots: Vec::new(),
             trace_policy: Default::default(),
+            trace_root: None,
         })
     }
 
@@ -373,6 +380,16 @@ impl AgentConfig {
             }
             trace_policy.quota_bytes = mib.saturating_mul(1 << 20);
         }
+        if let Some(bad) = file.trace_root.as_ref().filter(|p| {
+            !p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+        }) {
+            return Err(invalid(
+                "trace_root",
+                format!("{} is not an absolute path without `..`", bad.display()),
+            ));
+        }
         let relay_roots = file.relay_roots.unwrap_or_default();
         if let Some(bad) = relay_roots.iter().find(|p| !p.is_absolute()) {
             return Err(invalid(
@@ -391,6 +408,7 @@ impl AgentConfig {
             analysis_programs,
             relay_roots,
             trace_policy,
+            trace_root: file.trace_root,
         })
     }
 
@@ -674,10 +692,12 @@ mod tests {
             relay_roots: None,
             trace_retention_secs: None,
             trace_quota_mib: None,
+            trace_root: Some("/srv/traces".into()),
             credential: Some(FILE_CREDENTIAL.into()),
             coordinator_fingerprints: None,
         };
         let config = AgentConfig::merge(cli("ws://flag:2", FLAG_CREDENTIAL), file.clone()).unwrap();
+        assert_eq!(config.trace_root.as_deref(), Some(Path::new("/srv/traces")));
         assert_eq!(
             config.coordinator.to_string(),
             "ws://flag:2/trace/api/v1.0/agents"

@@ -507,7 +507,8 @@ pub fn render_config(
         "# tracesd agent configuration, written by `tracesd enroll`.\n\
          # It holds this host's own credential: keep it mode 0600, owned by root.\n\
          # Keys: coordinator, credential, hostname, ca_cert, coordinator_fingerprints,\n\
-         # analysis_programs, relay_roots, insecure_ws.\n",
+         # analysis_programs, relay_roots, insecure_ws, trace_root, trace_retention_secs,\n\
+         # trace_quota_mib.\n",
     );
     text.push_str(&format!("coordinator = {}\n", quote(coordinator)));
     text.push_str(&format!("credential = {}\n", quote(credential)));
@@ -529,7 +530,8 @@ pub fn render_config(
 }
 
 /// The host's own settings in an existing configuration file (`analysis_programs`,
-/// `relay_roots`), as TOML lines to write again: enrolling again must not drop them.
+/// `relay_roots`, `trace_root`, `trace_retention_secs`, `trace_quota_mib`), as TOML lines to
+/// write again: enrolling again must not drop them.
 fn kept_settings(path: &Path) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
         return String::new();
@@ -538,8 +540,17 @@ fn kept_settings(path: &Path) -> String {
         return String::new();
     };
     let mut kept = String::new();
-    for key in ["analysis_programs", "relay_roots"] {
-        if let Some(value @ toml::Value::Array(_)) = table.get(key) {
+    for key in [
+        "analysis_programs",
+        "relay_roots",
+        "trace_root",
+        "trace_retention_secs",
+        "trace_quota_mib",
+    ] {
+        if let Some(
+            value @ (toml::Value::Array(_) | toml::Value::String(_) | toml::Value::Integer(_)),
+        ) = table.get(key)
+        {
             kept.push_str(&format!("{key} = {value}\n"));
         }
     }

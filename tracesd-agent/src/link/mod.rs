@@ -141,6 +141,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     );
     let mut executor = LocalExecutor::new(&config.hostname);
     executor.policy = config.trace_policy;
+    if let Some(root) = &config.trace_root {
+        executor.trace_root = root.clone();
+    }
+    tracing::info!(trace_root = %executor.trace_root.display(), "local traces go under this root");
     let mut jobs = Jobs::new(executor, allowlist, config.relay_roots.clone());
     let mut capabilities = CapabilityCache::default();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);

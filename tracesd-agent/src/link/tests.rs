@@ -285,7 +285,7 @@ async fn reconnects_after_the_coordinator_drops_the_link() {
 #[tokio::test]
 async fn malformed_frames_close_with_a_reason_and_reconnect() {
     let mut newer = encode(&Frame::new(Message::Heartbeat { seq: 1 })).unwrap();
-    newer[0] = 3;
+    newer[0] = (PROTOCOL_VERSION + 1) as u8;
     let mut trailing = encode(&Frame::new(Message::Heartbeat { seq: 1 })).unwrap();
     trailing.push(0);
     let cases: Vec<(WsMessage, CloseReason, &str)> = vec![
@@ -300,7 +300,7 @@ async fn malformed_frames_close_with_a_reason_and_reconnect() {
             "invalid varint",
         ),
         (
-            WsMessage::binary(vec![2, 100]),
+            WsMessage::binary(vec![PROTOCOL_VERSION as u8, 100]),
             CloseReason::ProtocolError,
             "malformed frame",
         ),
@@ -312,7 +312,7 @@ async fn malformed_frames_close_with_a_reason_and_reconnect() {
         (
             WsMessage::binary(newer),
             CloseReason::UnsupportedVersion,
-            "protocol version 3",
+            "protocol version 4",
         ),
         (
             WsMessage::binary(trailing),
