@@ -466,8 +466,11 @@ pub async fn run_job(
         return Ok(json!({ "kind": "trace", "trace": trace, "host": exec.host() }));
     }
     progress(JOB_STATUS_ANALYSIS_RUNNING, "analysing the trace");
-    let analysed = analyse(exec, spec, &trace).await;
     let ours = matches!(spec.output, TraceOutput::Local);
+    let analysed = match analyse(exec, spec, &trace).await {
+        Err(e) if ours => Err(with_disk_state(exec, e, &trace).await),
+        other => other,
+    };
     settle_trace(exec, spec, &trace, ours, analysed).await
 }
 
@@ -668,6 +671,23 @@ async fn record(
                 let dir = create_trace_dir(exec, name).await?;
                 // Room for it: kept traces past their retention, or beyond the quota, go first.
                 prune_kept_traces(exec).await;
+                if let Some(free) = free_bytes(exec, &dir).await {
+                    if free < MIN_FREE_BYTES {
+                        let _ = exec
+                            .run(argv(&["rmdir", dir.as_str()]), LTTNG_TIMEOUT)
+                            .await;
+                        return Err(step_err(
+                            exec,
+                            "create",
+                            format!(
+                                "the disk holding the trace root {} has {} MiB free, under the {} MiB a job needs to record: free room there, lower trace_quota_mib, or move trace_root to a larger disk",
+                                exec.trace_root(),
+                                free >> 20,
+                                MIN_FREE_BYTES >> 20
+                            ),
+                        ));
+                    }
+                }
                 Ok((dir.clone(), vec!["--output".to_owned(), dir]))
             }
             TraceOutput::Relay {
@@ -711,9 +731,49 @@ async fn record(
     // until the trace is complete (lttng-destroy(1)), so no separate `stop`: one command fewer,
     // which over SSH is one round trip fewer.
     let destroyed = lttng_step(exec, "destroy", &["destroy", name]).await;
-    result?;
-    destroyed?;
-    Ok(location)
+    match result.and(destroyed.map(|_| ())) {
+        Ok(()) => Ok(location),
+        Err(e) if e.step != "cancelled" && matches!(spec.output, TraceOutput::Local) => {
+            Err(with_disk_state(exec, e, &location).await)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Below this much free space on the disk of the trace root, a job does not start recording
+/// there: a trace that fills the disk loses events, and other programs on the host suffer.
+pub const MIN_FREE_BYTES: u64 = 64 << 20;
+/// Free space under which a failed job is said to have met a full disk.
+const FULL_BYTES: u64 = 1 << 20;
+
+/// Free bytes on the file system holding `path` (`df -P -k`), `None` when unknown.
+pub async fn free_bytes(exec: &impl Executor, path: &str) -> Option<u64> {
+    let out = exec
+        .run(argv(&["df", "-P", "-k", "--", path]), LTTNG_TIMEOUT)
+        .await
+        .ok()?;
+    let kib: u64 = out
+        .stdout_lossy()
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Adds to a failed local job's error that the disk of its trace filled up, when it did.
+async fn with_disk_state(exec: &impl Executor, mut error: StepError, trace: &str) -> StepError {
+    if let Some(free) = free_bytes(exec, trace).await {
+        if free < FULL_BYTES {
+            error.message.push_str(&format!(
+                "; the disk holding {trace} is full ({} KiB free): the trace could not be written whole (other traces there are not touched)",
+                free >> 10
+            ));
+        }
+    }
+    error
 }
 
 /// The `major.minor` of `lttng --version`'s output ("lttng (LTTng Trace Control) 2.13.9 -

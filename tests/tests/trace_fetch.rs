@@ -373,3 +373,89 @@ fn a_running_or_unknown_jobs_trace_is_refused() {
         let _: Json = running.error;
     });
 }
+
+/// Unmounts a test file system when dropped (also when the test fails).
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_job_clearly_and_leaves_the_kept_traces_whole() {
+    require!(Req::Root, Req::Lttng, Req::UstToolchain, Req::Babeltrace2);
+    let _ust = lttng::ust_exclusive();
+    ensure_sessiond().unwrap();
+    run(async {
+        let dir = data_dir();
+        // The agent's trace root on a 100 MiB file system of its own.
+        let mnt = dir.path().join("disk");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=100m,mode=0755", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount tmpfs");
+        let _mount = Mount(mnt.clone());
+        let root = mnt.join("traces");
+        let config = dir.path().join("tracesd-disk1.toml");
+        std::fs::write(
+            &config,
+            format!("trace_root = {:?}\n", root.display().to_string()),
+        )
+        .unwrap();
+        let c = Coordinator::start(dir.path(), &["--agent-token", TOKEN]).unwrap();
+        let _agent = Agent::start_with(
+            &hub_url(c.addr, false),
+            TOKEN,
+            "disk1",
+            &["--config", config.to_str().unwrap()],
+        )
+        .unwrap();
+        wait_clients(&c, "the agent", PATIENCE, |l| is_connected(l, "disk1"))
+            .await
+            .unwrap();
+        let mut app =
+            spawn_ust_app(&UstAppOptions::new(0).interval(Duration::from_millis(2))).unwrap();
+        app.wait_ready(PATIENCE).unwrap();
+        let first = post_analyses(&c, &job_body("disk1", 1.0, "ust"), &[])
+            .await
+            .unwrap();
+        assert_eq!(first.body["status"], COMPLETE, "{}", first.body);
+        let kept = result_trace(&first.body["result"]).unwrap();
+        assert!(kept.starts_with(&root), "{}", kept.display());
+        let counted = first.body["result"]["events"][UST_TICK_EVENT]
+            .as_u64()
+            .unwrap_or(0);
+        // Fill the disk to under the room a job needs.
+        std::fs::write(mnt.join("filler"), vec![1u8; 80 << 20]).unwrap();
+        let second = post_analyses(&c, &job_body("disk1", 1.0, "ust"), &[])
+            .await
+            .unwrap();
+        drop(app);
+        let error = &second.body["error"];
+        assert_eq!(second.body["status"], -1, "{}", second.body);
+        assert_eq!(error["step"], "create", "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("MiB free") && message.contains(&root.display().to_string()),
+            "{message}"
+        );
+        // Nothing of the refused job is left, and the kept trace is whole: the same ticks as
+        // its analysis counted, and it is still fetched.
+        let left: Vec<_> = std::fs::read_dir(&root).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        let check = check_ust_trace(&kept, 0, 0).unwrap();
+        assert_eq!(check.all_ticks, counted, "{check:?}");
+        let id = first.job_id().unwrap();
+        let fetched = fetch_trace(&c, id, "*/*").await.unwrap();
+        assert_eq!(fetched.status.as_u16(), 200, "{}", fetched.error);
+        assert!(fetched.complete);
+    });
+}
