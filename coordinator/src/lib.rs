@@ -97,6 +97,7 @@ pub async fn run(
         shutdown.clone(),
     );
     engine.recover().await?;
+    engine.load_recorders().await?;
     engine.spawn_event_loop(agent_events);
     engine.spawn_pruner(config.job_retention);
     let state = Arc::new(api::AppState {

@@ -118,6 +118,8 @@ pub enum Step {
     Start,
     /// `lttng destroy`.
     Destroy,
+    /// `lttng snapshot record` of a flight recorder.
+    Snapshot,
     /// `lttng list`.
     List,
     /// The recorded trace could not be found.
@@ -149,7 +151,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, for tests and documentation.
-    pub const ALL: [Step; 25] = [
+    pub const ALL: [Step; 26] = [
         Step::Validate,
         Step::Resolve,
         Step::Dispatch,
@@ -162,6 +164,7 @@ impl Step {
         Step::AddContext,
         Step::Start,
         Step::Destroy,
+        Step::Snapshot,
         Step::List,
         Step::LocateTrace,
         Step::Analysis,
@@ -198,6 +201,7 @@ impl Step {
             | Step::AddContext
             | Step::Start
             | Step::Destroy
+            | Step::Snapshot
             | Step::List
             | Step::LocateTrace
             | Step::Analysis
@@ -221,6 +225,7 @@ impl Step {
             Step::AddContext => "add-context",
             Step::Start => "start",
             Step::Destroy => "destroy",
+            Step::Snapshot => "snapshot",
             Step::List => "list",
             Step::LocateTrace => "locate-trace",
             Step::Analysis => "analysis",
@@ -351,6 +356,40 @@ pub struct SshAccess {
     pub address: String,
     pub port: u16,
     pub user: String,
+}
+
+/// A flight recorder: a snapshot-mode session kept armed on each of its hosts (agents), for
+/// snapshots taken on all of them at once (`POST /recorders/{id}/snapshots`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecorderRecord {
+    #[serde(default)]
+    pub id: u64,
+    /// The analysis type whose events it records and whose analysis its snapshots run.
+    #[serde(rename = "type")]
+    pub analysis_type: String,
+    /// The agents' hostnames.
+    pub hosts: Vec<String>,
+    /// Ring buffer of each channel, per CPU, in MiB.
+    pub buffer_mib: u64,
+    /// RFC 3339.
+    pub created: String,
+    /// Each host's state, as last reported (not stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<RecorderHostState>,
+}
+
+/// A recorder's state on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecorderHostState {
+    pub host: String,
+    /// `armed`, `pending` (asked, no answer yet), `offline` (its agent is not connected; armed
+    /// when it connects), or `error`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// RFC 3339: when this state was reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 /// A fleet host's outcome.

@@ -12,4 +12,5 @@
 
 pub mod capabilities;
 pub mod lifecycle;
+pub mod recorder;
 pub mod runner;

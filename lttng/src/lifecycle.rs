@@ -195,7 +195,11 @@ pub struct StepError {
     pub message: String,
 }
 
-fn step_err(exec: &impl Executor, step: &str, message: impl std::fmt::Display) -> StepError {
+pub(crate) fn step_err(
+    exec: &impl Executor,
+    step: &str,
+    message: impl std::fmt::Display,
+) -> StepError {
     StepError {
         step: step.to_owned(),
         host: exec.host().to_owned(),
@@ -265,6 +269,14 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), String> {
             return Err("analysis argument with a control character".into());
         }
     }
+    if let Some(recorder) = &spec.snapshot_of {
+        if !name_ok(recorder) || !recorder.starts_with(tracevisor_protocol::RECORDER_PREFIX) {
+            return Err(format!("invalid recorder session name {recorder:?}"));
+        }
+        if spec.output != TraceOutput::Local || spec.analysis_only.is_some() {
+            return Err("a snapshot is recorded and analysed on the host itself".into());
+        }
+    }
     if let Some(TraceLocator::RelaySession { roots }) = &spec.analysis_only {
         if roots
             .iter()
@@ -286,7 +298,11 @@ fn lttng(args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-async fn lttng_step(exec: &impl Executor, step: &str, args: &[&str]) -> Result<Output, StepError> {
+pub(crate) async fn lttng_step(
+    exec: &impl Executor,
+    step: &str,
+    args: &[&str],
+) -> Result<Output, StepError> {
     exec.run(lttng(args), LTTNG_TIMEOUT).await.map_err(|e| {
         let mut message = e.to_string();
         // lttng dies of SIGPIPE, saying nothing, when the session daemon drops the connection
@@ -298,7 +314,7 @@ async fn lttng_step(exec: &impl Executor, step: &str, args: &[&str]) -> Result<O
     })
 }
 
-fn argv(items: &[&str]) -> Vec<String> {
+pub(crate) fn argv(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
 
@@ -459,6 +475,15 @@ pub async fn run_job(
         // directory found for this job's session is.
         let ours = matches!(locator, TraceLocator::RelaySession { .. });
         return settle_trace(exec, spec, &trace, ours, analysed).await;
+    }
+    if let Some(recorder) = &spec.snapshot_of {
+        let trace = snapshot(exec, spec, &progress, recorder).await?;
+        progress(JOB_STATUS_ANALYSIS_RUNNING, "analysing the snapshot");
+        let analysed = match analyse(exec, spec, &trace).await {
+            Err(e) => Err(with_disk_state(exec, e, &trace).await),
+            ok => ok,
+        };
+        return settle_trace(exec, spec, &trace, true, analysed).await;
     }
     let trace = record(exec, spec, &progress, cancel).await?;
     if !spec.run_analysis {
@@ -667,27 +692,7 @@ async fn record(
     let output = async {
         match &spec.output {
             TraceOutput::Local => {
-                // Made by us, new, mode 0700 in a checked root; lttng writes into it.
-                let dir = create_trace_dir(exec, name).await?;
-                // Room for it: kept traces past their retention, or beyond the quota, go first.
-                prune_kept_traces(exec).await;
-                if let Some(free) = free_bytes(exec, &dir).await {
-                    if free < MIN_FREE_BYTES {
-                        let _ = exec
-                            .run(argv(&["rmdir", dir.as_str()]), LTTNG_TIMEOUT)
-                            .await;
-                        return Err(step_err(
-                            exec,
-                            "create",
-                            format!(
-                                "the disk holding the trace root {} has {} MiB free, under the {} MiB a job needs to record: free room there, lower trace_quota_mib, or move trace_root to a larger disk",
-                                exec.trace_root(),
-                                free >> 20,
-                                MIN_FREE_BYTES >> 20
-                            ),
-                        ));
-                    }
-                }
+                let dir = local_trace_dir(exec, name).await?;
                 Ok((dir.clone(), vec!["--output".to_owned(), dir]))
             }
             TraceOutput::Relay {
@@ -737,6 +742,68 @@ async fn record(
             Err(with_disk_state(exec, e, &location).await)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The job's new local trace directory ([`create_trace_dir`]), once kept traces past their
+/// retention or beyond the quota are deleted and the disk has room
+/// ([`MIN_FREE_BYTES`]).
+async fn local_trace_dir(exec: &impl Executor, name: &str) -> Result<String, StepError> {
+    // Made by us, new, mode 0700 in a checked root; lttng writes into it.
+    let dir = create_trace_dir(exec, name).await?;
+    // Room for it: kept traces past their retention, or beyond the quota, go first.
+    prune_kept_traces(exec).await;
+    if let Some(free) = free_bytes(exec, &dir).await {
+        if free < MIN_FREE_BYTES {
+            let _ = exec
+                .run(argv(&["rmdir", dir.as_str()]), LTTNG_TIMEOUT)
+                .await;
+            return Err(step_err(
+                exec,
+                "create",
+                format!(
+                    "the disk holding the trace root {} has {} MiB free, under the {} MiB a job needs to record: free room there, lower trace_quota_mib, or move trace_root to a larger disk",
+                    exec.trace_root(),
+                    free >> 20,
+                    MIN_FREE_BYTES >> 20
+                ),
+            ));
+        }
+    }
+    Ok(dir)
+}
+
+/// Records a snapshot of the armed flight recorder session `recorder` into the job's new trace
+/// directory (`DIR/snapshot-0-<date>-<n>/`, which the analyses read as one trace).
+async fn snapshot(
+    exec: &impl Executor,
+    spec: &JobSpec,
+    progress: &(impl Fn(i8, &str) + Send + Sync),
+    recorder: &str,
+) -> Result<String, StepError> {
+    let dir = local_trace_dir(exec, &spec.session_name).await?;
+    progress(JOB_STATUS_TRACE_RUNNING, "recording a snapshot");
+    let recorded = lttng_step(
+        exec,
+        "snapshot",
+        &["snapshot", "record", "-s", recorder, dir.as_str()],
+    )
+    .await;
+    match recorded {
+        Ok(_) => Ok(dir),
+        Err(mut e) => {
+            if !list_sessions(exec)
+                .await
+                .is_ok_and(|s| s.iter().any(|n| n == recorder))
+            {
+                e.message.push_str(&format!(
+                    "; the flight recorder session {recorder} is not armed on this host"
+                ));
+            }
+            let e = with_disk_state(exec, e, &dir).await;
+            let _ = delete_trace(exec, &dir).await;
+            Err(e)
+        }
     }
 }
 
@@ -1238,6 +1305,7 @@ mod tests {
             summary: Summary::Ust,
             analysis_only: None,
             keep_trace: false,
+            snapshot_of: None,
         }
     }
 
@@ -1312,6 +1380,7 @@ mod tests {
             summary: Summary::Ust,
             analysis_only: None,
             keep_trace: false,
+            snapshot_of: None,
         };
         record(&exec, &spec, &|_, _| {}, &CancellationToken::new())
             .await

@@ -181,6 +181,7 @@ mod tests {
             summary: crate::Summary::Lami,
             analysis_only: None,
             keep_trace: false,
+            snapshot_of: None,
         }
     }
 
@@ -507,6 +508,28 @@ mod tests {
                 "03 10 01 01 01 01 78",
             ),
             (Message::CancelFetch { fetch_id: 1 }, "03 11 01"),
+            (
+                Message::ArmRecorders {
+                    owner: "o".into(),
+                    recorders: vec![crate::RecorderSpec {
+                        session_name: "s".into(),
+                        kernel_events: Vec::new(),
+                        syscalls: false,
+                        userspace_events: vec!["u".into()],
+                        buffer_bytes: 300,
+                    }],
+                },
+                "03 12 01 6f 01 01 73 00 00 01 01 75 ac 02",
+            ),
+            (
+                Message::RecordersArmed {
+                    states: vec![crate::RecorderState {
+                        session_name: "s".into(),
+                        error: None,
+                    }],
+                },
+                "03 13 01 01 73 00",
+            ),
             (Message::Hello(hello()), GOLDEN_HELLO),
             (
                 Message::StartJob {
@@ -523,7 +546,7 @@ mod tests {
     }
 
     const GOLDEN_HELLO: &str = "03 00 03 05 77 65 62 2d 31 02 00 c0 00 02 07 01 20 01 0d b8 00 00 00 00 00 00 00 00 00 00 00 01 05 30 2e 31 2e 30 01 06 32 2e 31 33 2e 39 01 00 01 36 6b 65 72 6e 65 6c 20 74 72 61 63 65 72 20 6e 6f 74 20 61 76 61 69 6c 61 62 6c 65 20 28 6c 74 74 6e 67 2d 6d 6f 64 75 6c 65 73 20 6e 6f 74 20 6c 6f 61 64 65 64 29 01 00 01 02 0f 6c 74 74 6e 67 2d 63 70 75 74 6f 70 2d 6d 69 13 6c 74 74 6e 67 2d 69 6f 75 73 61 67 65 74 6f 70 2d 6d 69 02 03 ac 02";
-    const GOLDEN_START_JOB: &str = "03 05 2a 11 74 72 61 63 65 76 69 73 6f 72 2d 6a 6f 62 2d 34 32 0a 69 6f 75 73 61 67 65 74 6f 70 02 0c 73 63 68 65 64 5f 73 77 69 74 63 68 11 62 6c 6f 63 6b 5f 72 71 5f 63 6f 6d 70 6c 65 74 65 01 01 08 6d 79 5f 61 70 70 3a 2a d0 0f 01 07 72 65 6c 61 79 2d 31 de 29 df 29 01 02 13 6c 74 74 6e 67 2d 69 6f 75 73 61 67 65 74 6f 70 2d 6d 69 07 7b 74 72 61 63 65 7d 01 00 00 00";
+    const GOLDEN_START_JOB: &str = "03 05 2a 11 74 72 61 63 65 76 69 73 6f 72 2d 6a 6f 62 2d 34 32 0a 69 6f 75 73 61 67 65 74 6f 70 02 0c 73 63 68 65 64 5f 73 77 69 74 63 68 11 62 6c 6f 63 6b 5f 72 71 5f 63 6f 6d 70 6c 65 74 65 01 01 08 6d 79 5f 61 70 70 3a 2a d0 0f 01 07 72 65 6c 61 79 2d 31 de 29 df 29 01 02 13 6c 74 74 6e 67 2d 69 6f 75 73 61 67 65 74 6f 70 2d 6d 69 07 7b 74 72 61 63 65 7d 01 00 00 00 00";
 
     fn hex(bytes: &[u8]) -> String {
         bytes
@@ -541,7 +564,7 @@ mod tests {
 
         #[test]
         fn random_bytes_after_a_valid_header_never_panic(
-            variant in 0u8..20,
+            variant in 0u8..22,
             bytes in proptest::collection::vec(any::<u8>(), 0..512),
         ) {
             let mut input = vec![PROTOCOL_VERSION as u8, variant];

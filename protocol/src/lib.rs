@@ -40,6 +40,8 @@
 //! | [`Message::TraceCredit`] | coordinator | once it has passed on bytes of a fetch: that many more may be sent |
 //! | [`Message::TraceEnd`] | agent | last frame of a fetch: complete, or why not (the trace is gone, refused, failed) |
 //! | [`Message::CancelFetch`] | coordinator | to stop a fetch (its reader went away); the agent sends nothing more for it |
+//! | [`Message::ArmRecorders`] | coordinator | after `HelloAck` and whenever the host's flight recorders change: the whole set this coordinator wants armed there |
+//! | [`Message::RecordersArmed`] | agent | once it has applied an `ArmRecorders`: each recorder's state |
 //!
 //! # Heartbeats and liveness
 //!
@@ -70,6 +72,17 @@
 //! buffers more than the window, whatever the trace's size. A fetch ends with `TraceEnd`, or
 //! `CancelFetch`, or with the link.
 //!
+//! # Flight recorders
+//!
+//! A flight recorder is a snapshot-mode LTTng session kept armed on a host
+//! (`tracevisor-rec-<coordinator>-<recorder>-<host>`). `ArmRecorders` carries the complete set
+//! of one coordinator's recorders for the host (its `owner` prefix): the agent creates and
+//! starts those missing, keeps those armed (their buffers too), and destroys its other sessions
+//! with that prefix, then answers `RecordersArmed`. The coordinator sends it after every
+//! `HelloAck` when the host has recorders (so an agent restart or a host reboot re-arms them)
+//! and when they change. A snapshot is a job whose [`JobSpec::snapshot_of`] names the armed
+//! session: the agent records its buffers into the job's trace directory and analyses that.
+//!
 //! # Evolving the format
 //!
 //! postcard encodes structs as their fields in order and enums by variant index: **only ever
@@ -89,8 +102,8 @@ pub use codec::{decode, encode, CodecError, MAX_FRAME_BYTES};
 ///
 /// History: 1, the first; 2, `JobSpec::keep_trace` (a struct field changes the encoding) and
 /// the enrollment messages (`Enroll`, `Enrolled`); 3, the trace fetch messages (`FetchTrace`,
-/// `TraceStart`, `TraceChunk`, `TraceCredit`, `TraceEnd`, `CancelFetch`): appended, but an
-/// agent of version 2 cannot decode them and would close its link on the first fetch.
+/// `TraceStart`, `TraceChunk`, `TraceCredit`, `TraceEnd`, `CancelFetch`), the flight recorder
+/// messages (`ArmRecorders`, `RecordersArmed`) and `JobSpec::snapshot_of`.
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Path of the coordinator's agent hub (the WebSocket endpoint agents dial).
@@ -275,6 +288,42 @@ pub enum Message {
     },
     /// Coordinator → agent: stop sending this fetch.
     CancelFetch { fetch_id: u64 },
+    /// Coordinator → agent: the flight recorders this coordinator wants armed on the host (see
+    /// the crate docs). Added in version 3.
+    ArmRecorders {
+        /// Prefix of this coordinator's recorder sessions (`tracevisor-rec-<coordinator>-`):
+        /// the agent's sessions with it that are not in `recorders` are destroyed.
+        owner: String,
+        recorders: Vec<RecorderSpec>,
+    },
+    /// Agent → coordinator: the state of each recorder of the last `ArmRecorders`.
+    RecordersArmed { states: Vec<RecorderState> },
+}
+
+/// Prefix of every flight recorder session.
+pub const RECORDER_PREFIX: &str = "tracevisor-rec-";
+
+/// A flight recorder to keep armed on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecorderSpec {
+    /// The snapshot-mode session (starts with [`RECORDER_PREFIX`] and the `owner`).
+    pub session_name: String,
+    /// Kernel events to record (empty: no kernel channel).
+    pub kernel_events: Vec<String>,
+    /// Whether to record all system calls.
+    pub syscalls: bool,
+    /// Userspace events to record (empty: no userspace channel).
+    pub userspace_events: Vec<String>,
+    /// Ring buffer size of each channel, per CPU, in bytes.
+    pub buffer_bytes: u64,
+}
+
+/// One recorder's state on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecorderState {
+    pub session_name: String,
+    /// `None`: armed (recording into its ring buffer); else why it is not.
+    pub error: Option<String>,
 }
 
 /// The largest [`Message::TraceChunk`] payload.
@@ -312,6 +361,8 @@ impl Message {
             Message::TraceCredit { .. } => "trace-credit",
             Message::TraceEnd { .. } => "trace-end",
             Message::CancelFetch { .. } => "cancel-fetch",
+            Message::ArmRecorders { .. } => "arm-recorders",
+            Message::RecordersArmed { .. } => "recorders-armed",
         }
     }
 }
@@ -419,6 +470,10 @@ pub struct JobSpec {
     /// relay session directory it analysed, is deleted as soon as the analysis is done
     /// (a trace named by [`TraceLocator::Path`] is never deleted). Added in version 2.
     pub keep_trace: bool,
+    /// When set, nothing new is traced: the agent records a snapshot of this armed flight
+    /// recorder session into the job's trace directory and analyses it (`duration_ms` and
+    /// `output` are not used). Added in version 3.
+    pub snapshot_of: Option<String>,
 }
 
 /// How a job's result is produced. Only ever append variants.

@@ -739,6 +739,7 @@ fn analysis_spec(profile: &str, trace: &Path) -> JobSpec {
         summary: Summary::Lami,
         analysis_only: Some(TraceLocator::Path(trace.display().to_string())),
         keep_trace: false,
+        snapshot_of: None,
     }
 }
 

@@ -125,6 +125,11 @@ impl Jobs {
         }
     }
 
+    /// The executor jobs run through (flight recorders use it too).
+    pub fn executor(&self) -> Arc<LocalExecutor> {
+        self.executor.clone()
+    }
+
     /// Where analysis-only jobs and trace fetches may read traces.
     pub fn roots(&self) -> &TraceRoots {
         &self.roots
@@ -367,6 +372,7 @@ mod tests {
             summary: tracevisor_protocol::Summary::Ust,
             analysis_only: None,
             keep_trace: false,
+            snapshot_of: None,
         })
     }
 

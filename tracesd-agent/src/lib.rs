@@ -24,6 +24,7 @@ pub mod fetch;
 pub mod host;
 pub mod jobs;
 pub mod link;
+pub mod recorders;
 pub mod roots;
 pub mod tls;
 

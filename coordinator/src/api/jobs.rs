@@ -42,7 +42,7 @@ pub struct AnalysisRequest {
     wait: Option<bool>,
 }
 
-fn prefers_async(headers: &HeaderMap) -> bool {
+pub(super) fn prefers_async(headers: &HeaderMap) -> bool {
     headers
         .get_all("prefer")
         .iter()
@@ -78,7 +78,7 @@ pub async fn create(
     headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    let (wait, job_id, mut updates) = if body.0.contains_key("hosts") {
+    let (wait, job_id, updates) = if body.0.contains_key("hosts") {
         let mut request = FleetRequest::parse(&body.0, &state.config)?;
         if prefers_async(&headers) {
             request.template.wait = false;
@@ -95,6 +95,18 @@ pub async fn create(
         let (id, updates) = state.engine.submit(request).await?;
         (wait, id, updates)
     };
+    answer_job(&state, slot, wait, job_id, updates).await
+}
+
+/// The answer to a job just submitted: 202 with `Location` without `wait`, else the job once it
+/// ended (with the status its end maps to). Waiting gives the request slot back.
+pub(super) async fn answer_job(
+    state: &Arc<AppState>,
+    slot: Option<Extension<RequestSlot>>,
+    wait: bool,
+    job_id: u64,
+    mut updates: crate::jobs::JobView,
+) -> Result<Response, ApiError> {
     let location = format!("{API_BASE}/jobs/{job_id}");
     if !wait {
         let current = updates.borrow().clone();

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod misc;
+pub mod recorders;
 pub mod registry;
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use utoipa::OpenApi;
@@ -46,7 +47,7 @@ pub struct AppState {
 #[openapi(
     info(title = "Tracevisor", description = "Control plane for LTTng tracing across a fleet of Linux hosts"),
     paths(
-        misc::root, misc::status, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel, jobs::events, jobs::trace,
+        misc::root, misc::status, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel, jobs::events, jobs::trace, recorders::create, recorders::list, recorders::get, recorders::delete, recorders::snapshot,
         registry::relays::list, registry::relays::create, registry::relays::get, registry::relays::update, registry::relays::delete,
         registry::clients::list, registry::clients::create, registry::clients::get, registry::clients::update, registry::clients::delete,
         registry::analyses_servers::list, registry::analyses_servers::create, registry::analyses_servers::get,
@@ -88,6 +89,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/jobs/{id}/events", get(jobs::events))
         .route("/jobs/{id}/trace", get(jobs::trace))
+        .route("/recorders", get(recorders::list).post(recorders::create))
+        .route(
+            "/recorders/{id}",
+            get(recorders::get).delete(recorders::delete),
+        )
+        .route("/recorders/{id}/snapshots", post(recorders::snapshot))
         .route("/openapi.json", get(openapi))
         .route("/agents/credentials", get(agents::credentials))
         .route(

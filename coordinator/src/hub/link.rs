@@ -212,7 +212,7 @@ pub async fn serve_link<S: Socket>(
                             tracing::info!(hostname = %hello.hostname, %reason, %message, "agent closed its link");
                             break;
                         }
-                        m @ (Message::JobProgress { .. } | Message::JobResult { .. }) => {
+                        m @ (Message::JobProgress { .. } | Message::JobResult { .. } | Message::RecordersArmed { .. }) => {
                             hub.emit(AgentEvent { client_id, hostname: hello.hostname.clone(), message: m }).await;
                         }
                         m @ (Message::TraceStart { .. } | Message::TraceChunk { .. } | Message::TraceEnd { .. }) => {

@@ -221,7 +221,11 @@ impl Engine {
                     });
                 }
             }
+            Message::RecordersArmed { states } => {
+                self.recorders_armed(&event.hostname, states);
+            }
             Message::Close { reason, message } => {
+                self.recorders_on_close(&event.hostname);
                 // The host's link is gone: its jobs keep running on the agent, and a reconnect
                 // within the grace delivers their results; past it they are failed.
                 let grace =
@@ -247,6 +251,7 @@ impl Engine {
                 }
             }
             Message::Hello(hello) => {
+                self.recorders_on_hello(&hello.hostname);
                 let lost = self.pending_on(&hello.hostname, |id| !hello.running_jobs.contains(&id));
                 for job_id in lost {
                     let engine = self.clone();

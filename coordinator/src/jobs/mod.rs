@@ -8,7 +8,8 @@
 //! - `agent.rs`: jobs on agents: results, progress, lost links, acknowledgements;
 //! - `fleet.rs`: one analysis on many hosts, outcomes in one record;
 //! - `recovery.rs`: restart recovery, SSH session clean-up, pruning;
-//! - `trace.rs`: kept traces streamed as one archive.
+//! - `trace.rs`: kept traces streamed as one archive;
+//! - `recorders.rs`: flight recorders kept armed on agents, and their snapshots.
 //!
 //! Every task the engine starts goes through its [`TaskTracker`] and every job's cancellation
 //! token is a child of the coordinator's shutdown token, so [`Engine::stopped`] can wait for
@@ -16,6 +17,7 @@
 
 mod agent;
 mod fleet;
+mod recorders;
 mod recovery;
 mod request;
 mod route;
@@ -42,6 +44,7 @@ use crate::store::{Store, StoreError};
 
 pub use crate::model;
 pub use fleet::{FLEET_RESULTS_BUDGET, MAX_RESULT_BYTES};
+pub use recorders::{RecorderRequest, DEFAULT_BUFFER_MIB, MAX_BUFFER_MIB, MAX_RECORDERS_PER_HOST};
 pub use request::{
     FleetRequest, HostSelection, JobRequest, CAPABILITIES, DEFAULT_HOST_TIMEOUT, MAX_FLEET_HOSTS,
 };
@@ -137,6 +140,8 @@ pub struct Engine {
     load: Arc<Mutex<Load>>,
     /// Trace archives being streamed ([`MAX_TRACE_DOWNLOADS`]).
     downloads: Arc<tokio::sync::Semaphore>,
+    /// Flight recorders and their states on the hosts.
+    recorders: recorders::Recorders,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -169,6 +174,7 @@ impl Engine {
             tasks: TaskTracker::new(),
             load: Arc::default(),
             downloads: Arc::new(tokio::sync::Semaphore::new(MAX_TRACE_DOWNLOADS)),
+            recorders: recorders::Recorders::new(),
         })
     }
 

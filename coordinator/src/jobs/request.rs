@@ -21,6 +21,9 @@ pub struct JobRequest {
     pub wait: bool,
     /// Keep the trace on the host after its analysis (default: deleted once analysed).
     pub keep_trace: bool,
+    /// A snapshot of this flight recorder instead of a new trace (set by
+    /// `POST /recorders/{id}/snapshots`, never from a request body).
+    pub snapshot_of: Option<u64>,
 }
 
 fn field_str(
@@ -114,6 +117,7 @@ impl JobRequest {
             mongoport,
             wait,
             keep_trace,
+            snapshot_of: None,
         })
     }
 }
@@ -127,42 +131,11 @@ pub enum HostSelection {
     Agents { require: Vec<String> },
 }
 
-/// A validated fleet request: the same analysis on many hosts.
-#[derive(Debug, Clone)]
-pub struct FleetRequest {
-    pub hosts: HostSelection,
-    /// The request each child job is made from (its `host` is replaced).
-    pub template: JobRequest,
-    /// Seconds each host may take beyond the duration before its outcome is `timeout`.
-    pub host_timeout: f64,
-}
-
-/// Default `host_timeout`: room for session set-up, flush and analysis.
-pub const DEFAULT_HOST_TIMEOUT: f64 = 120.0;
-/// Most hosts one fleet request may name.
-pub const MAX_FLEET_HOSTS: usize = 10_000;
-/// Capabilities a fleet selector may require.
-pub const CAPABILITIES: [&str; 4] = [
-    "kernel_tracer",
-    "userspace_tracer",
-    "babeltrace2",
-    "sessiond_running",
-];
-
-pub fn capability(caps: &tracevisor_protocol::Capabilities, name: &str) -> bool {
-    match name {
-        "kernel_tracer" => caps.kernel_tracer,
-        "userspace_tracer" => caps.userspace_tracer,
-        "babeltrace2" => caps.babeltrace2,
-        "sessiond_running" => caps.sessiond_running,
-        _ => false,
-    }
-}
-
-impl FleetRequest {
-    /// Validates a `POST /analyses` body that has `hosts`.
-    pub fn parse(body: &Map<String, Json>, config: &Config) -> Result<FleetRequest, FieldError> {
-        let hosts = match body.get("hosts") {
+impl HostSelection {
+    /// Validates a request's `hosts`: a list of hosts, or the connected-agent selector
+    /// `{"agents": "connected", "require": [...]}`.
+    pub fn parse(value: Option<&Json>) -> Result<HostSelection, FieldError> {
+        let hosts = match value {
             Some(Json::Array(items)) => {
                 if items.is_empty() || items.len() > MAX_FLEET_HOSTS {
                     return Err(FieldError::new(
@@ -232,6 +205,46 @@ impl FleetRequest {
                 ))
             }
         };
+        Ok(hosts)
+    }
+}
+
+/// A validated fleet request: the same analysis on many hosts.
+#[derive(Debug, Clone)]
+pub struct FleetRequest {
+    pub hosts: HostSelection,
+    /// The request each child job is made from (its `host` is replaced).
+    pub template: JobRequest,
+    /// Seconds each host may take beyond the duration before its outcome is `timeout`.
+    pub host_timeout: f64,
+}
+
+/// Default `host_timeout`: room for session set-up, flush and analysis.
+pub const DEFAULT_HOST_TIMEOUT: f64 = 120.0;
+/// Most hosts one fleet request may name.
+pub const MAX_FLEET_HOSTS: usize = 10_000;
+/// Capabilities a fleet selector may require.
+pub const CAPABILITIES: [&str; 4] = [
+    "kernel_tracer",
+    "userspace_tracer",
+    "babeltrace2",
+    "sessiond_running",
+];
+
+pub fn capability(caps: &tracevisor_protocol::Capabilities, name: &str) -> bool {
+    match name {
+        "kernel_tracer" => caps.kernel_tracer,
+        "userspace_tracer" => caps.userspace_tracer,
+        "babeltrace2" => caps.babeltrace2,
+        "sessiond_running" => caps.sessiond_running,
+        _ => false,
+    }
+}
+
+impl FleetRequest {
+    /// Validates a `POST /analyses` body that has `hosts`.
+    pub fn parse(body: &Map<String, Json>, config: &Config) -> Result<FleetRequest, FieldError> {
+        let hosts = HostSelection::parse(body.get("hosts"))?;
         if body.contains_key("host") {
             return Err(FieldError::new(
                 "host",

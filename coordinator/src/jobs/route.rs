@@ -107,6 +107,9 @@ impl Plan {
             },
             analysis_only: None,
             keep_trace: req.keep_trace,
+            snapshot_of: req
+                .snapshot_of
+                .map(|recorder| recorder_session(instance, recorder, &self.route.name())),
         }
     }
 
@@ -247,6 +250,20 @@ impl Engine {
             analysis_route,
         })
     }
+}
+
+/// The session of flight recorder `recorder` of coordinator `instance` on `host`.
+pub fn recorder_session(instance: &str, recorder: u64, host: &str) -> String {
+    format!(
+        "{}{instance}-{recorder}-{}",
+        tracevisor_protocol::RECORDER_PREFIX,
+        sanitize(host)
+    )
+}
+
+/// The prefix of coordinator `instance`'s recorder sessions.
+pub fn recorder_owner(instance: &str) -> String {
+    format!("{}{instance}-", tracevisor_protocol::RECORDER_PREFIX)
 }
 
 /// The SSH target of a registered host: its address, its SSH port and user (else 22 and root).

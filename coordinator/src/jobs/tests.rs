@@ -76,6 +76,7 @@ fn request(host: &str, duration: f64) -> JobRequest {
         mongoport: None,
         wait: false,
         keep_trace: false,
+        snapshot_of: None,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::registry::Kind;
 mod agents;
 mod credentials;
 mod jobs;
+mod recorders;
 mod registry;
 
 pub use agents::AgentRow;
@@ -98,6 +99,11 @@ pub const MIGRATIONS: &[&str] = &[
     DEFINE FIELD revoked ON agent_credential TYPE option<string>;
     DEFINE FIELD revoked_why ON agent_credential TYPE option<string>;
     DEFINE INDEX agent_credential_hostname ON agent_credential FIELDS hostname;
+    "#,
+    // 6: flight recorders (their hosts' states are not stored: agents report them).
+    r#"
+    DEFINE TABLE recorder SCHEMALESS;
+    DEFINE SEQUENCE recorder_id BATCH 1 START 1;
     "#,
 ];
 

@@ -18,6 +18,7 @@ use super::LinkError;
 use crate::config::LinkSettings;
 use crate::fetch::Fetches;
 use crate::jobs::{JobCommand, JobEvent, Jobs};
+use crate::recorders::Recorders;
 
 /// What the session loop waits on.
 enum Event {
@@ -27,6 +28,7 @@ enum Event {
     HeartbeatDue,
     Job(Option<JobEvent>),
     Fetch(Option<Message>),
+    Recorder(Option<Message>),
 }
 
 /// Drives one link over an upgraded WebSocket `ws`: sends `hello`, waits for `HelloAck`,
@@ -49,25 +51,28 @@ where
     S: Sink<WsMessage, Error = WsError> + Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
     let mut fetches = Fetches::new(jobs.roots().clone());
-    let ended = drive_link(
-        ws,
-        hello,
-        jobs,
-        &mut fetches,
-        settings,
-        shutdown,
-        established,
-    )
-    .await;
+    let mut recorders = Recorders::new(jobs.executor());
+    let mut side = Side {
+        fetches: &mut fetches,
+        recorders: &mut recorders,
+    };
+    let ended = drive_link(ws, hello, jobs, &mut side, settings, shutdown, established).await;
     fetches.close().await;
+    recorders.close().await;
     ended
+}
+
+/// What a link runs besides jobs: trace fetches and flight recorder requests.
+struct Side<'a> {
+    fetches: &'a mut Fetches,
+    recorders: &'a mut Recorders,
 }
 
 async fn drive_link<S>(
     ws: &mut S,
     hello: Hello,
     jobs: &mut Jobs,
-    fetches: &mut Fetches,
+    side: &mut Side<'_>,
     settings: &LinkSettings,
     shutdown: &CancellationToken,
     established: &mut Option<Instant>,
@@ -100,7 +105,8 @@ where
             received = session.ws.next() => Event::Received(received),
             // Job reports wait for HelloAck, so they follow the re-sent results in order.
             event = jobs.next_event(), if session.heartbeat.is_some() => Event::Job(event),
-            frame = fetches.next() => Event::Fetch(frame),
+            frame = side.fetches.next() => Event::Fetch(frame),
+            frame = side.recorders.next() => Event::Recorder(frame),
             _ = tokio::time::sleep_until(deadline) => Event::Deadline,
         };
         match event {
@@ -128,8 +134,10 @@ where
                 let message = jobs.on_event(event);
                 session.send(message).await?;
             }
-            Event::Job(None) | Event::Fetch(None) => {}
-            Event::Fetch(Some(message)) => session.send(message).await?,
+            Event::Job(None) | Event::Fetch(None) | Event::Recorder(None) => {}
+            Event::Fetch(Some(message)) | Event::Recorder(Some(message)) => {
+                session.send(message).await?
+            }
             Event::HeartbeatDue => {
                 let seq = session.next_seq;
                 session.next_seq += 1;
@@ -156,9 +164,7 @@ where
                             Ok(frame) => frame,
                             Err(error) => return Err(session.refuse_frame(error).await),
                         };
-                        session
-                            .handle(frame.body, jobs, fetches, established)
-                            .await?;
+                        session.handle(frame.body, jobs, side, established).await?;
                     }
                     WsMessage::Text(_) => {
                         let message = "text message (the protocol uses binary frames only)";
@@ -217,7 +223,7 @@ where
         &mut self,
         message: Message,
         jobs: &mut Jobs,
-        fetches: &mut Fetches,
+        side: &mut Side<'_>,
         established: &mut Option<Instant>,
     ) -> Result<(), LinkError> {
         let kind = message.kind();
@@ -287,10 +293,19 @@ where
                         .protocol_error(&format!("{kind} before hello-ack"))
                         .await);
                 }
-                match fetches.handle(message) {
+                match side.fetches.handle(message) {
                     Some(reply) => self.send(reply).await,
                     None => Ok(()),
                 }
+            }
+            Message::ArmRecorders { owner, recorders } => {
+                if self.heartbeat.is_none() {
+                    return Err(self
+                        .protocol_error(&format!("{kind} before hello-ack"))
+                        .await);
+                }
+                side.recorders.handle(owner, recorders);
+                Ok(())
             }
             Message::Hello(_)
             | Message::JobProgress { .. }
@@ -299,7 +314,8 @@ where
             | Message::Enrolled { .. }
             | Message::TraceStart { .. }
             | Message::TraceChunk { .. }
-            | Message::TraceEnd { .. } => Err(self
+            | Message::TraceEnd { .. }
+            | Message::RecordersArmed { .. } => Err(self
                 .protocol_error(&format!("unexpected {kind} from the coordinator"))
                 .await),
         }

@@ -524,6 +524,7 @@ fn spec() -> JobSpec {
         summary: tracevisor_protocol::Summary::Lami,
         analysis_only: None,
         keep_trace: false,
+        snapshot_of: None,
     }
 }
 

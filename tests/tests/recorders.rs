@@ -1,0 +1,190 @@
+//! Flight recorders with the real components: the coordinator binary with its built-in agent, a
+//! `tracesd` process, a root lttng-sessiond and the lttng-ust test program. A recorder is armed
+//! on two agents, a snapshot taken after the program emitted its events holds them on each
+//! host, an agent restart re-arms its recorder (even after its session was lost), and `DELETE`
+//! leaves no session.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value as Json};
+use tracevisor_tests::agents::{hub_url, is_connected, wait_clients, Agent};
+use tracevisor_tests::coordinator::Coordinator;
+use tracevisor_tests::jobs_support::{
+    check_ust_trace, fetch_trace, session_names, start_with_local_agent, unique_tag, TraceCleanup,
+    PATIENCE,
+};
+use tracevisor_tests::lttng::{
+    self, ensure_sessiond, spawn_ust_app, UstAppOptions, UST_TICK_EVENT,
+};
+use tracevisor_tests::require;
+use tracevisor_tests::skip::Req;
+
+const TOKEN: &str = "recorders-test-agent-token";
+/// Ticks the program emits while the recorder runs: far fewer than its buffer holds.
+const TICKS: u64 = 300;
+
+use tracevisor_tests::block_on as run;
+
+/// The recorder sessions of recorder `id` on this machine.
+fn recorder_sessions(id: u64) -> Vec<String> {
+    session_names()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.starts_with("tracevisor-rec-") && s.contains(&format!("-{id}-")))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Polls `GET /recorders/{id}` until `host`'s state is `state` (or the patience runs out).
+async fn wait_state(c: &Coordinator, id: u64, host: &str, state: &str) -> Json {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, recorder) = c.get(&format!("/recorders/{id}")).await.unwrap();
+        assert_eq!(status.as_u16(), 200, "{recorder}");
+        let reached = recorder["states"].as_array().is_some_and(|states| {
+            states
+                .iter()
+                .any(|s| s["host"] == host && s["state"] == state)
+        });
+        if reached {
+            return recorder;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host} never {state}: {recorder}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_agent_restart() {
+    require!(Req::Root, Req::Lttng, Req::UstToolchain, Req::Babeltrace2);
+    let _ust = lttng::ust_exclusive();
+    ensure_sessiond().unwrap();
+    run(async {
+        let mut traces = TraceCleanup::default();
+        let dir = tracevisor_tests::temp_dir("tv-rec-");
+        let c = start_with_local_agent(dir.path(), &["--agent-token", TOKEN])
+            .await
+            .unwrap();
+        let url = hub_url(c.addr, false);
+        let mut agent = Agent::start_with(&url, TOKEN, "rec2", &[]).unwrap();
+        wait_clients(&c, "both agents", PATIENCE, |l| {
+            is_connected(l, "rec2") && is_connected(l, "localhost")
+        })
+        .await
+        .unwrap();
+
+        // Refusals name the field.
+        for (body, field) in [
+            (json!({"hosts": ["localhost"], "type": "nope"}), "type"),
+            (
+                json!({"hosts": ["nowhere.invalid"], "type": "ust"}),
+                "hosts",
+            ),
+            (
+                json!({"host": "localhost", "type": "ust", "buffer_mib": 0}),
+                "buffer_mib",
+            ),
+            (json!({"type": "ust"}), "hosts"),
+        ] {
+            let (status, answer) = c.post("/recorders", &body).await.unwrap();
+            assert_eq!(status.as_u16(), 422, "{body}: {answer}");
+            assert_eq!(answer["field"], field, "{answer}");
+        }
+
+        let (status, recorder) = c
+            .post(
+                "/recorders",
+                &json!({"hosts": ["localhost", "rec2"], "type": "ust", "buffer_mib": 4}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 201, "{recorder}");
+        let id = recorder["id"].as_u64().unwrap();
+        for state in recorder["states"].as_array().unwrap() {
+            assert_eq!(state["state"], "armed", "{recorder}");
+        }
+        let armed = recorder_sessions(id);
+        assert_eq!(armed.len(), 2, "{armed:?}");
+
+        // The program emits its ticks once a session enabling them is started: the recorders.
+        let tag = unique_tag();
+        let mut app = spawn_ust_app(&UstAppOptions::new(TICKS).tag(tag).wait_enabled()).unwrap();
+        app.wait_ready(PATIENCE).unwrap();
+        let emitted = tokio::task::spawn_blocking(move || app.wait(PATIENCE))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(emitted, TICKS);
+
+        // One snapshot on both hosts at once, analysed like a fleet job, kept for a fetch.
+        let (status, job) = c
+            .post(
+                &format!("/recorders/{id}/snapshots"),
+                &json!({"keep_trace": true}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 200, "{job}");
+        let hosts = job["hosts"].as_array().unwrap();
+        assert_eq!(hosts.len(), 2, "{job}");
+        for entry in hosts {
+            assert_eq!(entry["outcome"], "complete", "{entry}");
+            traces.add_result(&entry["result"]);
+            let counted = entry["result"]["events"][UST_TICK_EVENT].as_u64();
+            assert!(counted >= Some(TICKS), "{entry}");
+        }
+        let job_id = job["id"].as_u64().unwrap();
+        let fetched = fetch_trace(&c, job_id, "*/*").await.unwrap();
+        assert_eq!(fetched.status.as_u16(), 200, "{}", fetched.error);
+        let out = fetched.unpack().unwrap();
+        for host in ["localhost", "rec2"] {
+            let host_dir = out.join(host);
+            let trace = tracevisor_tests::jobs_support::single_subdir(&host_dir).unwrap();
+            let check = check_ust_trace(&trace, tag, 0).unwrap();
+            assert_eq!(check.our_ticks, TICKS, "{host}: {check:?}");
+            assert_eq!(check.our_seqs, (0..TICKS).collect::<Vec<_>>(), "{host}");
+        }
+        // The recorders are still armed after a snapshot.
+        assert_eq!(recorder_sessions(id).len(), 2);
+
+        // The agent restarts after its host lost the session (as a reboot would): it is armed
+        // again when the agent says hello.
+        agent.kill9().unwrap();
+        let rec2 = armed.iter().find(|s| s.ends_with("-rec2")).unwrap().clone();
+        lttng::lttng(&["destroy", &rec2]).unwrap();
+        wait_state(&c, id, "rec2", "offline").await;
+        let _agent = Agent::start_with(&url, TOKEN, "rec2", &[]).unwrap();
+        wait_state(&c, id, "rec2", "armed").await;
+        assert!(recorder_sessions(id).contains(&rec2), "re-armed");
+        // Only its own: the other host's recorder (on the same session daemon here) is intact.
+        assert_eq!(recorder_sessions(id), armed, "{:?}", recorder_sessions(id));
+
+        let (status, listed) = c.get("/recorders").await.unwrap();
+        assert_eq!(status.as_u16(), 200);
+        assert!(listed.as_array().unwrap().iter().any(|r| r["id"] == id));
+
+        // DELETE leaves no session.
+        let (status, deleted) = c.delete(&format!("/recorders/{id}")).await.unwrap();
+        assert_eq!(status.as_u16(), 200, "{deleted}");
+        for state in deleted["states"].as_array().unwrap() {
+            assert_eq!(state["state"], "disarmed", "{deleted}");
+        }
+        assert!(
+            recorder_sessions(id).is_empty(),
+            "{:?}",
+            recorder_sessions(id)
+        );
+        let (status, _) = c.get(&format!("/recorders/{id}")).await.unwrap();
+        assert_eq!(status.as_u16(), 404);
+        let (status, _) = c
+            .post(&format!("/recorders/{id}/snapshots"), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 404);
+    });
+}
