@@ -453,6 +453,7 @@ pub enum CutOff {
 
 /// What [`RawLink::recv`] got.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Received {
     /// A protocol frame.
     Frame(Message),

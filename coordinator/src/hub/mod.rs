@@ -98,6 +98,9 @@ struct LiveLink {
     revoked_why: Arc<Mutex<String>>,
 }
 
+// A frame is as large as a `StartJob` (its spec inline); queues towards an agent are bounded
+// (64), so boxing every frame would cost an allocation each for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Outgoing {
     Frame(Message),
     Close(CloseReason, String),

@@ -48,7 +48,7 @@ impl Unavailable {
 /// One host's trace stream.
 enum Source {
     Agent(TraceFetch),
-    Ssh(SshTar),
+    Ssh(Box<SshTar>),
 }
 
 impl Source {
@@ -193,7 +193,7 @@ impl Engine {
                     .map_err(|e| FetchFailure::Failed(e.to_string()))?;
                 exec.stream_tar(&kept.path)
                     .await
-                    .map(Source::Ssh)
+                    .map(|tar| Source::Ssh(Box::new(tar)))
                     .map_err(|(gone, why)| {
                         if gone {
                             FetchFailure::Gone(why)
