@@ -168,9 +168,29 @@ fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_a
         assert_eq!(status.as_u16(), 200);
         assert!(listed.as_array().unwrap().iter().any(|r| r["id"] == id));
 
-        // DELETE leaves no session.
-        let (status, deleted) = c.delete(&format!("/recorders/{id}")).await.unwrap();
-        assert_eq!(status.as_u16(), 200, "{deleted}");
+        // The CLI lists it, then stops it (DELETE), which leaves no session.
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new(
+                tracevisor_tests::coordinator::binary("tracevisor").unwrap(),
+            )
+            .args(args)
+            .args(["--server", &c.url("")])
+            .output()
+            .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let listed = cli(&["recorder", "list"]);
+        assert!(
+            listed.contains("localhost armed") && listed.contains("rec2 armed"),
+            "{listed}"
+        );
+        let deleted: Json =
+            serde_json::from_str(&cli(&["recorder", "stop", &id.to_string(), "--json"])).unwrap();
         for state in deleted["states"].as_array().unwrap() {
             assert_eq!(state["state"], "disarmed", "{deleted}");
         }

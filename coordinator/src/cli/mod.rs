@@ -12,6 +12,7 @@ mod credentials;
 mod fetch;
 pub mod job_view;
 mod jobs;
+mod recorder;
 mod registry;
 pub mod render;
 pub mod sanitize;
@@ -150,6 +151,8 @@ pub enum Command {
     /// Download a job's kept trace (`trace --keep`) and unpack it, for Trace Compass or babeltrace2
     #[command(after_help = fetch::FETCH_HELP)]
     Fetch(fetch::FetchArgs),
+    /// Flight recorders across the fleet: start (arm on hosts), list, snapshot (on every host at once), stop
+    Recorder(recorder::RecorderArgs),
 }
 
 const TRACE_HELP: &str = "\
@@ -239,6 +242,7 @@ async fn dispatch(top: &TopConnection, command: Command) -> u8 {
         Command::Status(args) => jobs::status(top, args).await,
         Command::Credentials(args) => credentials::run(top, args).await,
         Command::Fetch(args) => fetch::run(top, args).await,
+        Command::Recorder(args) => recorder::run(top, args).await,
     };
     match result {
         Ok(code) => code,
