@@ -200,7 +200,12 @@ impl Engine {
             let Some(id) = recorder_id(&self.instance, &state.session_name) else {
                 continue;
             };
-            if !lock(&self.recorders.by_id).contains_key(&id) {
+            // Only a recorder this host is part of: an agent cannot report for another's.
+            let listed = lock(&self.recorders.by_id)
+                .get(&id)
+                .is_some_and(|r| r.hosts.iter().any(|h| h == host));
+            if !listed {
+                tracing::warn!(%host, session = %state.session_name, "ignoring the state of a recorder this host is not part of");
                 continue;
             }
             match &state.error {

@@ -72,6 +72,9 @@ struct Args {
     fleet: bool,
     /// Also restarts the coordinator (SIGTERM, same port and data) and measures the storm.
     restart: bool,
+    /// Also arms a flight recorder on every connected agent and times the spread of one
+    /// snapshot's start across them.
+    recorder: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -85,6 +88,7 @@ fn parse_args() -> Result<Args> {
         start_rate: None,
         fleet: false,
         restart: false,
+        recorder: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -113,6 +117,7 @@ fn parse_args() -> Result<Args> {
             }
             "--fleet" => args.fleet = true,
             "--restart" => args.restart = true,
+            "--recorder" => args.recorder = true,
             "--start-rate" => {
                 let rate: u64 = value()?.parse().context("--start-rate")?;
                 args.start_rate = Some(rate.max(1));
@@ -121,7 +126,7 @@ fn parse_args() -> Result<Args> {
                 println!(
                     "usage: bench-agents [--agents N[,N...]] [--addresses K] [--heartbeat-secs S] \
                      [--idle-secs S] [--register-timeout-secs S] [--hello-timeout-secs S] \
-                     [--start-rate AGENTS_PER_S]"
+                     [--start-rate AGENTS_PER_S] [--fleet] [--recorder] [--restart]"
                 );
                 std::process::exit(0);
             }
@@ -151,6 +156,8 @@ struct Stats {
     target: usize,
     /// When each connection attempt started (for the reconnect-storm figures).
     attempts: Mutex<Vec<Instant>>,
+    /// When each agent received the `StartJob` of a recorder snapshot.
+    snapshot_starts: Mutex<Vec<Instant>>,
 }
 
 impl Stats {
@@ -377,13 +384,26 @@ async fn session(
                         return Err(format!("closed by the coordinator ({reason}): {message}"));
                     }
                     // A zero-work trace request (the fleet benchmark): answered at once.
-                    Message::StartJob { job_id, .. } if *acked => {
+                    Message::StartJob { job_id, spec } if *acked => {
+                        if spec.snapshot_of.is_some() {
+                            if let Ok(mut starts) = stats.snapshot_starts.lock() {
+                                starts.push(Instant::now());
+                            }
+                        }
                         let outcome = tracevisor_protocol::JobOutcome::Ok {
                             result_json: r#"{"kind":"ust","total":0,"events":{},"processes":[]}"#.into(),
                         };
                         send(ws, Message::JobResult { job_id, outcome }, send_timeout).await?;
                     }
                     Message::ResultAck { .. } | Message::CancelJob { .. } if *acked => {}
+                    // Flight recorders: every one armed at once (nothing to arm here).
+                    Message::ArmRecorders { recorders, .. } if *acked => {
+                        let states = recorders
+                            .into_iter()
+                            .map(|r| tracevisor_protocol::RecorderState { session_name: r.session_name, error: None })
+                            .collect();
+                        send(ws, Message::RecordersArmed { states }, send_timeout).await?;
+                    }
                     other => return Err(format!("unexpected {} from the coordinator", other.kind())),
                 }
             }
@@ -634,6 +654,9 @@ async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row
     if args.fleet {
         fleet_fan_out(&coordinator, &http, pid, n).await;
     }
+    if args.recorder {
+        snapshot_spread(&coordinator, &http, &stats, n).await;
+    }
     let coordinator = if args.restart {
         let addr = coordinator.addr;
         let mut old = coordinator;
@@ -765,6 +788,76 @@ async fn fleet_fan_out(coordinator: &Coordinator, http: &reqwest::Client, pid: u
             elapsed.as_secs_f64()
         ),
     }
+}
+
+/// A flight recorder on every connected agent, then one snapshot: how long arming took, and
+/// the spread of the snapshot's start (each agent's receipt of its `StartJob`, all on this
+/// process's clock) across the agents.
+async fn snapshot_spread(
+    coordinator: &Coordinator,
+    http: &reqwest::Client,
+    stats: &Stats,
+    n: usize,
+) {
+    let body =
+        serde_json::json!({"hosts": {"agents": "connected"}, "type": "ust", "buffer_mib": 1});
+    let t = Instant::now();
+    let created = http
+        .post(coordinator.api("/recorders"))
+        .json(&body)
+        .send()
+        .await;
+    let armed_in = t.elapsed();
+    let recorder: serde_json::Value = match created {
+        Ok(resp) if resp.status().is_success() => resp.json().await.unwrap_or_default(),
+        Ok(resp) => {
+            eprintln!(
+                "RECORDER: POST /recorders answered {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("RECORDER: POST /recorders failed: {e}");
+            return;
+        }
+    };
+    let armed = recorder["states"]
+        .as_array()
+        .map(|s| s.iter().filter(|s| s["state"] == "armed").count())
+        .unwrap_or(0);
+    if let Ok(mut starts) = stats.snapshot_starts.lock() {
+        starts.clear();
+    }
+    let t = Instant::now();
+    let answer = http
+        .post(coordinator.api(&format!("/recorders/{}/snapshots", recorder["id"])))
+        .json(&serde_json::json!({}))
+        .send()
+        .await;
+    let all_in = t.elapsed();
+    let outcomes = match answer {
+        Ok(resp) => resp.json::<serde_json::Value>().await.unwrap_or_default()["outcomes"].clone(),
+        Err(e) => serde_json::json!(e.to_string()),
+    };
+    let starts = stats
+        .snapshot_starts
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let (Some(first), Some(last)) = (starts.iter().min(), starts.iter().max()) else {
+        eprintln!("RECORDER: no snapshot started; outcomes {outcomes}");
+        return;
+    };
+    eprintln!(
+        "RECORDER {n} agents: armed on {armed} in {:.2} s; snapshot: {} starts, first {:.1} ms after the request,          spread first-to-last {:.1} ms, all outcomes in {:.2} s, outcomes {outcomes}",
+        armed_in.as_secs_f64(),
+        starts.len(),
+        first.duration_since(t).as_secs_f64() * 1e3,
+        last.duration_since(*first).as_secs_f64() * 1e3,
+        all_in.as_secs_f64(),
+    );
 }
 
 /// The coordinator under test: no local agent, the bench's token and heartbeat config.
