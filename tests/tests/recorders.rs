@@ -8,7 +8,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
-use tracevisor_tests::agents::{hub_url, is_connected, wait_clients, Agent};
+use tracevisor_protocol::{Message, RecorderState};
+use tracevisor_tests::agents::{hub_url, is_connected, wait_clients, Agent, RawLink};
 use tracevisor_tests::coordinator::Coordinator;
 use tracevisor_tests::jobs_support::{
     check_ust_trace, fetch_trace, session_names, start_with_local_agent, unique_tag, TraceCleanup,
@@ -111,6 +112,26 @@ fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_a
         let armed = recorder_sessions(id);
         assert_eq!(armed.len(), 2, "{armed:?}");
 
+        // Another enrolled host cannot report for them: its claim that localhost's recorder
+        // failed is logged and ignored.
+        let mut liar = RawLink::agent(&url, TOKEN, "liar3").await.unwrap();
+        liar.hello("liar3").await.unwrap();
+        let local = armed.iter().find(|s| s.ends_with("-localhost")).unwrap();
+        liar.send(Message::RecordersArmed {
+            states: vec![RecorderState {
+                session_name: local.clone(),
+                error: Some("forged".into()),
+            }],
+        })
+        .await
+        .unwrap();
+        c.wait_log(
+            "ignoring the state of a recorder this host is not part of",
+            PATIENCE,
+        )
+        .unwrap();
+        wait_state(&c, id, "localhost", "armed").await;
+
         // The program emits its ticks once a session enabling them is started: the recorders.
         let tag = unique_tag();
         let mut app = spawn_ust_app(&UstAppOptions::new(TICKS).tag(tag).wait_enabled()).unwrap();
@@ -206,5 +227,82 @@ fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_a
             .await
             .unwrap();
         assert_eq!(status.as_u16(), 404);
+    });
+}
+
+/// What a fake coordinator can do with `ArmRecorders` on a host, played with the agent's own
+/// code against the real session daemon: only this coordinator's recorder sessions named for
+/// this host are created or destroyed; job sessions, other coordinators' recorders, other
+/// hosts' and bad requests are left alone.
+#[test]
+fn recorder_requests_touch_only_the_owners_recorder_sessions_for_this_host() {
+    use tracevisor_lttng::lifecycle::LocalExecutor;
+    use tracevisor_lttng::recorder::arm_recorders;
+    use tracevisor_protocol::RecorderSpec;
+    require!(Req::Root, Req::Lttng);
+    let _ust = lttng::ust_exclusive();
+    ensure_sessiond().unwrap();
+    run(async {
+        let tag = unique_tag();
+        let host = format!("h{tag}");
+        let exec = LocalExecutor::new(&host);
+        let owner = format!("tracevisor-rec-c{tag}-");
+        let bystanders = [
+            format!("tracevisor-c{tag}-77-{host}"),
+            format!("tracevisor-rec-other{tag}-1-{host}"),
+            format!("{owner}1-elsewhere{tag}"),
+        ];
+        for name in &bystanders {
+            lttng::lttng(&["create", name, "--snapshot", "--no-output"]).unwrap();
+        }
+        let spec = |name: String, buffer_bytes: u64| RecorderSpec {
+            session_name: name,
+            kernel_events: Vec::new(),
+            syscalls: false,
+            userspace_events: vec!["tracevisor_test:*".into()],
+            buffer_bytes,
+        };
+        // A broad owner is refused before anything is touched.
+        for bad_owner in ["tracevisor-", "tracevisor-rec-", "x"] {
+            let states = arm_recorders(
+                &exec,
+                bad_owner,
+                &[spec(format!("{owner}2-{host}"), 1 << 20)],
+            )
+            .await;
+            assert!(
+                states[0].error.as_deref().unwrap().contains("owner"),
+                "{states:?}"
+            );
+        }
+        // Bad specs are refused one by one; a good one is armed.
+        let states = arm_recorders(
+            &exec,
+            &owner,
+            &[
+                spec(format!("{owner}3-someone-else"), 1 << 20),
+                spec(format!("{owner}4-{host}"), 10 << 30),
+                spec(format!("{owner}5-{host}"), 1 << 20),
+            ],
+        )
+        .await;
+        assert!(states[0].error.is_some(), "{states:?}");
+        assert!(
+            states[1].error.as_deref().unwrap().contains("buffer"),
+            "{states:?}"
+        );
+        assert_eq!(states[2].error, None, "{states:?}");
+        let names = session_names().unwrap();
+        assert!(names.contains(&format!("{owner}5-{host}")));
+        assert!(!names.contains(&format!("{owner}3-someone-else")));
+        // The empty set disarms this owner's recorder for this host, and nothing else.
+        let states = arm_recorders(&exec, &owner, &[]).await;
+        assert!(states.is_empty());
+        let names = session_names().unwrap();
+        assert!(!names.contains(&format!("{owner}5-{host}")), "disarmed");
+        for name in &bystanders {
+            assert!(names.contains(name), "{name} left alone: {names:?}");
+            lttng::lttng(&["destroy", name]).unwrap();
+        }
     });
 }
