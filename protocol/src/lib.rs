@@ -327,7 +327,7 @@ pub struct RecorderState {
 }
 
 /// The largest [`Message::TraceChunk`] payload.
-pub const TRACE_CHUNK_BYTES: usize = 256 * 1024;
+pub const TRACE_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Why a trace cannot be (or was not completely) sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

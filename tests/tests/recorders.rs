@@ -27,15 +27,28 @@ const TICKS: u64 = 300;
 
 use tracevisor_tests::block_on as run;
 
-/// The recorder sessions of recorder `id` on this machine.
-fn recorder_sessions(id: u64) -> Vec<String> {
+/// The recorder sessions of recorder `id` on this machine that are not in `before` (those of
+/// other coordinators, e.g. left by an earlier failed run), sorted.
+fn recorder_sessions(id: u64, before: &[String]) -> Vec<String> {
     session_names()
         .unwrap()
         .into_iter()
         .filter(|s| s.starts_with("tracevisor-rec-") && s.contains(&format!("-{id}-")))
+        .filter(|s| !before.contains(s))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect()
+}
+
+/// Destroys the recorder sessions this test made when dropped (also when it fails).
+struct Sessions(Vec<String>);
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = lttng::lttng(&["destroy", name]);
+        }
+    }
 }
 
 /// Polls `GET /recorders/{id}` until `host`'s state is `state` (or the patience runs out).
@@ -97,6 +110,11 @@ fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_a
             assert_eq!(answer["field"], field, "{answer}");
         }
 
+        let before: Vec<String> = session_names()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.starts_with("tracevisor-rec-"))
+            .collect();
         let (status, recorder) = c
             .post(
                 "/recorders",
@@ -109,7 +127,8 @@ fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_a
         for state in recorder["states"].as_array().unwrap() {
             assert_eq!(state["state"], "armed", "{recorder}");
         }
-        let armed = recorder_sessions(id);
+        let armed = recorder_sessions(id, &before);
+        let _cleanup = Sessions(armed.clone());
         assert_eq!(armed.len(), 2, "{armed:?}");
 
         // Another enrolled host cannot report for them: its claim that localhost's recorder
@@ -171,7 +190,7 @@ fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_a
             assert_eq!(check.our_seqs, (0..TICKS).collect::<Vec<_>>(), "{host}");
         }
         // The recorders are still armed after a snapshot.
-        assert_eq!(recorder_sessions(id).len(), 2);
+        assert_eq!(recorder_sessions(id, &before).len(), 2);
 
         // The agent restarts after its host lost the session (as a reboot would): it is armed
         // again when the agent says hello.
@@ -181,9 +200,14 @@ fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_a
         wait_state(&c, id, "rec2", "offline").await;
         let _agent = Agent::start_with(&url, TOKEN, "rec2", &[]).unwrap();
         wait_state(&c, id, "rec2", "armed").await;
-        assert!(recorder_sessions(id).contains(&rec2), "re-armed");
+        assert!(recorder_sessions(id, &before).contains(&rec2), "re-armed");
         // Only its own: the other host's recorder (on the same session daemon here) is intact.
-        assert_eq!(recorder_sessions(id), armed, "{:?}", recorder_sessions(id));
+        assert_eq!(
+            recorder_sessions(id, &before),
+            armed,
+            "{:?}",
+            recorder_sessions(id, &before)
+        );
 
         let (status, listed) = c.get("/recorders").await.unwrap();
         assert_eq!(status.as_u16(), 200);
@@ -216,9 +240,9 @@ fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_a
             assert_eq!(state["state"], "disarmed", "{deleted}");
         }
         assert!(
-            recorder_sessions(id).is_empty(),
+            recorder_sessions(id, &before).is_empty(),
             "{:?}",
-            recorder_sessions(id)
+            recorder_sessions(id, &before)
         );
         let (status, _) = c.get(&format!("/recorders/{id}")).await.unwrap();
         assert_eq!(status.as_u16(), 404);
@@ -252,6 +276,9 @@ fn recorder_requests_touch_only_the_owners_recorder_sessions_for_this_host() {
             format!("tracevisor-rec-other{tag}-1-{host}"),
             format!("{owner}1-elsewhere{tag}"),
         ];
+        let mut made: Vec<String> = bystanders.to_vec();
+        made.push(format!("{owner}5-{host}"));
+        let _cleanup = Sessions(made);
         for name in &bystanders {
             lttng::lttng(&["create", name, "--snapshot", "--no-output"]).unwrap();
         }
@@ -302,7 +329,6 @@ fn recorder_requests_touch_only_the_owners_recorder_sessions_for_this_host() {
         assert!(!names.contains(&format!("{owner}5-{host}")), "disarmed");
         for name in &bystanders {
             assert!(names.contains(name), "{name} left alone: {names:?}");
-            lttng::lttng(&["destroy", name]).unwrap();
         }
     });
 }

@@ -303,8 +303,13 @@ fn write_archive(dir: &Path, tx: mpsc::Sender<Piece>) -> std::io::Result<()> {
         if *is_dir {
             builder.append_dir(relative, &full)?;
         } else {
-            let mut file = std::fs::File::open(&full)?;
-            builder.append_file(relative, &mut file)?;
+            let file = std::fs::File::open(&full)?;
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&file.metadata()?, tar::HeaderMode::Complete);
+            // Read in chunk-sized blocks: `io::copy` reads through a `BufReader`'s own buffer
+            // (not 8 KiB at a time), and each block goes to the chunk writer in one write.
+            let reader = std::io::BufReader::with_capacity(TRACE_CHUNK_BYTES, file);
+            builder.append_data(&mut header, relative, reader)?;
         }
     }
     let mut writer = builder.into_inner()?;

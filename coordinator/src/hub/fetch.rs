@@ -16,7 +16,7 @@ use tracevisor_protocol::{FetchError, Message, TRACE_CHUNK_BYTES};
 use super::{Hub, Outgoing, SendError};
 
 /// Bytes an agent may send ahead of the reader: the most a fetch holds in memory.
-pub const FETCH_WINDOW: u32 = 4 * 1024 * 1024;
+pub const FETCH_WINDOW: u32 = 8 * 1024 * 1024;
 /// Frames a fetch's channel holds: the window in full chunks, and the start and end.
 const FETCH_QUEUE: usize = FETCH_WINDOW as usize / TRACE_CHUNK_BYTES + 2;
 /// How long the agent may take to start sending, and between two chunks.

@@ -311,11 +311,10 @@ impl Engine {
                     _ = self.shutdown.cancelled() => return Err("the coordinator is shutting down".to_owned()),
                 };
                 let Some(chunk) = chunk else { break };
-                let mut buf = Vec::with_capacity(chunk.len() + 1024);
-                rebase
-                    .push(&chunk, &mut buf)
+                let out = rebase
+                    .push_owned(chunk)
                     .map_err(|e| format!("the trace from {}: {e}", source_host(&host, &folder)))?;
-                send(buf).await?;
+                send(out).await?;
             }
             rebase
                 .finish()

@@ -51,7 +51,7 @@ use tracesd::{AgentConfig, LinkSettings};
 use tracevisor_protocol::{codec, CloseReason, Frame, Message, DEAD_AFTER_INTERVALS};
 use tracevisor_tests::agents::{hub_url, simulated_hello};
 use tracevisor_tests::coordinator::Coordinator;
-use tracevisor_tests::procfs::rss_kib;
+use tracevisor_tests::procfs::{clock_ticks_per_second, cpu_ticks, rss_kib};
 
 const TOKEN: &str = "bench-agents-enrollment-token";
 
@@ -419,26 +419,6 @@ async fn session(
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: &str) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); field 3 (the state) is the first after the name.
-    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
-    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
-    Ok(utime + stime)
-}
-
-fn clock_ticks_per_second() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
-}
-
 fn read_sys(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.split_whitespace().collect::<Vec<_>>().join("-"))
@@ -590,9 +570,9 @@ async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row
     // core, 60 s at most.
     let settle_started = Instant::now();
     loop {
-        let before = cpu_ticks(&pid.to_string())?;
+        let before = cpu_ticks(pid)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let used = (cpu_ticks(&pid.to_string())? - before) as f64 / ticks as f64 / 2.0;
+        let used = (cpu_ticks(pid)? - before) as f64 / ticks as f64 / 2.0;
         if used < 0.2 || settle_started.elapsed() > Duration::from_secs(60) {
             break;
         }
@@ -603,14 +583,14 @@ async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row
     // Idle with heartbeats: CPU of the coordinator (and of this simulator, for context).
     let acks_before = stats.acks.load(Ordering::Relaxed);
     let (c0, s0, t0) = (
-        cpu_ticks(&pid.to_string())?,
-        cpu_ticks("self")?,
+        cpu_ticks(pid)?,
+        cpu_ticks(std::process::id())?,
         Instant::now(),
     );
     tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
     let (c1, s1, window) = (
-        cpu_ticks(&pid.to_string())?,
-        cpu_ticks("self")?,
+        cpu_ticks(pid)?,
+        cpu_ticks(std::process::id())?,
         t0.elapsed(),
     );
     let percent = |d: u64| d as f64 / ticks as f64 / window.as_secs_f64() * 100.0;
@@ -741,7 +721,7 @@ async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row
 /// time from the request until every outcome is collected, and the coordinator's CPU and
 /// memory meanwhile.
 async fn fleet_fan_out(coordinator: &Coordinator, http: &reqwest::Client, pid: u32, n: usize) {
-    let ticks_before = cpu_ticks(&pid.to_string()).unwrap_or(0);
+    let ticks_before = cpu_ticks(pid).unwrap_or(0);
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_kib(pid).unwrap_or(0)));
     let sampling = CancellationToken::new();
     let sampler = {
@@ -765,9 +745,7 @@ async fn fleet_fan_out(coordinator: &Coordinator, http: &reqwest::Client, pid: u
     let elapsed = t.elapsed();
     sampling.cancel();
     let _ = sampler.await;
-    let cpu_secs = (cpu_ticks(&pid.to_string())
-        .unwrap_or(0)
-        .saturating_sub(ticks_before)) as f64
+    let cpu_secs = (cpu_ticks(pid).unwrap_or(0).saturating_sub(ticks_before)) as f64
         / clock_ticks_per_second() as f64;
     match answer {
         Ok(resp) => {

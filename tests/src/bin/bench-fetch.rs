@@ -15,7 +15,7 @@ use serde_json::json;
 use tracevisor_tests::agents::{hub_url, is_connected, wait_clients, Agent};
 use tracevisor_tests::coordinator::Coordinator;
 use tracevisor_tests::lttng;
-use tracevisor_tests::procfs::rss_kib;
+use tracevisor_tests::procfs::{clock_ticks_per_second, cpu_ticks, rss_kib};
 
 const TOKEN: &str = "bench-fetch-token";
 
@@ -116,9 +116,15 @@ async fn main() -> Result<()> {
     let (mut cat, mut tar, mut gz, mut zst) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut sizes = (0, 0, 0);
     let rss_before = (rss_kib(c.pid())?, rss_kib(agent.pid())?);
+    let pids = [c.pid(), agent.pid(), std::process::id()];
+    let mut tar_cpu = [0u64; 3];
     for _ in 0..runs {
         cat.push(cat_all(&trace)?);
+        let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
         let (t, b) = fetch(&c, id, "application/x-tar").await?;
+        for (i, p) in pids.iter().enumerate() {
+            tar_cpu[i] += cpu_ticks(*p).unwrap_or(0).saturating_sub(before[i]);
+        }
         tar.push(t);
         sizes.0 = b;
         let (t, b) = fetch(&c, id, "application/gzip").await?;
@@ -155,6 +161,17 @@ async fn main() -> Result<()> {
             mibs(d) / mibs(cat)
         );
     }
+    let per_gib = |ticks: u64| {
+        ticks as f64
+            / clock_ticks_per_second() as f64
+            / (runs as f64 * size as f64 / (1u64 << 30) as f64)
+    };
+    println!(
+        "CPU per GiB fetched as plain tar: coordinator {:.2} s, tracesd {:.2} s, this client {:.2} s",
+        per_gib(tar_cpu[0]),
+        per_gib(tar_cpu[1]),
+        per_gib(tar_cpu[2])
+    );
     println!(
         "RSS coordinator {} -> {} MiB, tracesd {} -> {} MiB over the downloads",
         rss_before.0 / 1024,
