@@ -39,6 +39,43 @@ fn cat_all(dir: &Path) -> Result<Duration> {
     Ok(t.elapsed())
 }
 
+/// The files under `dir` read in 1 MiB blocks and written through one loopback TCP connection
+/// to a reader that discards them: the cost of moving the bytes between two processes once (a
+/// fetch moves them twice: agent to coordinator, coordinator to client).
+fn tcp_copy(dir: &Path) -> Result<Duration> {
+    use std::io::Read as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut socket, _) = listener.accept()?;
+        std::io::copy(&mut socket, &mut std::io::sink())
+    });
+    let t = Instant::now();
+    let mut socket = std::net::TcpStream::connect(addr)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                pending.push(entry.path());
+            } else if entry.file_type()?.is_file() {
+                let mut file = std::fs::File::open(entry.path())?;
+                loop {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    socket.write_all(&buf[..n])?;
+                }
+            }
+        }
+    }
+    drop(socket);
+    reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    Ok(t.elapsed())
+}
+
 /// Downloads the trace of job `id` with `accept`, discarding it; returns the time and bytes.
 async fn fetch(c: &Coordinator, id: u64, accept: &str) -> Result<(Duration, u64)> {
     let t = Instant::now();
@@ -114,12 +151,14 @@ async fn main() -> Result<()> {
     cat_all(&trace)?;
     fetch(&c, id, "application/x-tar").await?;
     let (mut cat, mut tar, mut gz, mut zst) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut tcp = Vec::new();
     let mut sizes = (0, 0, 0);
     let rss_before = (rss_kib(c.pid())?, rss_kib(agent.pid())?);
     let pids = [c.pid(), agent.pid(), std::process::id()];
     let mut tar_cpu = [0u64; 3];
     for _ in 0..runs {
         cat.push(cat_all(&trace)?);
+        tcp.push(tcp_copy(&trace)?);
         let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
         let (t, b) = fetch(&c, id, "application/x-tar").await?;
         for (i, p) in pids.iter().enumerate() {
@@ -137,6 +176,7 @@ async fn main() -> Result<()> {
     let rss_after = (rss_kib(c.pid())?, rss_kib(agent.pid())?);
     let mibs = |d: Duration| size as f64 / (1 << 20) as f64 / d.as_secs_f64();
     let (cat, tar, gz, zst) = (median(cat), median(tar), median(gz), median(zst));
+    let tcp = median(tcp);
     println!(
         "trace download through the agent link: {:.0} MiB trace ({mib} MiB incompressible padding), median of {runs} interleaved runs, {} cores",
         size as f64 / (1 << 20) as f64,
@@ -148,6 +188,12 @@ async fn main() -> Result<()> {
         "| cat of the files (page cache) | {:.2} | {:.0} | 1.00x | |",
         cat.as_secs_f64(),
         mibs(cat)
+    );
+    println!(
+        "| the files through one loopback TCP connection (one hop) | {:.2} | {:.0} | {:.2}x | |",
+        tcp.as_secs_f64(),
+        mibs(tcp),
+        mibs(tcp) / mibs(cat)
     );
     for (name, d, bytes) in [
         ("fetch, plain tar", tar, sizes.0),
