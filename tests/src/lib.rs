@@ -25,3 +25,22 @@ pub fn block_on<F: std::future::Future<Output = ()>>(body: F) {
         .unwrap()
         .block_on(body)
 }
+
+/// Writes `mib` MiB of incompressible (xorshift) bytes to a new file at `path`: trace padding
+/// that no compression shrinks.
+pub fn write_incompressible(path: &std::path::Path, mib: u64) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let mut block = vec![0u8; 1 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..mib {
+        for b in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        file.write_all(&block)?;
+    }
+    file.sync_all()
+}

@@ -147,21 +147,7 @@ fn a_200_mib_trace_streams_through_the_agent_link_with_both_processes_memory_fla
         let trace = result_trace(&answer.body["result"]).unwrap();
         // 200 MiB more in the kept trace directory, not compressible.
         const PAD_MIB: u64 = 200;
-        {
-            use std::io::Write as _;
-            let mut file = std::fs::File::create(trace.join("padding")).unwrap();
-            let mut block = vec![0u8; 1 << 20];
-            let mut x = 0x2545_f491_4f6c_dd1du64;
-            for _ in 0..PAD_MIB {
-                for b in block.chunks_mut(8) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    b.copy_from_slice(&x.to_le_bytes());
-                }
-                file.write_all(&block).unwrap();
-            }
-        }
+        tracevisor_tests::write_incompressible(&trace.join("padding"), PAD_MIB).unwrap();
         let pids = [("coordinator", c.pid()), ("tracesd", agent.pid())];
         let before: Vec<u64> = pids.iter().map(|(_, p)| rss_kib(*p).unwrap()).collect();
         // Sample both processes' memory during the download.

@@ -72,7 +72,9 @@ fn tcp_copy(dir: &Path) -> Result<Duration> {
         }
     }
     drop(socket);
-    reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     Ok(t.elapsed())
 }
 
@@ -131,21 +133,7 @@ async fn main() -> Result<()> {
     let id = job["id"].as_u64().context("job id")?;
     let trace =
         std::path::PathBuf::from(job["result"]["trace_path"].as_str().context("trace_path")?);
-    {
-        let mut file = std::fs::File::create(trace.join("padding"))?;
-        let mut block = vec![0u8; 1 << 20];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..mib {
-            for b in block.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b.copy_from_slice(&x.to_le_bytes());
-            }
-            file.write_all(&block)?;
-        }
-        file.sync_all()?;
-    }
+    tracevisor_tests::write_incompressible(&trace.join("padding"), mib)?;
     let size: u64 = walk_size(&trace)?;
     // Warm the page cache for both sides, then interleave.
     cat_all(&trace)?;
