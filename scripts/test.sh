@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tracevisor-target}"
 export TRACEVISOR_REQUIRE_ALL="${TRACEVISOR_REQUIRE_ALL:-1}"
+# No incremental compilation: a clean run gains nothing from it, and its session directories
+# grew the shared target directory by tens of GiB over many runs (the disk filled once).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
