@@ -265,6 +265,10 @@ pub struct JobError {
     #[serde(default)]
     pub host: Option<String>,
     pub message: String,
+    /// Where the trace is, when the job kept it (`keep_trace`) and failed in its analysis:
+    /// the trace that made the analysis fail is what one wants to look at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_trace: Option<KeptTrace>,
 }
 
 impl JobError {
@@ -273,6 +277,7 @@ impl JobError {
             step,
             host: Some(host.into()),
             message: message.into(),
+            kept_trace: None,
         }
     }
 }
@@ -285,6 +290,7 @@ impl From<tracevisor_lttng::lifecycle::StepError> for JobError {
             step: Step::parse(&e.step),
             host: Some(e.host),
             message,
+            kept_trace: None,
         }
     }
 }
@@ -340,7 +346,8 @@ pub struct KeptTrace {
     /// The host holding the trace (the traced host, or the relay or analysis host).
     pub host: String,
     pub via: Via,
-    /// The trace directory on that host.
+    /// The trace directory on that host; a bare directory name (`tracevisor-...`) is in the
+    /// host's trace root (the agent's, or the SSH user's).
     pub path: String,
     /// The agent's hostname, when reached through its agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -445,3 +445,86 @@ fn a_full_disk_fails_the_job_clearly_and_leaves_the_kept_traces_whole() {
         assert!(fetched.complete);
     });
 }
+
+/// A job that keeps its trace and whose analysis fails says where the trace is, and the trace
+/// is fetched: the trace that broke the analysis is the one to look at. Without `keep_trace`,
+/// the fetch says the job failed.
+#[test]
+fn a_kept_trace_whose_analysis_failed_is_still_fetched() {
+    require!(Req::Root, Req::Lttng, Req::UstToolchain, Req::Babeltrace2);
+    let _ust = lttng::ust_exclusive();
+    ensure_sessiond().unwrap();
+    run(async {
+        let mut traces = TraceCleanup::default();
+        let dir = data_dir();
+        // An analysis that always fails (`false` exits 1), on a userspace trace.
+        let c = Coordinator::start_with_config(
+            dir.path(),
+            "[analyses.broken]\nuserspace_events = [\"*\"]\ncommands = [[\"false\", \"{trace}\"]]\n",
+            &[tracevisor_tests::coordinator::LOCAL_AGENT],
+        )
+        .unwrap();
+        wait_clients(&c, "the local agent", PATIENCE, |l| {
+            is_connected(l, "localhost")
+        })
+        .await
+        .unwrap();
+        let tag = unique_tag();
+        let mut app = spawn_ust_app(
+            &UstAppOptions::new(0)
+                .tag(tag)
+                .interval(Duration::from_millis(2)),
+        )
+        .unwrap();
+        app.wait_ready(PATIENCE).unwrap();
+        let answer = post_analyses(&c, &job_body("localhost", 1.0, "broken"), &[])
+            .await
+            .unwrap();
+        let job = &answer.body;
+        assert_eq!(job["status"], -1, "{job}");
+        assert_eq!(job["error"]["step"], "analysis", "{job}");
+        let kept = &job["error"]["kept_trace"];
+        assert_eq!(kept["via"], "agent", "{job}");
+        let session = kept["path"].as_str().unwrap();
+        assert!(
+            session.starts_with("tracevisor-") && !session.contains('/'),
+            "{kept}"
+        );
+        traces.add(
+            &std::path::Path::new(tracevisor_tests::jobs_support::AGENT_TRACE_ROOT).join(session),
+        );
+        let id = answer.job_id().unwrap();
+        let fetched = fetch_trace(&c, id, "*/*").await.unwrap();
+        assert_eq!(fetched.status.as_u16(), 200, "{}", fetched.error);
+        let out = fetched.unpack().unwrap();
+        let trace = out.join(session);
+        let check = check_ust_trace(&trace, tag, 0).unwrap();
+        assert!(
+            check.our_ticks > 0,
+            "the trace holds the program's ticks: {check:?}"
+        );
+
+        // Not kept: the fetch says the job failed, and where.
+        let mut body = job_body("localhost", 0.5, "broken");
+        body["keep_trace"] = json!(false);
+        let answer = post_analyses(&c, &body, &[]).await.unwrap();
+        drop(app);
+        assert_eq!(answer.body["status"], -1, "{}", answer.body);
+        assert!(
+            answer.body["error"]["kept_trace"].is_null(),
+            "{}",
+            answer.body
+        );
+        let id = answer.job_id().unwrap();
+        let fetched = fetch_trace(&c, id, "*/*").await.unwrap();
+        assert_eq!(fetched.status.as_u16(), 410, "{}", fetched.error);
+        assert!(
+            fetched.error["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("failed at step analysis"),
+            "{}",
+            fetched.error
+        );
+    });
+}

@@ -154,8 +154,16 @@ impl Fetches {
         None
     }
 
-    /// The trace directory `path` names, or why it cannot be sent (and whether it is gone).
+    /// The trace directory `path` names (a bare directory name is in the trace root), or why
+    /// it cannot be sent (and whether it is gone).
     fn check(&self, path: &str) -> Result<PathBuf, (bool, String)> {
+        let joined;
+        let path = if path.contains('/') {
+            path
+        } else {
+            joined = self.roots.trace_root().join(path).display().to_string();
+            joined.as_str()
+        };
         let named = Path::new(path)
             .file_name()
             .and_then(|n| n.to_str())
@@ -446,6 +454,27 @@ mod tests {
             ]
         );
         assert!(fetches.active.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bare_directory_name_is_looked_up_in_the_trace_root_only() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("tracevisor-x-5-host/ust")).unwrap();
+        std::fs::write(root.path().join("tracevisor-x-5-host/ust/metadata"), b"m").unwrap();
+        let mut fetches = Fetches::new(roots(root.path()));
+        let (messages, archive) = fetch(&mut fetches, "tracevisor-x-5-host", 1 << 20).await;
+        assert!(
+            matches!(messages.last(), Some(Message::TraceEnd { error: None, .. })),
+            "{messages:?}"
+        );
+        assert!(!archive.is_empty());
+        for name in ["..", "tracevisor-x-6-host", "secrets"] {
+            let (messages, _) = fetch(&mut fetches, name, 1 << 20).await;
+            assert!(
+                matches!(&messages[..], [Message::TraceEnd { error: Some(_), .. }]),
+                "{name}: {messages:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -89,6 +89,11 @@ impl TraceRoots {
         }
     }
 
+    /// The agent's trace root.
+    pub fn trace_root(&self) -> &Path {
+        &self.trace_root
+    }
+
     /// The configured relay roots.
     pub fn relay_roots(&self) -> &[PathBuf] {
         &self.relay_roots

@@ -114,6 +114,7 @@ pub(super) fn fleet_end(entries: &[FleetEntry]) -> (JobStatus, Option<JobError>)
                 String::new()
             }
         ),
+        kept_trace: None,
     };
     (JobStatus::Failed, Some(error))
 }

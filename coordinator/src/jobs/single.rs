@@ -115,9 +115,23 @@ impl Engine {
             }
         }
         let spec = plan.trace_spec(&self.instance, job_id, req);
-        let (mut traced, ack) = self
+        let phase = self
             .run_phase(job_id, &plan.route, &spec, profile, cancel, None)
-            .await?;
+            .await;
+        let (mut traced, ack) = match phase {
+            // A local trace the job keeps stays where the job wrote it even when its analysis
+            // fails: say where, so it can be fetched and looked at.
+            Err(Stop::Failed(mut error, ack))
+                if req.keep_trace
+                    && plan.analysis_route.is_none()
+                    && plan.relay.is_none()
+                    && error.step == Step::Analysis =>
+            {
+                error.kept_trace = Some(kept_trace(&plan.route, spec.session_name.clone()));
+                return Err(Stop::Failed(error, ack));
+            }
+            other => other?,
+        };
         let Some(analysis_route) = &plan.analysis_route else {
             note_kept_trace(&mut traced, &plan.route);
             return Ok((traced, ack));
@@ -292,10 +306,17 @@ fn note_kept_trace(result: &mut Json, route: &Route) {
     if !kept {
         return;
     }
-    let home = KeptTrace {
+    if let Ok(home) = serde_json::to_value(kept_trace(route, path.to_owned())) {
+        object.insert("kept_trace".into(), home);
+    }
+}
+
+/// Where a trace at `path` on the host of `route` is, and how this coordinator reaches it.
+fn kept_trace(route: &Route, path: String) -> KeptTrace {
+    KeptTrace {
         host: route.name(),
         via: route.via(),
-        path: path.to_owned(),
+        path,
         agent: match route {
             Route::Agent { hostname } => Some(hostname.clone()),
             Route::Ssh(_) => None,
@@ -308,9 +329,6 @@ fn note_kept_trace(result: &mut Json, route: &Route) {
                 user: t.user.clone(),
             }),
         },
-    };
-    if let Ok(home) = serde_json::to_value(home) {
-        object.insert("kept_trace".into(), home);
     }
 }
 

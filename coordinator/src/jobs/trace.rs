@@ -105,7 +105,8 @@ pub fn kept_traces(record: &JobRecord) -> Result<Vec<(String, KeptTrace)>, Unava
         let traces: Vec<_> = hosts
             .iter()
             .filter_map(|entry| {
-                let kept = kept_of(entry.result.as_ref())?;
+                let kept = kept_of(entry.result.as_ref())
+                    .or_else(|| entry.error.as_ref()?.kept_trace.clone())?;
                 Some((
                     format!("{}/{}", sanitize(&entry.host), folder_of(&kept)),
                     kept,
@@ -123,7 +124,9 @@ pub fn kept_traces(record: &JobRecord) -> Result<Vec<(String, KeptTrace)>, Unava
         }
         return Ok(traces);
     }
-    if let Some(kept) = kept_of(record.result.as_ref()) {
+    if let Some(kept) =
+        kept_of(record.result.as_ref()).or_else(|| record.error.as_ref()?.kept_trace.clone())
+    {
         return Ok(vec![(folder_of(&kept), kept)]);
     }
     let host = record
@@ -182,6 +185,17 @@ impl Engine {
                 .await
                 .map(Source::Agent),
             (Via::Ssh, _, Some(ssh)) => {
+                // A bare directory name is in the SSH user's trace root.
+                let path = if kept.path.contains('/') {
+                    kept.path.clone()
+                } else {
+                    format!(
+                        "{}{}/{}",
+                        crate::ssh::SSH_TRACE_ROOT_PREFIX,
+                        ssh.user,
+                        kept.path
+                    )
+                };
                 let target = SshTarget {
                     display: kept.host.clone(),
                     address: ssh.address.clone(),
@@ -191,7 +205,7 @@ impl Engine {
                 let exec = SshExecutor::connect(&target, &self.ssh)
                     .await
                     .map_err(|e| FetchFailure::Failed(e.to_string()))?;
-                exec.stream_tar(&kept.path)
+                exec.stream_tar(&path)
                     .await
                     .map(|tar| Source::Ssh(Box::new(tar)))
                     .map_err(|(gone, why)| {
