@@ -268,7 +268,7 @@ pub struct JobError {
     /// Where the trace is, when the job kept it (`keep_trace`) and failed in its analysis:
     /// the trace that made the analysis fail is what one wants to look at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kept_trace: Option<KeptTrace>,
+    pub kept_trace: Option<Box<KeptTrace>>,
 }
 
 impl JobError {

@@ -127,7 +127,8 @@ impl Engine {
                     && plan.relay.is_none()
                     && error.step == Step::Analysis =>
             {
-                error.kept_trace = Some(kept_trace(&plan.route, spec.session_name.clone()));
+                error.kept_trace =
+                    Some(Box::new(kept_trace(&plan.route, spec.session_name.clone())));
                 return Err(Stop::Failed(error, ack));
             }
             other => other?,

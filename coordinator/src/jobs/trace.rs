@@ -106,7 +106,7 @@ pub fn kept_traces(record: &JobRecord) -> Result<Vec<(String, KeptTrace)>, Unava
             .iter()
             .filter_map(|entry| {
                 let kept = kept_of(entry.result.as_ref())
-                    .or_else(|| entry.error.as_ref()?.kept_trace.clone())?;
+                    .or_else(|| entry.error.as_ref()?.kept_trace.as_deref().cloned())?;
                 Some((
                     format!("{}/{}", sanitize(&entry.host), folder_of(&kept)),
                     kept,
@@ -124,8 +124,8 @@ pub fn kept_traces(record: &JobRecord) -> Result<Vec<(String, KeptTrace)>, Unava
         }
         return Ok(traces);
     }
-    if let Some(kept) =
-        kept_of(record.result.as_ref()).or_else(|| record.error.as_ref()?.kept_trace.clone())
+    if let Some(kept) = kept_of(record.result.as_ref())
+        .or_else(|| record.error.as_ref()?.kept_trace.as_deref().cloned())
     {
         return Ok(vec![(folder_of(&kept), kept)]);
     }
