@@ -51,6 +51,8 @@ impl Encoding {
 }
 
 const BLOCK: usize = 512;
+/// Largest entry accepted from a host (1 TiB).
+const MAX_ENTRY_BYTES: u64 = 1 << 40;
 /// Longest entry name accepted from a host.
 const MAX_NAME: usize = 4096;
 
@@ -210,7 +212,11 @@ impl Rebase {
         let size = header
             .entry_size()
             .map_err(|e| format!("a tar header has no valid size: {e}"))?;
-        let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
+        // A hostile size near u64::MAX must not wrap: the entry would swallow what follows.
+        let padded = size
+            .checked_next_multiple_of(BLOCK as u64)
+            .filter(|p| *p <= MAX_ENTRY_BYTES)
+            .ok_or_else(|| format!("a tar entry of {size} bytes (at most {MAX_ENTRY_BYTES})"))?;
         let kind = header.entry_type();
         if kind.is_gnu_longname() {
             let size = usize::try_from(size).unwrap_or(usize::MAX);
@@ -383,8 +389,21 @@ pub fn compress(
     encoding: Encoding,
     mut input: mpsc::Receiver<Piece>,
     out: mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    failed: tokio_util::sync::CancellationToken,
+    stall: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
+        // Each send towards the client is bounded: a client that reads nothing for `stall`
+        // ends the download (the body is then dropped unfinished).
+        let send = |piece: Result<Vec<u8>, std::io::Error>| -> bool {
+            runtime.block_on(async {
+                matches!(
+                    tokio::time::timeout(stall, out.send(piece)).await,
+                    Ok(Ok(()))
+                )
+            })
+        };
         use std::io::Write as _;
         enum Encoder {
             Tar,
@@ -400,7 +419,7 @@ pub fn compress(
             Encoding::Zstd => match zstd::stream::write::Encoder::new(Vec::new(), 3) {
                 Ok(e) => Encoder::Zstd(Box::new(e)),
                 Err(e) => {
-                    let _ = out.blocking_send(Err(e));
+                    let _ = send(Err(e));
                     return;
                 }
             },
@@ -409,7 +428,7 @@ pub fn compress(
         while let Some(piece) = input.blocking_recv() {
             let data = match piece {
                 Piece::Fail(why) => {
-                    let _ = out.blocking_send(Err(fail(why)));
+                    let _ = send(Err(fail(why)));
                     return;
                 }
                 Piece::Data(data) => data,
@@ -422,15 +441,21 @@ pub fn compress(
             match compressed {
                 Ok(bytes) if bytes.is_empty() => {}
                 Ok(bytes) => {
-                    if out.blocking_send(Ok(bytes)).is_err() {
+                    if !send(Ok(bytes)) {
                         return;
                     }
                 }
                 Err(e) => {
-                    let _ = out.blocking_send(Err(e));
+                    let _ = send(Err(e));
                     return;
                 }
             }
+        }
+        // The writer failed without getting its failure through (its queue was full): the
+        // archive must not end as if it were whole.
+        if failed.is_cancelled() {
+            let _ = send(Err(fail("the archive could not be completed".into())));
+            return;
         }
         let last = match encoder {
             Encoder::Tar => Ok(Vec::new()),
@@ -440,7 +465,7 @@ pub fn compress(
         match last {
             Ok(bytes) if bytes.is_empty() => {}
             other => {
-                let _ = out.blocking_send(other);
+                let _ = send(other);
             }
         }
     })
@@ -577,7 +602,13 @@ mod tests {
         for encoding in [Encoding::Tar, Encoding::Gzip, Encoding::Zstd] {
             let (tx, rx) = mpsc::channel(2);
             let (out_tx, mut out) = mpsc::channel(2);
-            let task = compress(encoding, rx, out_tx);
+            let task = compress(
+                encoding,
+                rx,
+                out_tx,
+                tokio_util::sync::CancellationToken::new(),
+                std::time::Duration::from_secs(10),
+            );
             let feed = input.clone();
             tokio::spawn(async move {
                 for chunk in feed.chunks(300) {

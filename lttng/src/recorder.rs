@@ -33,10 +33,7 @@ fn name_ok(s: &str) -> bool {
 
 /// Why `owner` (a coordinator's recorder prefix) or `spec` cannot be armed, if so.
 pub fn validate_recorder(owner: &str, host: &str, spec: &RecorderSpec) -> Result<(), String> {
-    if !spec.session_name.starts_with(owner)
-        || !spec.session_name.ends_with(&format!("-{host}"))
-        || !name_ok(&spec.session_name)
-    {
+    if !is_recorder_of(&spec.session_name, owner, host) || !name_ok(&spec.session_name) {
         return Err(format!(
             "invalid recorder session name {:?}",
             spec.session_name
@@ -64,6 +61,17 @@ pub fn validate_recorder(owner: &str, host: &str, spec: &RecorderSpec) -> Result
     Ok(())
 }
 
+/// Whether `session` is `owner` + a recorder id + `-` + exactly `host` (a host named `x-web-1`
+/// is not `web-1`).
+fn is_recorder_of(session: &str, owner: &str, host: &str) -> bool {
+    session
+        .strip_prefix(owner)
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(id, rest)| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && rest == host
+        })
+}
+
 fn owner_ok(owner: &str) -> bool {
     owner.len() > RECORDER_PREFIX.len() + 1
         && owner.starts_with(RECORDER_PREFIX)
@@ -80,7 +88,6 @@ pub async fn arm_recorders(
     owner: &str,
     recorders: &[RecorderSpec],
 ) -> Vec<RecorderState> {
-    let suffix = format!("-{}", exec.host());
     let state = |spec: &RecorderSpec, error: Option<String>| RecorderState {
         session_name: spec.session_name.clone(),
         error,
@@ -110,9 +117,7 @@ pub async fn arm_recorders(
         }
     };
     for stale in existing.iter().filter(|s| {
-        s.starts_with(owner)
-            && s.ends_with(&suffix)
-            && !recorders.iter().any(|r| &r.session_name == *s)
+        is_recorder_of(s, owner, exec.host()) && !recorders.iter().any(|r| &r.session_name == *s)
     }) {
         match destroy_session(exec, stale).await {
             Ok(_) => tracing::info!(session = %stale, "flight recorder disarmed"),
@@ -247,4 +252,44 @@ async fn configure(exec: &impl Executor, spec: &RecorderSpec) -> Result<(), Step
     }
     lttng_step(exec, "arm", &["start", name]).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorder_session_belongs_to_exactly_one_host() {
+        let owner = "tracevisor-rec-c0ffee00-";
+        assert!(is_recorder_of(
+            "tracevisor-rec-c0ffee00-42-web-1",
+            owner,
+            "web-1"
+        ));
+        assert!(!is_recorder_of(
+            "tracevisor-rec-c0ffee00-42-x-web-1",
+            owner,
+            "web-1"
+        ));
+        assert!(!is_recorder_of(
+            "tracevisor-rec-c0ffee00-42-web-1",
+            owner,
+            "eb-1"
+        ));
+        assert!(!is_recorder_of(
+            "tracevisor-rec-c0ffee00-x-web-1",
+            owner,
+            "web-1"
+        ));
+        assert!(!is_recorder_of(
+            "tracevisor-rec-deadbeef-42-web-1",
+            owner,
+            "web-1"
+        ));
+        assert!(!is_recorder_of(
+            "tracevisor-c0ffee00-42-web-1",
+            owner,
+            "web-1"
+        ));
+    }
 }

@@ -29,6 +29,8 @@ pub const MAX_FETCHES: usize = 4;
 const MAX_CREDIT: usize = 64 * 1024 * 1024;
 /// Frames of all fetches waiting for the link.
 const OUTGOING: usize = 8;
+/// How long a fetch waits for credit before it gives up.
+const CREDIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What the tar thread hands to the fetch task.
 enum Piece {
@@ -228,11 +230,27 @@ async fn send_trace(
                 let needed = u32::try_from(data.len()).unwrap_or(u32::MAX);
                 let permit = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    permit = credit.acquire_many(needed) => permit,
+                    permit = tokio::time::timeout(CREDIT_TIMEOUT, credit.acquire_many(needed)) => permit,
                 };
                 match permit {
-                    Ok(permit) => permit.forget(),
-                    Err(_) => return,
+                    Ok(Ok(permit)) => permit.forget(),
+                    Ok(Err(_)) => return,
+                    // The coordinator stopped reading (or its cancel was lost): give the slot
+                    // back.
+                    Err(_) => {
+                        let error = Some(FetchError {
+                            gone: false,
+                            message: format!(
+                                "no credit from the coordinator for {} s",
+                                CREDIT_TIMEOUT.as_secs()
+                            ),
+                        });
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = out.send(Message::TraceEnd { fetch_id, error }) => {}
+                        }
+                        return;
+                    }
                 }
                 sent += data.len() as u64;
                 Message::TraceChunk { fetch_id, data }
@@ -312,17 +330,55 @@ fn write_archive(dir: &Path, tx: mpsc::Sender<Piece>) -> std::io::Result<()> {
             builder.append_dir(relative, &full)?;
         } else {
             let file = std::fs::File::open(&full)?;
+            let metadata = file.metadata()?;
             let mut header = tar::Header::new_gnu();
-            header.set_metadata_in_mode(&file.metadata()?, tar::HeaderMode::Complete);
+            header.set_metadata_in_mode(&metadata, tar::HeaderMode::Complete);
             // Read in chunk-sized blocks: `io::copy` reads through a `BufReader`'s own buffer
             // (not 8 KiB at a time), and each block goes to the chunk writer in one write.
-            let reader = std::io::BufReader::with_capacity(TRACE_CHUNK_BYTES, file);
+            // Exactly the size the header says: a file that changes while it is read fails the
+            // fetch instead of corrupting the stream.
+            let reader = std::io::BufReader::with_capacity(
+                TRACE_CHUNK_BYTES,
+                Exact {
+                    inner: file,
+                    left: metadata.len(),
+                    path: full.clone(),
+                },
+            );
             builder.append_data(&mut header, relative, reader)?;
         }
     }
     let mut writer = builder.into_inner()?;
     writer.flush()?;
     Ok(())
+}
+
+/// Reads exactly `left` bytes of `inner`: no more (a file that grew), and an error when it ends
+/// before (a file that shrank).
+struct Exact<R> {
+    inner: R,
+    left: u64,
+    path: PathBuf,
+}
+
+impl<R: std::io::Read> std::io::Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let max = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while it was read", self.path.display()),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn closed() -> std::io::Error {

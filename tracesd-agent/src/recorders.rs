@@ -1,10 +1,12 @@
 //! Flight recorders on this host: applies the coordinator's `ArmRecorders` (the whole set it
-//! wants armed here) with [`tracevisor_lttng::recorder::arm_recorders`] on a task, one at a time
-//! and in order, and answers `RecordersArmed` once it is applied.
+//! wants armed here) with [`tracevisor_lttng::recorder::arm_recorders`] on one worker task and
+//! answers `RecordersArmed` once it is applied. Each request is the whole desired set, so only
+//! the latest matters: requests that arrive while one is applied are coalesced into the newest,
+//! and an older set is never applied after a newer one.
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracevisor_lttng::lifecycle::LocalExecutor;
 use tracevisor_lttng::recorder::arm_recorders;
@@ -13,43 +15,46 @@ use tracevisor_protocol::{Message, RecorderSpec};
 /// Answers waiting for the link.
 const OUTGOING: usize = 4;
 
+/// The latest request: the owner prefix and the whole set.
+type Request = Option<(String, Vec<RecorderSpec>)>;
+
 /// The recorder requests of one link.
 pub struct Recorders {
-    executor: Arc<LocalExecutor>,
-    /// Held while a request is applied: requests apply one at a time, in arrival order.
-    turn: Arc<tokio::sync::Mutex<()>>,
-    tx: mpsc::Sender<Message>,
+    latest: Option<watch::Sender<Request>>,
     rx: mpsc::Receiver<Message>,
     tasks: TaskTracker,
 }
 
 impl Recorders {
+    /// Starts the worker (on the current runtime).
     pub fn new(executor: Arc<LocalExecutor>) -> Self {
         let (tx, rx) = mpsc::channel(OUTGOING);
+        let (latest, mut requests) = watch::channel::<Request>(None);
+        let tasks = TaskTracker::new();
+        tasks.spawn(async move {
+            while requests.changed().await.is_ok() {
+                let request = requests.borrow_and_update().clone();
+                let Some((owner, recorders)) = request else {
+                    continue;
+                };
+                let states = arm_recorders(&*executor, &owner, &recorders).await;
+                if tx.send(Message::RecordersArmed { states }).await.is_err() {
+                    return;
+                }
+            }
+        });
         Recorders {
-            executor,
-            turn: Arc::new(tokio::sync::Mutex::new(())),
-            tx,
+            latest: Some(latest),
             rx,
-            tasks: TaskTracker::new(),
+            tasks,
         }
     }
 
-    /// Starts applying an `ArmRecorders`.
+    /// Takes an `ArmRecorders`: applied after the one being applied, if any.
     pub fn handle(&mut self, owner: String, recorders: Vec<RecorderSpec>) {
-        let executor = self.executor.clone();
-        let tx = self.tx.clone();
-        // Taken now, so requests apply in the order they arrived.
-        let turn = self.turn.clone().try_lock_owned();
-        let queue = self.turn.clone();
-        self.tasks.spawn(async move {
-            let _turn = match turn {
-                Ok(turn) => turn,
-                Err(_) => queue.lock_owned().await,
-            };
-            let states = arm_recorders(&*executor, &owner, &recorders).await;
-            let _ = tx.send(Message::RecordersArmed { states }).await;
-        });
+        if let Some(latest) = &self.latest {
+            latest.send_replace(Some((owner, recorders)));
+        }
     }
 
     /// The next answer to send.
@@ -57,9 +62,10 @@ impl Recorders {
         self.rx.recv().await
     }
 
-    /// Waits for the requests being applied (each is bounded by the lttng commands' timeouts);
-    /// their answers are dropped with the link.
+    /// Stops the worker once the request being applied is done (each is bounded by the lttng
+    /// commands' timeouts); its answer is dropped with the link.
     pub async fn close(&mut self) {
+        self.latest = None;
         self.tasks.close();
         self.rx.close();
         self.tasks.wait().await;

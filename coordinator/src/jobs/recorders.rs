@@ -315,6 +315,7 @@ impl Engine {
                     })
                     .collect::<Result<Vec<_>, SubmitError>>()
                     .map(|mut hosts| {
+                        hosts.sort();
                         hosts.dedup();
                         hosts
                     })

@@ -271,7 +271,14 @@ impl Engine {
         let rest: Vec<_> = pending.collect();
         let (tar_tx, tar_rx) = mpsc::channel(4);
         let (body_tx, body) = mpsc::channel(4);
-        let compressor = archive::compress(encoding, tar_rx, body_tx);
+        let failed = tokio_util::sync::CancellationToken::new();
+        let compressor = archive::compress(
+            encoding,
+            tar_rx,
+            body_tx,
+            failed.clone(),
+            DOWNLOAD_STALL_TIMEOUT,
+        );
         let engine = self.clone();
         let record_id = record.id;
         let shown = record.clone();
@@ -281,9 +288,12 @@ impl Engine {
                 .await;
             if let Err(why) = written {
                 tracing::warn!(job_id = record_id, %why, "trace download cut off");
-                let _ = tar_tx.send(Piece::Fail(why)).await;
+                // Never waits: a stalled compressor learns of the failure from `failed`.
+                failed.cancel();
+                let _ = tar_tx.try_send(Piece::Fail(why));
             }
             drop(tar_tx);
+            // Bounded: each of the compressor's sends gives up after the stall timeout.
             let _ = compressor.await;
             drop(slot);
         });
