@@ -16,7 +16,9 @@ use super::error::ApiError;
 use super::extract::JsonObject;
 use super::jobs::{answer_job, prefers_async};
 use super::AppState;
-use crate::jobs::{HostSelection, RecorderRequest, DEFAULT_BUFFER_MIB, MAX_BUFFER_MIB};
+use crate::jobs::{
+    analysis_type, field_bool, HostSelection, RecorderRequest, DEFAULT_BUFFER_MIB, MAX_BUFFER_MIB,
+};
 use crate::model::RecorderRecord;
 use crate::registry::FieldError;
 
@@ -77,28 +79,7 @@ fn parse(body: &Map<String, Json_>, state: &AppState) -> Result<RecorderRequest,
         (None, hosts @ Some(_)) => HostSelection::parse(hosts)?,
         (None, None) => return Err(FieldError::new("hosts", "is required (or host)")),
     };
-    let analysis_type = match body.get("type") {
-        Some(Json_::String(t)) => t.clone(),
-        None | Some(Json_::Null) => return Err(FieldError::new("type", "is required")),
-        Some(other) => {
-            return Err(FieldError::new(
-                "type",
-                format!("must be a string, got {other}"),
-            ))
-        }
-    };
-    if !state.config.profiles.contains_key(&analysis_type) {
-        let mut known: Vec<&String> = state.config.profiles.keys().collect();
-        known.sort();
-        let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
-        return Err(FieldError::new(
-            "type",
-            format!(
-                "unknown analysis type {analysis_type:?}; known: {}",
-                known.join(", ")
-            ),
-        ));
-    }
+    let analysis_type = analysis_type(body, &state.config)?;
     let buffer_mib = match body.get("buffer_mib") {
         None | Some(Json_::Null) => DEFAULT_BUFFER_MIB,
         Some(v) => v
@@ -186,16 +167,8 @@ pub async fn snapshot(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("the body must be a JSON object: {e}")))?
     };
-    let flag = |field: &str, default: bool| match body.get(field) {
-        None | Some(Json_::Null) => Ok(default),
-        Some(Json_::Bool(b)) => Ok(*b),
-        Some(other) => Err(ApiError::from(FieldError::new(
-            field,
-            format!("must be a boolean, got {other}"),
-        ))),
-    };
-    let keep_trace = flag("keep_trace", false)?;
-    let wait = flag("wait", true)? && !prefers_async(&headers);
+    let keep_trace = field_bool(&body, "keep_trace", false)?;
+    let wait = field_bool(&body, "wait", true)? && !prefers_async(&headers);
     let Some((job_id, updates)) = state.engine.snapshot(id, keep_trace, wait).await? else {
         return Err(ApiError::not_found(format!("recorder {id}")).with(json!({ "recorder": id })));
     };

@@ -46,7 +46,8 @@ pub use crate::model;
 pub use fleet::{FLEET_RESULTS_BUDGET, MAX_RESULT_BYTES};
 pub use recorders::{RecorderRequest, DEFAULT_BUFFER_MIB, MAX_BUFFER_MIB, MAX_RECORDERS_PER_HOST};
 pub use request::{
-    FleetRequest, HostSelection, JobRequest, CAPABILITIES, DEFAULT_HOST_TIMEOUT, MAX_FLEET_HOSTS,
+    analysis_type, field_bool, FleetRequest, HostSelection, JobRequest, CAPABILITIES,
+    DEFAULT_HOST_TIMEOUT, MAX_FLEET_HOSTS,
 };
 pub use route::Route;
 pub use trace::{kept_traces, TraceDownload, Unavailable, MAX_TRACE_DOWNLOADS};

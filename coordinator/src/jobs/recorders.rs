@@ -41,7 +41,6 @@ pub struct RecorderRequest {
 }
 
 /// The recorders and their states on the hosts.
-#[derive(Default)]
 pub struct Recorders {
     by_id: Mutex<BTreeMap<u64, RecorderRecord>>,
     /// By (recorder, host).
@@ -51,14 +50,17 @@ pub struct Recorders {
     /// Counts the `RecordersArmed` answers received, per host.
     answers: Mutex<HashMap<String, u64>>,
     /// Bumped at every answer, for waiters.
-    answered: Option<watch::Sender<u64>>,
+    answered: watch::Sender<u64>,
 }
 
 impl Recorders {
     pub fn new() -> Recorders {
         Recorders {
-            answered: Some(watch::channel(0).0),
-            ..Recorders::default()
+            by_id: Mutex::default(),
+            states: Mutex::default(),
+            disarm_pending: Mutex::default(),
+            answers: Mutex::default(),
+            answered: watch::channel(0).0,
         }
     }
 
@@ -219,18 +221,13 @@ impl Engine {
         *lock(&self.recorders.answers)
             .entry(host.to_owned())
             .or_default() += 1;
-        if let Some(answered) = &self.recorders.answered {
-            answered.send_modify(|n| *n += 1);
-        }
+        self.recorders.answered.send_modify(|n| *n += 1);
     }
 
     /// Waits (at most [`ARM_WAIT`]) until each of `hosts` answered more often than `before`
     /// says, or has gone.
     async fn wait_answers(&self, hosts: &[(String, u64)]) {
-        let Some(answered) = &self.recorders.answered else {
-            return;
-        };
-        let mut rx = answered.subscribe();
+        let mut rx = self.recorders.answered.subscribe();
         let deadline = tokio::time::Instant::now() + ARM_WAIT;
         loop {
             let waiting = hosts.iter().any(|(h, before)| {

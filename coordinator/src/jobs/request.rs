@@ -42,6 +42,40 @@ fn field_str(
     }
 }
 
+/// An optional boolean field (`default` when absent or null).
+pub fn field_bool(
+    body: &Map<String, Json>,
+    field: &str,
+    default: bool,
+) -> Result<bool, FieldError> {
+    match body.get(field) {
+        None | Some(Json::Null) => Ok(default),
+        Some(Json::Bool(b)) => Ok(*b),
+        Some(other) => Err(FieldError::new(
+            field,
+            format!("must be a boolean, got {other}"),
+        )),
+    }
+}
+
+/// The required `type`: one of the configured analysis profiles (an unknown one is refused
+/// with the known ones listed, sorted).
+pub fn analysis_type(body: &Map<String, Json>, config: &Config) -> Result<String, FieldError> {
+    let analysis_type = field_str(body, "type", true)?.unwrap_or_default();
+    if !config.profiles.contains_key(&analysis_type) {
+        let mut known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        return Err(FieldError::new(
+            "type",
+            format!(
+                "unknown analysis type {analysis_type:?}; known types: {}",
+                known.join(", ")
+            ),
+        ));
+    }
+    Ok(analysis_type)
+}
+
 impl JobRequest {
     /// Validates a `POST /analyses` body; errors name the field.
     pub fn parse(body: &Map<String, Json>, config: &Config) -> Result<JobRequest, FieldError> {
@@ -60,17 +94,7 @@ impl JobRequest {
                 format!("{duration} is not in (0, {max}] seconds"),
             ));
         }
-        let analysis_type = field_str(body, "type", true)?.unwrap_or_default();
-        if !config.profiles.contains_key(&analysis_type) {
-            let known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
-            return Err(FieldError::new(
-                "type",
-                format!(
-                    "unknown analysis type {analysis_type:?}; known types: {}",
-                    known.join(", ")
-                ),
-            ));
-        }
+        let analysis_type = analysis_type(body, config)?;
         let username = field_str(body, "username", true)?.unwrap_or_default();
         validate::username(&username)
             .map_err(|e| FieldError::new("username", format!("{username:?} {e}")))?;
@@ -96,16 +120,8 @@ impl JobRequest {
                 Some(validate::port(n).map_err(|e| FieldError::new("mongoport", e))?)
             }
         };
-        let flag = |field: &str, default: bool| match body.get(field) {
-            None | Some(Json::Null) => Ok(default),
-            Some(Json::Bool(b)) => Ok(*b),
-            Some(other) => Err(FieldError::new(
-                field,
-                format!("must be a boolean, got {other}"),
-            )),
-        };
-        let wait = flag("wait", true)?;
-        let keep_trace = flag("keep_trace", false)?;
+        let wait = field_bool(body, "wait", true)?;
+        let keep_trace = field_bool(body, "keep_trace", false)?;
         Ok(JobRequest {
             host,
             duration,
