@@ -2,7 +2,9 @@
 # Installs, as root on Debian 12, every system package the Tracevisor tests need (LTTng,
 # lttng-ust toolchain, babeltrace, lttng-analyses, OpenSSH), then checks each tool works.
 # Idempotent: only missing packages are installed. `--check` installs nothing and only
-# reports. Exits non-zero if anything is still missing.
+# reports. `--browser` adds what the dashboard's browser tests need (Chromium, its WebDriver
+# and python3-selenium, all from Debian: no browser download). Exits non-zero if anything is
+# still missing.
 set -eu
 
 PACKAGES="
@@ -25,11 +27,17 @@ ca-certificates
 "
 
 check_only=0
-case "${1:-}" in
-    --check) check_only=1 ;;
-    "") ;;
-    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
-esac
+browser=0
+for arg in "$@"; do
+    case "$arg" in
+        --check) check_only=1 ;;
+        --browser) browser=1 ;;
+        *) echo "usage: $0 [--check] [--browser]" >&2; exit 2 ;;
+    esac
+done
+if [ "$browser" = 1 ]; then
+    PACKAGES="$PACKAGES chromium chromium-driver python3-selenium"
+fi
 
 say() { printf 'install-deps: %s\n' "$*"; }
 
@@ -100,6 +108,11 @@ need "/usr/sbin/sshd" test -x /usr/sbin/sshd
 need "lttng-ust headers and library (pkg-config lttng-ust)" pkg-config --exists lttng-ust
 need "python3-babeltrace CTF writer (/usr/bin/python3)" /usr/bin/python3 -c "from babeltrace import CTFWriter"
 need "lttnganalyses module (/usr/bin/python3)" /usr/bin/python3 -c "import lttnganalyses"
+if [ "$browser" = 1 ]; then
+    need "chromium" sh -c "command -v chromium"
+    need "chromedriver" sh -c "command -v chromedriver"
+    need "python3-selenium (/usr/bin/python3)" /usr/bin/python3 -c "import selenium.webdriver"
+fi
 
 if [ -d /proc/lttng ]; then
     say "kernel tracer: available (lttng-modules loaded)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole Tracevisor test suite on a fresh Debian machine: installs what the tests need
-# (LTTng, babeltrace2, lttng-analyses, OpenSSH, ...; root or sudo), then format, lint, build, test.
+# (LTTng, babeltrace2, lttng-analyses, OpenSSH, Chromium for the dashboard, ...; root or sudo), then format, lint, build, test.
 # Tests that need root, LTTng or sshd are not skipped here: TRACEVISOR_REQUIRE_ALL=1 turns a skip
 # into a failure. Set TRACEVISOR_REQUIRE_ALL=0 to let them skip (each prints why).
 set -euo pipefail
@@ -16,9 +16,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "system packages"
 if [ "$(id -u)" = 0 ]; then
-    .ci/install-deps.sh
+    .ci/install-deps.sh --browser
 elif command -v sudo >/dev/null; then
-    sudo .ci/install-deps.sh
+    sudo .ci/install-deps.sh --browser
 else
     echo "test.sh: run as root (or install sudo) so the test dependencies can be installed" >&2
     exit 1

@@ -109,6 +109,8 @@ pub async fn run(
         rest_token,
         started: std::time::Instant::now(),
         request_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+        sessions: api::ui::Sessions::default(),
+        live_views: Arc::new(tokio::sync::Semaphore::new(api::ui::MAX_LIVE_VIEWS)),
     });
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let local_agent = if config.local_agent {

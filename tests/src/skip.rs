@@ -53,6 +53,9 @@ pub enum Req {
     KernelTracer,
     /// The machine LACKS the kernel tracer (to test the "kernel tracer not available" error).
     NoKernelTracer,
+    /// Headless Chromium, its WebDriver and python3-selenium (Debian `chromium`,
+    /// `chromium-driver`, `python3-selenium`), for the dashboard's browser tests.
+    Browser,
 }
 
 impl Req {
@@ -108,6 +111,26 @@ impl Req {
                 "needs the LTTng kernel tracer (lttng-modules not loaded: /proc/lttng is absent)"
                     .to_string()
             }),
+            Req::Browser => {
+                missing_programs(&["chromium", "chromedriver"], "chromium chromium-driver").or_else(
+                    || {
+                        let python = system_python();
+                        let ok = Command::new(&python)
+                            .args(["-c", "import selenium.webdriver"])
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .is_ok_and(|s| s.success());
+                        (!ok).then(|| {
+                            format!(
+                                "needs selenium in {} (install python3-selenium)",
+                                python.display()
+                            )
+                        })
+                    },
+                )
+            }
             Req::NoKernelTracer => Path::new("/proc/lttng").exists().then(|| {
                 "needs a machine without the LTTng kernel tracer (lttng-modules is loaded here)"
                     .to_string()

@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod misc;
 pub mod recorders;
 pub mod registry;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use utoipa::OpenApi;
 
@@ -41,13 +43,17 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// `max_concurrent_requests` slots for REST requests ([`edge::request_slot`]).
     pub request_slots: Arc<tokio::sync::Semaphore>,
+    /// The dashboard's sign-in sessions.
+    pub sessions: ui::Sessions,
+    /// Slots for the fleet's live views ([`ui::client_events`]).
+    pub live_views: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tracevisor", description = "Control plane for LTTng tracing across a fleet of Linux hosts"),
     paths(
-        misc::root, misc::status, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel, jobs::events, jobs::trace, recorders::create, recorders::list, recorders::get, recorders::delete, recorders::snapshot,
+        misc::root, misc::status, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel, jobs::events, jobs::trace, ui::client_events, recorders::create, recorders::list, recorders::get, recorders::delete, recorders::snapshot,
         registry::relays::list, registry::relays::create, registry::relays::get, registry::relays::update, registry::relays::delete,
         registry::clients::list, registry::clients::create, registry::clients::get, registry::clients::update, registry::clients::delete,
         registry::analyses_servers::list, registry::analyses_servers::create, registry::analyses_servers::get,
@@ -79,14 +85,22 @@ pub async fn openapi() -> Response {
     Json(ApiDoc::openapi()).into_response()
 }
 
-/// Builds the router with every route, auth, CORS and the body limit.
+/// Builds the router with every route, auth, CORS and the body limit. The answers that grow
+/// with the fleet or the job history (`GET /clients`, `/list`, `/jobs/{id}`) are gzipped for
+/// clients that ask (the dashboard's browser does; curl and the CLI do not, and get them as
+/// before); event streams and trace archives are never recompressed.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/status", get(misc::status))
         .route("/ssh", get(misc::ssh))
         .route("/analyses", get(misc::analyses).post(jobs::create))
-        .route("/list", get(jobs::list))
-        .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/list", get(jobs::list).layer(CompressionLayer::new()))
+        .route(
+            "/jobs/{id}",
+            get(jobs::get)
+                .layer(CompressionLayer::new())
+                .delete(jobs::cancel),
+        )
         .route("/jobs/{id}/events", get(jobs::events))
         .route("/jobs/{id}/trace", get(jobs::trace))
         .route("/recorders", get(recorders::list).post(recorders::create))
@@ -113,8 +127,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/clients",
-            get(registry::clients::list).post(registry::clients::create),
+            get(registry::clients::list)
+                .layer(CompressionLayer::new())
+                .post(registry::clients::create),
         )
+        .route("/clients/events", get(ui::client_events))
         .route(
             "/clients/{id}",
             get(registry::clients::get)
@@ -139,7 +156,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .route("/agents", get(agents::upgrade));
     let router = Router::new()
-        .route("/", get(misc::root))
+        .route("/", get(root))
+        .route(
+            "/ui/session",
+            get(ui::session_state)
+                .post(ui::sign_in)
+                .delete(ui::sign_out),
+        )
+        .route("/ui/{*file}", get(ui::asset))
         .nest(API_BASE, api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -182,6 +206,15 @@ fn cors_layer(config: &Config) -> CorsLayer {
         .expose_headers([header::LOCATION])
 }
 
+/// `GET /`: the dashboard for a browser, the server's name and version for API clients.
+async fn root(headers: axum::http::HeaderMap) -> Response {
+    if ui::wants_html(&headers) {
+        ui::index(&headers)
+    } else {
+        misc::root().await.into_response()
+    }
+}
+
 async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(format!("path {}", request.uri().path()))
 }
@@ -198,7 +231,11 @@ async fn method_not_allowed(request: Request) -> ApiError {
 }
 
 /// Checks `Authorization: Bearer TOKEN` when a token is configured. The token is compared in
-/// constant time and never logged. CORS preflights pass so browsers can ask first.
+/// constant time and never logged. CORS preflights pass so browsers can ask first. The
+/// dashboard's files and sign-in pass (they hold no secret); its session cookie stands for
+/// the token, and a request it authenticates that changes anything must carry this server's
+/// `Origin` ([`edge::browser_guard`] has refused any other), so no other page, not even one on
+/// another port of the same host (same-site, so the cookie goes along), can act with it.
 async fn authenticate(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -209,7 +246,11 @@ async fn authenticate(
     };
     // The hub checks the separate agent enrollment token itself.
     let path = request.uri().path();
-    if request.method() == Method::OPTIONS || path == "/" || path == tracevisor_protocol::HUB_PATH {
+    if request.method() == Method::OPTIONS
+        || path == "/"
+        || path.starts_with("/ui/")
+        || path == tracevisor_protocol::HUB_PATH
+    {
         return next.run(request).await;
     }
     let given = request
@@ -225,6 +266,15 @@ async fn authenticate(
         Some(_) => {
             tracing::warn!(path = %request.uri().path(), "rejected a request with a wrong bearer token");
             ApiError::unauthorized("invalid bearer token").into_response()
+        }
+        None if ui::signed_in(&state, request.headers()) => {
+            let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+            if safe || request.headers().contains_key(header::ORIGIN) {
+                next.run(request).await
+            } else {
+                tracing::warn!(path = %request.uri().path(), method = %request.method(), "refused a cookie-authenticated request without Origin");
+                ApiError::new(StatusCode::FORBIDDEN, "a request signed in by the dashboard's cookie that changes anything must carry the Origin header (browsers send it; scripts use the bearer token)").into_response()
+            }
         }
         None => ApiError::unauthorized("missing Authorization: Bearer TOKEN header (see `tracevisor serve --help` for the token)")
             .into_response(),

@@ -164,6 +164,7 @@ pub async fn serve_link<S: Socket>(
         *revoked_why.lock().unwrap_or_else(|p| p.into_inner()) = why;
         revoked.cancel();
     }
+    hub.changed(&hello.hostname);
     if let Some(old) = replaced {
         tracing::warn!(hostname = %hello.hostname, %peer, "agent link replaced by a newer one for the same hostname");
         let _ = old.tx.try_send(Outgoing::Close(

@@ -140,7 +140,13 @@ pub struct Hub {
     /// Trace fetches under way, by fetch id ([`fetch`]).
     fetches: Mutex<HashMap<u64, fetch::Sink>>,
     next_fetch: AtomicU64,
+    /// Hostnames whose agent connected or disconnected, for live views ([`Hub::changes`]).
+    /// Bounded: a subscriber that falls behind is told it lagged and reads the whole state.
+    changes: tokio::sync::broadcast::Sender<String>,
 }
+
+/// How many agent changes a live view may fall behind before it must read the whole fleet.
+const CHANGES_QUEUE: usize = 4096;
 
 /// Why a message could not be sent to an agent.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +189,7 @@ impl Hub {
             last_seen_at_exit: Mutex::new(Vec::new()),
             fetches: Mutex::new(HashMap::new()),
             next_fetch: AtomicU64::new(1),
+            changes: tokio::sync::broadcast::channel(CHANGES_QUEUE).0,
         };
         (Arc::new(hub), rx)
     }
@@ -285,6 +292,36 @@ impl Hub {
             );
         }
         map
+    }
+
+    /// The agent status of one host, as in [`Hub::statuses`].
+    pub fn status_of(&self, hostname: &str) -> Option<AgentStatus> {
+        if let Some(link) = self.links().get(hostname) {
+            return Some(AgentStatus {
+                connected: true,
+                version: link.version.clone(),
+                connected_since: rfc3339(link.connected_since),
+                last_seen: rfc3339_ms(link.last_seen.load(Ordering::Relaxed)),
+                capabilities: capabilities_json(&link.capabilities),
+            });
+        }
+        self.known().get(hostname).cloned()
+    }
+
+    /// Cancelled when the coordinator shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Hostnames whose agent connects or disconnects from now on.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// Tells live views that `hostname`'s agent connected or disconnected.
+    fn changed(&self, hostname: &str) {
+        // No subscriber is not an error.
+        let _ = self.changes.send(hostname.to_owned());
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentStatus>> {
@@ -431,6 +468,7 @@ impl Hub {
         if let Some(status) = self.known().get_mut(hostname) {
             status.last_seen = rfc3339_ms(last_seen_ms);
         }
+        self.changed(hostname);
         if self.shutdown.is_cancelled() {
             // Every link closes at once at shutdown: one write for all of them
             // ([`Hub::flush_last_seen`]) instead of one each, which kept a 10,000-agent

@@ -75,6 +75,9 @@ struct Args {
     /// Also arms a flight recorder on every connected agent and times the spread of one
     /// snapshot's start across them.
     recorder: bool,
+    /// Also loads the dashboard's fleet page in headless Chromium (`--dashboard`): bytes on
+    /// the wire and time until the table is interactive.
+    dashboard: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -89,6 +92,7 @@ fn parse_args() -> Result<Args> {
         fleet: false,
         restart: false,
         recorder: false,
+        dashboard: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -118,6 +122,7 @@ fn parse_args() -> Result<Args> {
             "--fleet" => args.fleet = true,
             "--restart" => args.restart = true,
             "--recorder" => args.recorder = true,
+            "--dashboard" => args.dashboard = true,
             "--start-rate" => {
                 let rate: u64 = value()?.parse().context("--start-rate")?;
                 args.start_rate = Some(rate.max(1));
@@ -126,7 +131,7 @@ fn parse_args() -> Result<Args> {
                 println!(
                     "usage: bench-agents [--agents N[,N...]] [--addresses K] [--heartbeat-secs S] \
                      [--idle-secs S] [--register-timeout-secs S] [--hello-timeout-secs S] \
-                     [--start-rate AGENTS_PER_S] [--fleet] [--recorder] [--restart]"
+                     [--start-rate AGENTS_PER_S] [--fleet] [--recorder] [--dashboard] [--restart]"
                 );
                 std::process::exit(0);
             }
@@ -637,6 +642,9 @@ async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row
     if args.recorder {
         snapshot_spread(&coordinator, &http, &stats, n).await;
     }
+    if args.dashboard {
+        dashboard_load(&coordinator, n).await;
+    }
     let coordinator = if args.restart {
         let addr = coordinator.addr;
         let mut old = coordinator;
@@ -765,6 +773,52 @@ async fn fleet_fan_out(coordinator: &Coordinator, http: &reqwest::Client, pid: u
             "FLEET {n} agents: request failed after {:.2} s: {e}",
             elapsed.as_secs_f64()
         ),
+    }
+}
+
+/// Three cold loads of the dashboard's fleet page in headless Chromium
+/// (`tests/browser/dashboard_e2e.py --mode bench`), each printed as one `DASHBOARD` line:
+/// bytes on the wire (the app's files, then `GET /clients`), the time from navigation until
+/// the first page of the table is drawn, and the time a search over every host takes.
+async fn dashboard_load(coordinator: &Coordinator, n: usize) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/dashboard_e2e.py");
+    let out = std::env::temp_dir().join("tracevisor-bench-dashboard");
+    let url = format!("http://localhost:{}", coordinator.addr.port());
+    let run = tokio::process::Command::new("/usr/bin/python3")
+        .arg(&script)
+        .args(["--mode", "bench", "--runs", "3", "--url", &url, "--hosts"])
+        .arg(n.to_string())
+        .arg("--out")
+        .arg(&out)
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(600), run).await {
+        Ok(Ok(output)) if output.status.success() => {
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                let Some(json) = line.strip_prefix("BENCH ") else {
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+                eprintln!(
+                    "DASHBOARD {n} hosts: fleet page interactive after {:.0} ms, search over all {:.0} ms; \
+                     bytes on the wire {} ({} for the app, {} for GET /clients); shown: {}",
+                    v["ready_ms"].as_f64().unwrap_or(f64::NAN),
+                    v["filter_ms"].as_f64().unwrap_or(f64::NAN),
+                    v["bytes_total"],
+                    v["bytes_app"],
+                    v["bytes_clients"],
+                    v["count_text"]
+                );
+            }
+        }
+        Ok(Ok(output)) => eprintln!(
+            "DASHBOARD failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Ok(Err(e)) => eprintln!("DASHBOARD could not run {}: {e}", script.display()),
+        Err(_) => eprintln!("DASHBOARD timed out after 600 s"),
     }
 }
 
