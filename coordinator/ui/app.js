@@ -171,7 +171,7 @@
   function newPage(name) {
     if (page) page.close();
     const p = {
-      name, alive: true, timers: [], sources: [], charts: [],
+      name, alive: true, timers: new Set(), sources: [], charts: [],
       close() {
         this.alive = false;
         this.timers.forEach((t) => clearTimeout(t));
@@ -179,7 +179,11 @@
         this.charts.forEach((c) => { try { c.u.destroy(); } catch (e) { /* gone */ } });
       },
       // setTimeout that stops when the page goes away
-      later(fn, ms) { const t = setTimeout(() => { if (this.alive) fn(); }, ms); this.timers.push(t); return t; },
+      later(fn, ms) {
+        const t = setTimeout(() => { this.timers.delete(t); if (this.alive) fn(); }, ms);
+        this.timers.add(t);
+        return t;
+      },
       // fn (async) every ms, never overlapping
       poll(fn, ms) {
         const loop = async () => { try { await fn(); } catch (e) { /* shown by fn */ } if (this.alive) this.later(loop, ms); };
@@ -496,8 +500,22 @@
         document.body.dataset.fleetReady = '1';
       }
     }
+    // Agent events that arrive while GET /clients is in flight are newer than its answer:
+    // they are applied again on top of it.
+    let replay = null;
     async function load() {
-      try { setAll(await get('clients')); showError(err, ''); } catch (e) { if (p.alive && e.status !== 401) showError(err, 'Cannot load the fleet: ' + e.message); }
+      const mine = [];
+      replay = mine;
+      try {
+        const list = await get('clients');
+        if (replay === mine) replay = null;
+        setAll(list);
+        for (const m of mine) applyAgent(m);
+        showError(err, '');
+      } catch (e) {
+        if (replay === mine) replay = null;
+        if (p.alive && e.status !== 401) showError(err, 'Cannot load the fleet: ' + e.message);
+      }
     }
 
     // Live changes, rendered at most 4 times a second.
@@ -510,6 +528,7 @@
     function applyAgent(msg) {
       const m = obj(msg);
       if (!m || typeof m.hostname !== 'string') return;
+      if (replay) replay.push(m);
       const i = index.get(m.hostname);
       if (i === undefined) {
         const r = fleetRow({ hostname: m.hostname, agent: m.agent });
@@ -531,15 +550,16 @@
       p.sources.push(es);
       // the stream says who connected or left; last_seen times still need a refresh now and then
       p.poll(load, 60000);
-      let lost = false;
-      es.addEventListener('open', () => { setLive('on'); if (lost) { lost = false; load(); } });
+      // Every stream (the first and each reconnection) begins with `resync`: the fleet is read
+      // after the stream is open, so no change falls between the two.
+      es.addEventListener('open', () => setLive('on'));
       es.addEventListener('agent', (e) => { try { applyAgent(JSON.parse(e.data)); } catch (x) { /* ignore a bad event */ } });
       es.addEventListener('resync', () => load());
       es.addEventListener('error', () => {
-        lost = true;
         if (es.readyState === EventSource.CLOSED) {
           // the server refused the stream: fall back to polling
           setLive('polling');
+          load();
           p.poll(load, 10000);
         } else setLive('lost');
       });
@@ -561,7 +581,8 @@
       table.el);
     table.query = st.query.trim().toLowerCase();
     updateSelection();
-    load().then(() => { if (p.alive) startLive(); });
+    if (session.live_clients && typeof EventSource !== 'undefined') startLive();
+    else load().then(() => { if (p.alive) startLive(); });
   }
 
   // ------------------------------------------------------------------------------------
@@ -834,9 +855,15 @@
   // ------------------------------------------------------------------------------------
   // Jobs list
 
+  const JOBS_SHOWN = 2000;
   const jobsState = { query: '', status: 'all', sortKey: 'id', sortDir: -1, page: 0 };
   function jobHostText(j) {
-    if (j.kind === 'fleet') { const n = arr(j.hosts).length; return n + (n === 1 ? ' host' : ' hosts'); }
+    if (j.kind === 'fleet') {
+      // The list is brief (no per-host entries): the outcome counts say how many hosts.
+      const counts = obj(j.outcomes);
+      const n = counts ? Object.values(counts).reduce((a, v) => a + (typeof v === 'number' ? v : 0), 0) : arr(j.hosts).length;
+      return n + (n === 1 ? ' host' : ' hosts');
+    }
     return str(j.host);
   }
   function pageJobs() {
@@ -873,10 +900,12 @@
     const summary = h('span', { class: 'muted', id: 'jobs-count' });
     async function load() {
       try {
-        const d = await get('list?all=true');
+        // The newest JOBS_SHOWN jobs, without fleets' per-host entries: polled every 3 s, it
+        // must not grow with a week of history or a 10,000-host fleet.
+        const d = await get('list?all=true&brief=true&limit=' + JOBS_SHOWN);
         const jobs = arr(obj(d) && d.sessions).filter(obj);
         const running = jobs.filter((j) => jobRunning(j.status)).length;
-        summary.textContent = jobs.length + ' jobs, ' + running + ' running';
+        summary.textContent = (jobs.length >= JOBS_SHOWN ? 'newest ' : '') + jobs.length + ' jobs, ' + running + ' running';
         table.set(jobs);
         showError(err, '');
       } catch (e) { if (p.alive && e.status !== 401) showError(err, 'Cannot load the jobs: ' + e.message); }
@@ -1057,6 +1086,7 @@
       pendingHosts = true;
       p.later(() => { pendingHosts = false; if (job) { renderFleet(job); renderFacts(job); } }, 250);
     }
+    let hostIndex = null;
     function follow() {
       if (typeof EventSource === 'undefined') { p.poll(refresh, 2000); return; }
       const es = new EventSource(API + '/jobs/' + encodeURIComponent(id) + '/events');
@@ -1072,15 +1102,16 @@
           const d = JSON.parse(e.data);
           if (!job || !obj(d)) return;
           const hs = arr(job.hosts);
-          const i = hs.findIndex((x) => x && x.host === d.host);
-          if (i >= 0) hs[i] = d; else hs.push(d);
+          if (!hostIndex || hostIndex.size !== hs.length) hostIndex = new Map(hs.map((x, k) => [x && x.host, k]));
+          const i = hostIndex.get(d.host);
+          if (i !== undefined) hs[i] = d; else { hostIndex.set(d.host, hs.length); hs.push(d); }
           job.hosts = hs;
           scheduleFleet();
         } catch (x) { /* ignore */ }
       });
       es.addEventListener('done', (e) => {
         es.close();
-        try { const d = JSON.parse(e.data); if (obj(d)) render(d); else refresh(); } catch (x) { refresh(); }
+        try { const d = JSON.parse(e.data); if (obj(d)) { final = true; render(d); } else refresh(); } catch (x) { refresh(); }
       });
       es.addEventListener('error', () => {
         if (es.readyState === EventSource.CLOSED) { p.poll(refresh, 2000); return; }
@@ -1088,12 +1119,13 @@
         refresh();
       });
     }
+    let final = false;
     async function refresh() {
-      if (job && !jobRunning(job.status)) return;
+      if (final) return;
       try {
         const j = await get('jobs/' + encodeURIComponent(id));
         if (!p.alive) return;
-        if (!jobRunning(j.status)) { p.sources.forEach((s) => s.close()); render(j); } else if (!job || job.status !== j.status) render(j);
+        if (!jobRunning(j.status)) { final = true; p.sources.forEach((s) => s.close()); render(j); } else if (!job || job.status !== j.status) render(j);
       } catch (e) { /* next time */ }
     }
     get('jobs/' + encodeURIComponent(id)).then((j) => {

@@ -111,7 +111,16 @@ fn the_page_and_its_files_are_served_with_strict_headers_and_the_seed_root_is_un
 #[test]
 fn the_session_cookie_stands_for_the_token_only_from_this_origin_and_ends_at_sign_out() {
     let dir = tracevisor_tests::temp_dir("tv-dash-http-");
-    let c = Coordinator::start(dir.path(), &["--token", TOKEN]).unwrap();
+    // A sibling origin is allowed cross-origin access (CORS, for scripts with the token): it
+    // is same-site, so a browser sends it the dashboard's cookie; the cookie must still not
+    // work for it.
+    const SIBLING: &str = "http://localhost:3000";
+    let c = Coordinator::start_with_config(
+        dir.path(),
+        &format!("cors_allow_origins = [\"{SIBLING}\"]\n"),
+        &["--token", TOKEN],
+    )
+    .unwrap();
     run(async {
         let http = http();
         let own = format!("http://{}", c.addr);
@@ -206,6 +215,46 @@ fn the_session_cookie_stands_for_the_token_only_from_this_origin_and_ends_at_sig
             .await
             .unwrap();
         assert_eq!(sibling.status(), StatusCode::FORBIDDEN);
+        let listed = http
+            .post(c.api("/relays"))
+            .header(header::COOKIE, &cookie)
+            .header(header::ORIGIN, SIBLING)
+            .json(&relay)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            listed.status(),
+            StatusCode::FORBIDDEN,
+            "a CORS-listed sibling origin cannot use the cookie"
+        );
+        // An <img> or link on a same-site page (no Origin on a GET, but the browser says
+        // where it comes from): refused; the operator's own pages and typed addresses pass.
+        for (site, expected) in [
+            ("same-site", StatusCode::FORBIDDEN),
+            ("cross-site", StatusCode::FORBIDDEN),
+            ("same-origin", StatusCode::OK),
+            ("none", StatusCode::OK),
+        ] {
+            let r = http
+                .get(c.api("/relays"))
+                .header(header::COOKIE, &cookie)
+                .header("sec-fetch-site", site)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), expected, "Sec-Fetch-Site: {site}");
+        }
+        // The bearer token from the listed origin works as CORS says.
+        let scripted = http
+            .post(c.api("/relays"))
+            .bearer_auth(TOKEN)
+            .header(header::ORIGIN, SIBLING)
+            .json(&json!({ "hostname": "relay-cors-1", "ipv4": "192.0.2.10" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(scripted.status(), StatusCode::CREATED);
         let ok = http
             .post(c.api("/relays"))
             .header(header::COOKIE, &cookie)
@@ -215,6 +264,32 @@ fn the_session_cookie_stands_for_the_token_only_from_this_origin_and_ends_at_sig
             .await
             .unwrap();
         assert_eq!(ok.status(), StatusCode::CREATED);
+        // Signing in again with the old cookie: a new session, and the old one ends.
+        let again = http
+            .post(c.url("/ui/session"))
+            .header(header::ORIGIN, &own)
+            .header(header::COOKIE, &cookie)
+            .json(&json!({ "token": TOKEN }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::NO_CONTENT);
+        let renewed = again.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert_ne!(renewed, cookie);
+        let old = http
+            .get(c.api("/relays"))
+            .header(header::COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(old.status(), StatusCode::UNAUTHORIZED);
+        let cookie = renewed;
         // A made-up cookie is nothing.
         let made_up = http
             .get(c.api("/relays"))
@@ -359,6 +434,61 @@ fn live_views_are_bounded_and_a_view_that_never_reads_holds_nothing_but_its_plac
                 "a closed view's place was not given back"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+#[test]
+fn the_jobs_list_can_be_the_newest_few_without_fleet_host_entries() {
+    // What the dashboard's jobs page polls every 3 s must not grow with the history: `limit`
+    // keeps the newest, `brief` leaves out fleets' per-host entries (their counts stay).
+    let dir = tracevisor_tests::temp_dir("tv-dash-http-");
+    let c = Coordinator::start(dir.path(), &[]).unwrap();
+    run(async {
+        // Hosts that do not resolve: each job fails at once, over SSH, with a clear error.
+        for host in ["one.invalid", "two.invalid"] {
+            let (status, job) = c
+                .post(
+                    "/analyses",
+                    &json!({ "type": "ust", "host": host, "username": "root", "duration": 1 }),
+                )
+                .await
+                .unwrap();
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "{job}"
+            );
+        }
+        let (_, fleet) = c
+            .post(
+                "/analyses",
+                &json!({ "type": "ust", "hosts": ["three.invalid", "four.invalid"], "username": "root", "duration": 1 }),
+            )
+            .await
+            .unwrap();
+        let fleet_id = fleet["jobid"].as_u64().unwrap();
+        let (status, all) = c.get("/list?all=true").await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let all = all["sessions"].as_array().unwrap().clone();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[2]["hosts"].as_array().unwrap().len(), 2);
+
+        let (_, newest) = c.get("/list?all=true&limit=2&brief=true").await.unwrap();
+        let newest = newest["sessions"].as_array().unwrap().clone();
+        let ids: Vec<u64> = newest
+            .iter()
+            .map(|j| j["jobid"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            vec![all[1]["jobid"].as_u64().unwrap(), fleet_id],
+            "the newest two, oldest first"
+        );
+        assert!(newest[1].get("hosts").is_none(), "{}", newest[1]);
+        assert_eq!(newest[1]["outcomes"]["error"], 2, "{}", newest[1]);
+        for bad in ["0", "100001", "x"] {
+            let (status, body) = c.get(&format!("/list?all=true&limit={bad}")).await.unwrap();
+            assert!(status.is_client_error(), "limit={bad}: {status} {body}");
         }
     });
 }

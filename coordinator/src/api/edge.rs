@@ -40,17 +40,26 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String], tls: bool) -> Result<
     {
         return Ok(());
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let own = format!("{}://{host}", if tls { "https" } else { "http" });
-    if !host.is_empty() && origin.eq_ignore_ascii_case(&own) {
+    if is_own_origin(headers, tls) {
         return Ok(());
     }
     Err(format!(
         "cross-origin request from {origin:?} refused: this API answers browsers only from its own origin or one listed in cors_allow_origins"
     ))
+}
+
+/// Whether the request's `Origin` is this server's own: `http(s)://` + the `Host` it was
+/// asked as.
+pub fn is_own_origin(headers: &HeaderMap, tls: bool) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let own = format!("{}://{host}", if tls { "https" } else { "http" });
+    !host.is_empty() && origin.eq_ignore_ascii_case(&own)
 }
 
 /// Keeps web pages the operator opens from driving the API in the operator's name. Without a

@@ -317,6 +317,11 @@ pub struct ListQuery {
     /// Include finished jobs.
     #[serde(default)]
     all: bool,
+    /// Only the newest N jobs (1 to 100,000), still oldest first.
+    limit: Option<u64>,
+    /// Leave out each fleet job's per-host entries (`hosts`); its `outcomes` counts stay.
+    #[serde(default)]
+    brief: bool,
 }
 
 /// `GET /list`: trace sessions.
@@ -331,10 +336,30 @@ pub struct SessionList {
     responses((status = 200, description = "running jobs (all with ?all=true); status 1 started, 2 trace running, 3 analysis running, 4 complete, -1 error", body = SessionList)))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SessionList>, ApiError> {
+    // A malformed query gets the API's JSON error, like every other failure.
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Ok(Json(SessionList {
-        sessions: state.engine.list(q.all).await?,
+        sessions: state
+            .engine
+            .list(
+                q.all,
+                crate::store::ListView {
+                    limit: match q.limit {
+                        Some(n) if (1..=100_000).contains(&n) => Some(n),
+                        Some(n) => {
+                            return Err(ApiError::unprocessable(
+                                "limit",
+                                format!("{n} is not between 1 and 100000"),
+                            ))
+                        }
+                        None => None,
+                    },
+                    brief: q.brief,
+                },
+            )
+            .await?,
     }))
 }
 

@@ -208,11 +208,16 @@ fn cors_layer(config: &Config) -> CorsLayer {
 
 /// `GET /`: the dashboard for a browser, the server's name and version for API clients.
 async fn root(headers: axum::http::HeaderMap) -> Response {
-    if ui::wants_html(&headers) {
+    let mut response = if ui::wants_html(&headers) {
         ui::index(&headers)
     } else {
         misc::root().await.into_response()
-    }
+    };
+    // One URL, two representations: caches must keep them apart.
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
+    response
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -233,9 +238,9 @@ async fn method_not_allowed(request: Request) -> ApiError {
 /// Checks `Authorization: Bearer TOKEN` when a token is configured. The token is compared in
 /// constant time and never logged. CORS preflights pass so browsers can ask first. The
 /// dashboard's files and sign-in pass (they hold no secret); its session cookie stands for
-/// the token, and a request it authenticates that changes anything must carry this server's
-/// `Origin` ([`edge::browser_guard`] has refused any other), so no other page, not even one on
-/// another port of the same host (same-site, so the cookie goes along), can act with it.
+/// the token only in requests the browser says its own pages made ([`ui::cookie_request_refused`]),
+/// so no other page, not even one on another port of the same host (same-site, so the cookie
+/// goes along), can act with it.
 async fn authenticate(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -268,12 +273,12 @@ async fn authenticate(
             ApiError::unauthorized("invalid bearer token").into_response()
         }
         None if ui::signed_in(&state, request.headers()) => {
-            let safe = matches!(*request.method(), Method::GET | Method::HEAD);
-            if safe || request.headers().contains_key(header::ORIGIN) {
-                next.run(request).await
-            } else {
-                tracing::warn!(path = %request.uri().path(), method = %request.method(), "refused a cookie-authenticated request without Origin");
-                ApiError::new(StatusCode::FORBIDDEN, "a request signed in by the dashboard's cookie that changes anything must carry the Origin header (browsers send it; scripts use the bearer token)").into_response()
+            match ui::cookie_request_refused(&request, state.config.tls.is_some()) {
+                None => next.run(request).await,
+                Some(why) => {
+                    tracing::warn!(path = %request.uri().path(), method = %request.method(), "refused a cookie-authenticated request: {why}");
+                    ApiError::new(StatusCode::FORBIDDEN, why).into_response()
+                }
             }
         }
         None => ApiError::unauthorized("missing Authorization: Bearer TOKEN header (see `tracevisor serve --help` for the token)")

@@ -37,6 +37,11 @@ pub const MAX_LIVE_VIEWS: usize = 256;
 /// How long agent changes are gathered before a live view sends them, so a fleet that
 /// reconnects at once costs a browser a few batches, not thousands of events.
 const LIVE_BATCH: Duration = Duration::from_millis(250);
+/// How long one live view lasts; the browser's `EventSource` then reconnects by itself (and is
+/// authenticated again), so no client holds a place for ever.
+pub const LIVE_VIEW_LIFETIME: Duration = Duration::from_secs(600);
+/// How often a quiet live view checks that its dashboard session still holds.
+const SESSION_CHECK: Duration = Duration::from_secs(15);
 
 /// What every dashboard answer carries: nothing runs or loads from another origin, the app
 /// cannot be framed, and no page address leaks in a `Referer`.
@@ -281,22 +286,54 @@ impl Sessions {
     }
 }
 
-/// The session cookie's value in a request, if any.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// Every value of the session cookie in a request (another service on the same host may set
+/// one of the same name: cookies are not kept apart by port).
+pub fn session_cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .filter_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
             (name == SESSION_COOKIE).then_some(value.trim())
         })
 }
 
+/// The live dashboard session of a request, if any.
+pub fn live_session<'a>(state: &AppState, headers: &'a HeaderMap) -> Option<&'a str> {
+    session_cookies(headers).find(|v| state.sessions.valid(v))
+}
+
 /// Whether the request holds a live dashboard session.
 pub fn signed_in(state: &AppState, headers: &HeaderMap) -> bool {
-    session_cookie(headers).is_some_and(|v| state.sessions.valid(v))
+    live_session(state, headers).is_some()
+}
+
+/// Why a request authenticated by the session cookie is refused, if it is: the cookie stands
+/// for the token only in what this server's own pages ask. Browsers say who made a request:
+/// `Sec-Fetch-Site` must be `same-origin` (or `none`: the operator typed the address), so an
+/// `<img>` or link on another port of the same host (same-site: the cookie goes along) gets
+/// nothing; a request that changes anything must also carry exactly this server's `Origin`,
+/// which every browser sends with such requests (also one too old for `Sec-Fetch-Site`).
+pub fn cookie_request_refused(request: &axum::extract::Request, tls: bool) -> Option<String> {
+    let headers = request.headers();
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or_default();
+        if site != "same-origin" && site != "none" {
+            return Some(format!(
+                "the dashboard's cookie is only good for this server's own pages (Sec-Fetch-Site: {site}); scripts use the bearer token"
+            ));
+        }
+    }
+    let safe = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if !safe && !super::edge::is_own_origin(headers, tls) {
+        return Some("a request signed in by the dashboard's cookie that changes anything must carry this server's own Origin (browsers send it; scripts use the bearer token)".into());
+    }
+    None
 }
 
 fn cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
@@ -332,7 +369,11 @@ pub struct SignIn {
 }
 
 /// `POST /ui/session` `{"token": "..."}`: exchanges the REST token for a session cookie.
-pub async fn sign_in(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+pub async fn sign_in(
+    State(state): State<Arc<AppState>>,
+    request_headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let Some(expected) = &state.rest_token else {
         return ApiError::new(
             StatusCode::CONFLICT,
@@ -349,9 +390,16 @@ pub async fn sign_in(State(state): State<Arc<AppState>>, body: axum::body::Bytes
     };
     if !secret_eq(given.token.trim(), expected) {
         tracing::warn!("dashboard sign-in with a wrong token");
-        // Slows guessing from one client; the token's 256 bits do the rest.
+        // Wrong guesses take turns, 250 ms each: at most 4 a second from all clients together
+        // (a right token does not wait).
+        static GUESSES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _turn = GUESSES.lock().await;
         tokio::time::sleep(Duration::from_millis(250)).await;
         return ApiError::unauthorized("wrong token").into_response();
+    }
+    // A new session, never one the browser brought (no fixation); the old one ends.
+    for old in session_cookies(&request_headers) {
+        state.sessions.remove(old);
     }
     let value = state.sessions.create();
     tracing::info!("dashboard session opened");
@@ -366,7 +414,7 @@ pub async fn sign_in(State(state): State<Arc<AppState>>, body: axum::body::Bytes
 
 /// `DELETE /ui/session`: signs out (the session ends on the server, the cookie is cleared).
 pub async fn sign_out(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(value) = session_cookie(&headers) {
+    for value in session_cookies(&headers) {
         state.sessions.remove(value);
     }
     let mut out = HeaderMap::new();
@@ -377,14 +425,18 @@ pub async fn sign_out(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
 // ---------------------------------------------------------------------------------------
 // The fleet's live view
 
-/// `GET /clients/events`: Server-Sent Events as agents connect and disconnect. Each `agent`
-/// event is `{"hostname", "agent"}` with the same `agent` member as `GET /clients`; changes
-/// are sent in batches at most every 250 ms. `resync` tells the client it fell behind (or a
-/// host it does not know appeared) and should read `GET /clients` again.
+/// `GET /clients/events`: Server-Sent Events as agents connect and disconnect. The stream
+/// opens with `resync` (read `GET /clients` now); then each `agent` event is
+/// `{"hostname", "agent"}` with the same `agent` member as `GET /clients`, sent in batches at
+/// most every 250 ms; `resync` again when the client fell behind. A view ends after 10 minutes
+/// (the browser reconnects), at shutdown, and within 15 s of its dashboard session's end.
 #[utoipa::path(get, path = "/trace/api/v1.0/clients/events", tag = "clients",
     responses((status = 200, description = "text/event-stream: agent and resync events", content_type = "text/event-stream"),
               (status = 503, description = "too many live views open")))]
-pub async fn client_events(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+pub async fn client_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let permit = state.live_views.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -394,28 +446,55 @@ pub async fn client_events(State(state): State<Arc<AppState>>) -> Result<Respons
     })?;
     struct View {
         changes: tokio::sync::broadcast::Receiver<String>,
-        hub: Arc<crate::hub::Hub>,
+        state: Arc<AppState>,
+        /// The dashboard session that opened the view (none with a bearer token or no
+        /// token): the view ends soon after it does.
+        session: Option<String>,
         shutdown: tokio_util::sync::CancellationToken,
+        ends: tokio::time::Instant,
+        first: bool,
         _permit: tokio::sync::OwnedSemaphorePermit,
     }
     let view = View {
         changes: state.hub.changes(),
-        hub: state.hub.clone(),
+        session: live_session(&state, &headers).map(str::to_owned),
         shutdown: state.hub.shutdown_token(),
+        ends: tokio::time::Instant::now() + LIVE_VIEW_LIFETIME,
+        first: true,
+        state,
         _permit: permit,
     };
     use tokio::sync::broadcast::error::RecvError;
     // One step: wait for a change, gather those of the next 250 ms, send them.
     let batches = futures_util::stream::unfold(view, |mut view| async move {
+        let resync = || vec![Event::default().event("resync").data("{}")];
+        if view.first {
+            // The client reads `GET /clients` now that its stream is open: no change can fall
+            // between the two.
+            view.first = false;
+            return Some((events(resync()), view));
+        }
         let mut hosts = HashSet::new();
         let mut lagged = false;
-        tokio::select! {
-            first = view.changes.recv() => match first {
-                Ok(host) => { hosts.insert(host); }
-                Err(RecvError::Lagged(_)) => lagged = true,
-                Err(RecvError::Closed) => return None,
-            },
-            _ = view.shutdown.cancelled() => return None,
+        loop {
+            tokio::select! {
+                first = view.changes.recv() => match first {
+                    Ok(host) => { hosts.insert(host); break; }
+                    Err(RecvError::Lagged(_)) => { lagged = true; break; }
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = tokio::time::sleep(SESSION_CHECK) => {
+                    let signed_out = view
+                        .session
+                        .as_deref()
+                        .is_some_and(|s| !view.state.sessions.valid(s));
+                    if signed_out {
+                        return None;
+                    }
+                }
+                _ = tokio::time::sleep_until(view.ends) => return None,
+                _ = view.shutdown.cancelled() => return None,
+            }
         }
         let gather = tokio::time::sleep(LIVE_BATCH);
         tokio::pin!(gather);
@@ -430,28 +509,31 @@ pub async fn client_events(State(state): State<Arc<AppState>>) -> Result<Respons
                 _ = view.shutdown.cancelled() => return None,
             }
         }
-        let events: Vec<Event> = if lagged {
-            vec![Event::default().event("resync").data("{}")]
+        let batch = if lagged {
+            resync()
         } else {
             hosts
                 .into_iter()
                 .map(|hostname| {
-                    let agent = view.hub.status_of(&hostname);
+                    let agent = view.state.hub.status_of(&hostname);
                     Event::default()
                         .event("agent")
                         .data(json!({ "hostname": hostname, "agent": agent }).to_string())
                 })
                 .collect()
         };
-        Some((
-            futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>)),
-            view,
-        ))
+        Some((events(batch), view))
     });
     use futures_util::StreamExt as _;
     Ok(Sse::new(batches.flatten())
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+fn events(
+    batch: Vec<Event>,
+) -> futures_util::stream::Iter<std::vec::IntoIter<Result<Event, std::convert::Infallible>>> {
+    futures_util::stream::iter(batch.into_iter().map(Ok).collect::<Vec<_>>())
 }
 
 #[cfg(test)]
@@ -513,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn sessions_expire_are_bounded_and_end() {
+    fn sessions_are_bounded_and_end() {
         let sessions = Sessions::default();
         let a = sessions.create();
         assert_eq!(a.len(), 64);
@@ -536,12 +618,19 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; tracevisor_session=abc ; b=2"),
         );
-        assert_eq!(session_cookie(&h), Some("abc"));
+        assert_eq!(session_cookies(&h).collect::<Vec<_>>(), ["abc"]);
         let mut other = HeaderMap::new();
         other.insert(
             header::COOKIE,
             HeaderValue::from_static("xtracevisor_session=abc"),
         );
-        assert_eq!(session_cookie(&other), None);
+        assert_eq!(session_cookies(&other).count(), 0);
+        // Another service's cookie of the same name first does not hide ours.
+        let mut two = HeaderMap::new();
+        two.insert(
+            header::COOKIE,
+            HeaderValue::from_static("tracevisor_session=junk; tracevisor_session=abc"),
+        );
+        assert_eq!(session_cookies(&two).collect::<Vec<_>>(), ["junk", "abc"]);
     }
 }

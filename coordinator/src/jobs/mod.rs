@@ -297,8 +297,12 @@ impl Engine {
     }
 
     /// Jobs for `/list`: running ones, or all (without their results).
-    pub async fn list(&self, all: bool) -> Result<Vec<JobRecord>, StoreError> {
-        self.store.jobs(all).await
+    pub async fn list(
+        &self,
+        all: bool,
+        view: crate::store::ListView,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        self.store.jobs(all, view).await
     }
 
     /// Moves a stored job forward to `status` and tells its waiters.

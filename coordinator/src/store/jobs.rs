@@ -6,6 +6,15 @@ use super::{record_key, Store, StoreError};
 use crate::model::{FleetEntry, JobError, JobRecord, JobStatus, OutcomeCounts, SshSession};
 
 /// A fleet record's progress or end.
+/// How much of the job history `GET /list` reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListView {
+    /// Only the newest this many.
+    pub limit: Option<u64>,
+    /// Without a fleet's per-host entries (its `outcomes` counts stay).
+    pub brief: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct FleetUpdate<'a> {
     pub status: JobStatus,
@@ -62,16 +71,34 @@ impl Store {
     }
 
     /// Jobs in id order, without their results: the running ones, or all.
-    pub async fn jobs(&self, all: bool) -> Result<Vec<JobRecord>, StoreError> {
-        let rows = if all {
-            self.query("SELECT * OMIT result FROM job ORDER BY id", json!({}))
-                .await?
+    pub async fn jobs(&self, all: bool, view: ListView) -> Result<Vec<JobRecord>, StoreError> {
+        let omit = if view.brief {
+            "result, hosts"
         } else {
-            self.query(
-                "SELECT * OMIT result FROM job WHERE status IN $running ORDER BY id",
-                json!({ "running": running() }),
-            )
-            .await?
+            "result"
+        };
+        let filter = if all { "" } else { "WHERE status IN $running" };
+        let rows = match view.limit {
+            None => {
+                self.query(
+                    &format!("SELECT * OMIT {omit} FROM job {filter} ORDER BY id"),
+                    json!({ "running": running() }),
+                )
+                .await?
+            }
+            Some(limit) => {
+                // The newest `limit`, still answered oldest first.
+                let mut rows = self
+                    .query(
+                        &format!(
+                            "SELECT * OMIT {omit} FROM job {filter} ORDER BY id DESC LIMIT $limit"
+                        ),
+                        json!({ "running": running(), "limit": limit }),
+                    )
+                    .await?;
+                rows.reverse();
+                rows
+            }
         };
         rows.into_iter().map(job_from_row).collect()
     }

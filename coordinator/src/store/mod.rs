@@ -24,7 +24,7 @@ mod registry;
 
 pub use agents::AgentRow;
 pub use credentials::CredentialRow;
-pub use jobs::FleetUpdate;
+pub use jobs::{FleetUpdate, ListView};
 use registry::RegistryCache;
 
 /// Namespace and database used inside SurrealDB.
