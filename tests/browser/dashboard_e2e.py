@@ -310,6 +310,48 @@ def e2e(s, token, hostile):
     assert s.find("#job-result button.csv-export"), "a CSV export per table"
     s.shot("job-ust-result")
 
+    # ---------------------------------------------------------------- LAMI tables and charts
+    step("LAMI result: tables with titles, time range and units, sortable, a chart, CSV")
+    s.nav("trace")
+    Select(s.wait_visible("#trace-type")).select_by_value("cpu-synthetic")
+    s.wait_text("#trace-type-description", lambda t: "generated kernel trace" in t)
+    s.fill("#trace-hosts", "localhost")
+    s.fill("#trace-duration", "1")
+    s.click("#trace-start")
+    job = s.job_id()
+    s.wait_text("#job-status", lambda t: t == "complete", timeout=60, what=f"LAMI job {job} complete")
+    s.wait("the LAMI tables", lambda: len(d.find_elements(By.CSS_SELECTOR, "#job-result table.result-table")) >= 3)
+    captions = [c.text.strip() for c in d.find_elements(By.CSS_SELECTOR, "#job-result table.result-table caption")]
+    assert all(captions), f"every table has a title: {captions}"
+    ranges = [r.text.strip() for r in d.find_elements(By.CSS_SELECTOR, "#job-result .time-range")]
+    assert ranges and all(ranges), f"every table shows its time range: {ranges}"
+    # The generated trace: `worker` (tid 1234) ran 60 % of the second, `logger` (1300) 20 %.
+    table = next(
+        t for t in d.find_elements(By.CSS_SELECTOR, "#job-result table.result-table") if "worker" in t.text
+    )
+    assert "60" in table.text and "%" in table.text, f"the CPU share as a percentage:\n{table.text}"
+    headers = table.find_elements(By.CSS_SELECTOR, "thead th")
+    before = [r.text for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+    # The first click may sort the way the table already is: two clicks give both orders.
+    headers[-1].click()
+    time.sleep(0.3)
+    def worker_rows():
+        return [r.text for r in next(
+            t for t in d.find_elements(By.CSS_SELECTOR, "#job-result table.result-table") if "worker" in t.text
+        ).find_elements(By.CSS_SELECTOR, "tbody tr")]
+    if worker_rows() == before:
+        next(t for t in d.find_elements(By.CSS_SELECTOR, "#job-result table.result-table") if "worker" in t.text).find_elements(By.CSS_SELECTOR, "thead th")[-1].click()
+    s.wait(
+        "the table sorted by its last column",
+        lambda: [r.text for r in next(
+            t for t in d.find_elements(By.CSS_SELECTOR, "#job-result table.result-table") if "worker" in t.text
+        ).find_elements(By.CSS_SELECTOR, "tbody tr")] != before,
+        timeout=10,
+    )
+    assert s.find("#job-result .chart canvas"), "a chart of the CPU share"
+    assert s.find("#job-result button.csv-export"), "CSV export"
+    s.shot("job-lami-result")
+
     # ---------------------------------------------------------------- cancel
     step("cancel a running job")
     s.nav("trace")
@@ -363,7 +405,7 @@ def e2e(s, token, hostile):
     # ---------------------------------------------------------------- jobs, status
     step("jobs list")
     s.nav("jobs")
-    s.wait("four jobs listed", lambda: len(d.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr[data-job-id]")) >= 4)
+    s.wait("five jobs listed", lambda: len(d.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr[data-job-id]")) >= 5)
     s.shot("jobs")
     step("status")
     s.nav("status")

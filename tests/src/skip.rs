@@ -84,20 +84,11 @@ impl Req {
                 "python3-lttnganalyses babeltrace",
             )
             .or_else(|| {
-                let python = system_python();
-                let ok = Command::new(&python)
-                    .args(["-c", "from babeltrace import CTFWriter"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                (!ok).then(|| {
-                    format!(
-                        "needs babeltrace.CTFWriter in {} (install python3-babeltrace)",
-                        python.display()
-                    )
-                })
+                missing_python(
+                    "from babeltrace import CTFWriter",
+                    "babeltrace.CTFWriter",
+                    "python3-babeltrace",
+                )
             }),
             Req::Sshd => {
                 if !Path::new("/usr/sbin/sshd").exists() {
@@ -113,22 +104,7 @@ impl Req {
             }),
             Req::Browser => {
                 missing_programs(&["chromium", "chromedriver"], "chromium chromium-driver").or_else(
-                    || {
-                        let python = system_python();
-                        let ok = Command::new(&python)
-                            .args(["-c", "import selenium.webdriver"])
-                            .stdin(Stdio::null())
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .status()
-                            .is_ok_and(|s| s.success());
-                        (!ok).then(|| {
-                            format!(
-                                "needs selenium in {} (install python3-selenium)",
-                                python.display()
-                            )
-                        })
-                    },
+                    || missing_python("import selenium.webdriver", "selenium", "python3-selenium"),
                 )
             }
             Req::NoKernelTracer => Path::new("/proc/lttng").exists().then(|| {
@@ -214,6 +190,20 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
+}
+
+/// Why `statement` fails in [`system_python`] (what it needs, the package to install), or
+/// `None` when it runs.
+fn missing_python(statement: &str, what: &str, package: &str) -> Option<String> {
+    let python = system_python();
+    let ok = Command::new(&python)
+        .args(["-c", statement])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (!ok).then(|| format!("needs {what} in {} (install {package})", python.display()))
 }
 
 fn missing_programs(programs: &[&str], package: &str) -> Option<String> {

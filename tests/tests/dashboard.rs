@@ -3,7 +3,11 @@
 //! its built-in local agent, a second `tracesd`, a hostile agent, a root lttng-sessiond and the
 //! lttng-ust test program. The script signs in, watches the fleet live, edits the registry,
 //! traces, cancels, runs a fleet job with an offline host, sees the kernel tracer's error, signs
-//! out, and checks that no request left the origin and the console stayed clean. Screenshots of
+//! out, and checks that no request left the origin and the console stayed clean. A kernel
+//! analysis cannot record here (no lttng-modules), so LAMI tables and charts are shown through
+//! an analysis type of the coordinator's configuration whose program is a two-line wrapper
+//! running the real `lttng-cputop-mi` on a kernel trace the test generated (python3-babeltrace's
+//! CTF writer): the real analysis output, through the real job pipeline. Screenshots of
 //! every page are kept under `$CARGO_TARGET_TMPDIR/dashboard-screenshots` for review.
 //!
 //! The HTTP-level rules of the dashboard (cookie flags, CSRF, headers, live-view bounds) are
@@ -19,9 +23,12 @@ use tracevisor_protocol::{Capabilities, Hello, Message, PROTOCOL_VERSION};
 use tracevisor_tests::agents::{agent_token, hub_url, is_connected, wait_clients, Agent, RawLink};
 use tracevisor_tests::coordinator::{Coordinator, LOCAL_AGENT};
 use tracevisor_tests::jobs_support::PATIENCE;
-use tracevisor_tests::lttng::{ensure_sessiond, spawn_ust_app, ust_exclusive, UstAppOptions};
+use tracevisor_tests::lttng::{
+    ensure_sessiond, gen_kernel_trace, gen_kernel_trace_example, spawn_ust_app, ust_exclusive,
+    UstAppOptions,
+};
 use tracevisor_tests::require;
-use tracevisor_tests::skip::{system_python, Req};
+use tracevisor_tests::skip::{find_program, system_python, Req};
 
 use tracevisor_tests::block_on as run;
 
@@ -35,6 +42,35 @@ fn script() -> PathBuf {
 
 fn screenshots() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots")
+}
+
+/// A configuration with the analysis type `cpu-synthetic`: a userspace trace is recorded as
+/// for `ust`, then the "analysis" is `lttng-cputop-mi` of the generated kernel trace `ktrace`,
+/// through a wrapper named like the real program (so its tables get their titles and units).
+fn synthetic_cpu_config(dir: &Path, ktrace: &Path) -> String {
+    let real = find_program("lttng-cputop-mi").unwrap();
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let wrapper = bin.join("lttng-cputop-mi");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# The trace this job recorded is userspace; analyse the generated kernel trace.\nexec {} {}\n",
+            real.display(),
+            ktrace.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "[analyses.cpu-synthetic]\n\
+         description = \"CPU usage per process and per CPU of a generated kernel trace (lttng-cputop)\"\n\
+         userspace_events = [\"tracevisor_test:*\"]\n\
+         commands = [[\"{}\", \"{{trace}}\"]]\n\
+         summary = \"lami\"\n",
+        wrapper.display()
+    )
 }
 
 /// Registers `hostname` as a lying agent whose version and kernel-tracer error are markup,
@@ -68,12 +104,21 @@ fn an_operator_signs_in_watches_the_fleet_edits_the_registry_and_traces_in_chrom
         Req::Lttng,
         Req::UstToolchain,
         Req::Babeltrace2,
+        Req::Analyses,
         Req::Browser
     );
     let _ust = ust_exclusive();
     ensure_sessiond().unwrap();
     let dir = tracevisor_tests::temp_dir("tv-dashboard-");
-    let mut c = Coordinator::start(dir.path(), &[LOCAL_AGENT, "--token", TOKEN]).unwrap();
+    let ktrace = gen_kernel_trace(
+        &dir.path().join("ktrace"),
+        &gen_kernel_trace_example().unwrap(),
+    )
+    .unwrap();
+    let config = synthetic_cpu_config(dir.path(), &ktrace);
+    let mut c =
+        Coordinator::start_with_config(dir.path(), &config, &[LOCAL_AGENT, "--token", TOKEN])
+            .unwrap();
     c.token = Some(TOKEN.into());
     let mut web2 = None;
     run(async {
@@ -181,7 +226,7 @@ fn an_operator_signs_in_watches_the_fleet_edits_the_registry_and_traces_in_chrom
         "the browser scenario failed ({status}) after steps {steps:?}; see its output above and the screenshots in {}",
         out.display()
     );
-    assert!(shots.len() >= 12, "a screenshot of each page: {shots:?}");
+    assert!(shots.len() >= 13, "a screenshot of each page: {shots:?}");
     // The sign-in with a wrong token was logged, the token never.
     assert!(c.logs().contains("dashboard sign-in with a wrong token"));
     assert!(!c.logs().contains(TOKEN));
