@@ -485,7 +485,7 @@
     function counts() {
       let c = 0;
       for (const r of rows) if (r.state === 'connected') c++;
-      count.textContent = rows.length + ' hosts, ' + c + ' connected';
+      count.textContent = rows.length + (rows.length === 1 ? ' host, ' : ' hosts, ') + c + ' connected';
     }
     function setAll(list) {
       rows = arr(list).map(fleetRow);
