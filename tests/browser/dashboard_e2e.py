@@ -330,6 +330,9 @@ def e2e(s, token, hostile):
         t for t in d.find_elements(By.CSS_SELECTOR, "#job-result table.result-table") if "worker" in t.text
     )
     assert "60" in table.text and "%" in table.text, f"the CPU share as a percentage:\n{table.text}"
+    # A process named as markup by the traced host shows as text, in the table and the chart.
+    assert hostile["comm"] in table.text, f"the hostile process name as text:\n{table.text}"
+    assert not d.find_elements(By.CSS_SELECTOR, "#job-result b"), "the process name became an element"
     headers = table.find_elements(By.CSS_SELECTOR, "thead th")
     before = [r.text for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
     # The first click may sort the way the table already is: two clicks give both orders.
@@ -511,6 +514,7 @@ def main():
     parser.add_argument("--mode", choices=["e2e", "bench"], default="e2e")
     parser.add_argument("--hostile-hostname", default="evil-1")
     parser.add_argument("--hostile-version", default="<img src=x onerror=alert(1)>")
+    parser.add_argument("--hostile-comm", default="<b>logger</b>")
     parser.add_argument("--hosts", type=int, default=0)
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
@@ -524,7 +528,11 @@ def main():
                     bench(s, args.hosts)
                 s.shot("fleet-bench")
             else:
-                e2e(s, args.token, {"hostname": args.hostile_hostname, "version": args.hostile_version})
+                e2e(
+                    s,
+                    args.token,
+                    {"hostname": args.hostile_hostname, "version": args.hostile_version, "comm": args.hostile_comm},
+                )
                 check_logs(s)
                 log("E2E PASSED")
         except Exception:

@@ -35,6 +35,8 @@ use tracevisor_tests::block_on as run;
 const TOKEN: &str = "dashboard-test-token-0123456789abcdef";
 /// What the hostile host says its version is: markup that would run if shown as HTML.
 const HOSTILE_VERSION: &str = "<img src=x onerror=alert(1)>";
+/// A process name in a traced host's result, as markup (16 bytes at most, like a kernel comm).
+const HOSTILE_COMM: &str = "<b>logger</b>";
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/dashboard_e2e.py")
@@ -110,11 +112,15 @@ fn an_operator_signs_in_watches_the_fleet_edits_the_registry_and_traces_in_chrom
     let _ust = ust_exclusive();
     ensure_sessiond().unwrap();
     let dir = tracevisor_tests::temp_dir("tv-dashboard-");
-    let ktrace = gen_kernel_trace(
-        &dir.path().join("ktrace"),
-        &gen_kernel_trace_example().unwrap(),
-    )
-    .unwrap();
+    // The traced host's own data can be hostile too: a process named as markup.
+    let mut spec = gen_kernel_trace_example().unwrap();
+    for process in &mut spec.processes {
+        if process.comm == "logger" {
+            process.comm = HOSTILE_COMM.into();
+        }
+    }
+    assert!(spec.processes.iter().any(|p| p.comm == HOSTILE_COMM));
+    let ktrace = gen_kernel_trace(&dir.path().join("ktrace"), &spec).unwrap();
     let config = synthetic_cpu_config(dir.path(), &ktrace);
     let mut c =
         Coordinator::start_with_config(dir.path(), &config, &[LOCAL_AGENT, "--token", TOKEN])
@@ -147,6 +153,8 @@ fn an_operator_signs_in_watches_the_fleet_edits_the_registry_and_traces_in_chrom
             "evil-1",
             "--hostile-version",
             HOSTILE_VERSION,
+            "--hostile-comm",
+            HOSTILE_COMM,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
