@@ -15,6 +15,7 @@ babeltrace
 python3
 python3-babeltrace
 python3-lttnganalyses
+python3-prometheus-client
 openssh-server
 openssh-client
 iproute2
@@ -108,6 +109,7 @@ need "/usr/sbin/sshd" test -x /usr/sbin/sshd
 need "lttng-ust headers and library (pkg-config lttng-ust)" pkg-config --exists lttng-ust
 need "python3-babeltrace CTF writer (/usr/bin/python3)" /usr/bin/python3 -c "from babeltrace import CTFWriter"
 need "lttnganalyses module (/usr/bin/python3)" /usr/bin/python3 -c "import lttnganalyses"
+need "prometheus_client parser (/usr/bin/python3)" /usr/bin/python3 -c "import prometheus_client.parser"
 if [ "$browser" = 1 ]; then
     need "chromium" sh -c "command -v chromium"
     need "chromedriver" sh -c "command -v chromedriver"

@@ -11,6 +11,7 @@ pub mod config;
 pub mod hub;
 pub mod jobs;
 pub mod listener;
+pub mod metrics;
 pub mod model;
 pub mod profiles;
 pub mod registry;

@@ -53,6 +53,8 @@ pub enum Req {
     KernelTracer,
     /// The machine LACKS the kernel tracer (to test the "kernel tracer not available" error).
     NoKernelTracer,
+    /// The Prometheus text-format parser of the official Python client (`python3-prometheus-client`).
+    PrometheusParser,
     /// Headless Chromium, its WebDriver and python3-selenium (Debian `chromium`,
     /// `chromium-driver`, `python3-selenium`), for the dashboard's browser tests.
     Browser,
@@ -102,6 +104,11 @@ impl Req {
                 "needs the LTTng kernel tracer (lttng-modules not loaded: /proc/lttng is absent)"
                     .to_string()
             }),
+            Req::PrometheusParser => missing_python(
+                "import prometheus_client.parser",
+                "prometheus_client",
+                "python3-prometheus-client",
+            ),
             Req::Browser => {
                 missing_programs(&["chromium", "chromedriver"], "chromium chromium-driver").or_else(
                     || missing_python("import selenium.webdriver", "selenium", "python3-selenium"),

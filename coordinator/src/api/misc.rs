@@ -60,16 +60,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Sta
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let resident_memory_bytes = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|kib| kib.parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024);
-    let open_fds = std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count);
+    let (resident_memory_bytes, open_fds) = process_figures();
     let body = Status {
         database,
         schema_version,
@@ -82,6 +73,48 @@ pub async fn status(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Sta
         open_fds,
     };
     (code, Json(body))
+}
+
+/// Resident memory and open descriptors of this process (Linux `/proc`).
+pub fn process_figures() -> (Option<u64>, Option<usize>) {
+    let resident_memory_bytes = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count);
+    (resident_memory_bytes, open_fds)
+}
+
+/// `GET /metrics`: the coordinator's figures in the Prometheus text format
+/// ([`crate::metrics`]). With a token configured it wants the token, like the API.
+#[utoipa::path(get, path = "/metrics", tag = "server",
+    responses((status = 200, description = "Prometheus text format 0.0.4: agents, registrations, jobs ended by kind, type and status, job durations, database answer times", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<Arc<AppState>>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let (resident_memory_bytes, open_fds) = process_figures();
+    let gauges = crate::metrics::Gauges {
+        agents_connected: state.hub.connected() as u64,
+        agent_links_open: state.hub.open_links(),
+        jobs_running: state.engine.running() as u64,
+        live_views: (super::ui::MAX_LIVE_VIEWS - state.live_views.available_permits()) as u64,
+        database_up: state.store.schema_version().await.is_ok(),
+        uptime_secs: state.started.elapsed().as_secs_f64(),
+        resident_memory_bytes,
+        open_fds: open_fds.map(|n| n as u64),
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&gauges),
+    )
+        .into_response()
 }
 
 /// `GET /ssh`: the public keys the SSH fallback uses.

@@ -53,7 +53,7 @@ pub struct AppState {
 #[openapi(
     info(title = "Tracevisor", description = "Control plane for LTTng tracing across a fleet of Linux hosts"),
     paths(
-        misc::root, misc::status, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel, jobs::events, jobs::trace, ui::client_events, recorders::create, recorders::list, recorders::get, recorders::delete, recorders::snapshot,
+        misc::root, misc::status, misc::metrics, misc::ssh, misc::analyses, jobs::list, jobs::create, jobs::get, jobs::cancel, jobs::events, jobs::trace, ui::client_events, recorders::create, recorders::list, recorders::get, recorders::delete, recorders::snapshot,
         registry::relays::list, registry::relays::create, registry::relays::get, registry::relays::update, registry::relays::delete,
         registry::clients::list, registry::clients::create, registry::clients::get, registry::clients::update, registry::clients::delete,
         registry::analyses_servers::list, registry::analyses_servers::create, registry::analyses_servers::get,
@@ -157,6 +157,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/agents", get(agents::upgrade));
     let router = Router::new()
         .route("/", get(root))
+        .route("/metrics", get(misc::metrics))
         .route(
             "/ui/session",
             get(ui::session_state)

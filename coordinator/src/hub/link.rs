@@ -165,6 +165,7 @@ pub async fn serve_link<S: Socket>(
         revoked.cancel();
     }
     hub.changed(&hello.hostname);
+    crate::metrics::agent_registered();
     if let Some(old) = replaced {
         tracing::warn!(hostname = %hello.hostname, %peer, "agent link replaced by a newer one for the same hostname");
         let _ = old.tx.try_send(Outgoing::Close(

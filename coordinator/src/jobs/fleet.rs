@@ -388,7 +388,12 @@ impl Engine {
             }
         };
         match stored {
-            Ok(()) => self.send_acks(unacked),
+            Ok(()) => {
+                self.send_acks(unacked);
+                if let Ok(Some(record)) = self.store.job(fleet_id).await {
+                    crate::metrics::job_ended(&record);
+                }
+            }
             Err(error) => {
                 // Not acknowledged: agents send their results again after a reconnect; the
                 // next run ends the fleet (recovery).

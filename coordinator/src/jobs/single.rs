@@ -248,7 +248,10 @@ impl Engine {
                     ack.send().await;
                 }
                 let record = match record {
-                    Some(r) => Some(r),
+                    Some(r) => {
+                        crate::metrics::job_ended(&r);
+                        Some(r)
+                    }
                     // Already ended (a duplicate): show what is stored.
                     None => self.store.job(job_id).await.ok().flatten(),
                 };

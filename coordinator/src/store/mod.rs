@@ -375,12 +375,14 @@ impl Store {
     async fn query(&self, sql: &str, vars: Json) -> Result<Vec<Json>, StoreError> {
         // A database that stops answering (a full disk can wedge the storage engine's commit
         // pipeline) must turn into an error answer, not a request that hangs.
+        let asked = std::time::Instant::now();
         let answer = match &self.db {
             Conn::Embedded(db, _) => {
                 tokio::time::timeout(QUERY_TIMEOUT, db.query(sql).bind(vars)).await
             }
             Conn::Remote(db) => tokio::time::timeout(QUERY_TIMEOUT, db.query(sql).bind(vars)).await,
         };
+        crate::metrics::database_answered(asked.elapsed());
         let response = answer.map_err(|_| {
             StoreError::Db(format!(
                 "the database did not answer within {} s (disk full or storage stalled?)",

@@ -1,0 +1,174 @@
+//! `GET /metrics` of the real coordinator binary, parsed by the official Prometheus client's
+//! text-format parser (`prometheus_client.parser`, python3-prometheus-client): it wants the
+//! token like the API, and its figures follow what happened (an agent registered over the real
+//! protocol, a job that failed, database queries answered).
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value as Json};
+use tracevisor_tests::agents::{agent_token, hub_url, RawLink};
+use tracevisor_tests::block_on as run;
+use tracevisor_tests::coordinator::Coordinator;
+use tracevisor_tests::require;
+use tracevisor_tests::skip::{system_python, Req};
+
+const TOKEN: &str = "metrics-test-token-0123456789abcdef";
+
+/// Every sample as `{"name", "labels", "value"}`, and every family's type, as the Prometheus
+/// client parses the text (it raises on anything malformed).
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families = list(text_string_to_metric_families(sys.stdin.read()))
+print(json.dumps({
+    "types": {f.name: f.type for f in families},
+    "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for f in families for s in f.samples],
+}))
+"#;
+
+fn parse(text: &str) -> Json {
+    let mut child = Command::new(system_python())
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn sample(parsed: &Json, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    parsed["samples"].as_array().unwrap().iter().find_map(|s| {
+        let matches = s["name"] == name
+            && labels
+                .iter()
+                .all(|(k, v)| s["labels"][*k].as_str() == Some(*v));
+        matches.then(|| s["value"].as_f64().unwrap())
+    })
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_follow_agents_jobs_and_the_database() {
+    require!(Req::PrometheusParser);
+    let dir = tracevisor_tests::temp_dir("tv-metrics-");
+    let mut c = Coordinator::start(dir.path(), &["--token", TOKEN]).unwrap();
+    run(async {
+        let http = reqwest::Client::new();
+        let anonymous = http.get(c.url("/metrics")).send().await.unwrap();
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+        c.token = Some(TOKEN.into());
+
+        let url = hub_url(c.addr, false);
+        let token = agent_token(&c.data_dir).unwrap();
+        let mut link = RawLink::agent(&url, &token, "metrics-1").await.unwrap();
+        link.hello("metrics-1").await.unwrap();
+        // A job that fails at once (the host does not resolve), over SSH.
+        let (status, job) = c
+            .post(
+                "/analyses",
+                &json!({ "type": "ust", "host": "nowhere.invalid", "username": "root", "duration": 1 }),
+            )
+            .await
+            .unwrap();
+        assert!(
+            status.is_client_error() || status.is_server_error(),
+            "{job}"
+        );
+
+        let scraped = http
+            .get(c.url("/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(scraped.status(), StatusCode::OK);
+        assert!(scraped.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        let text = scraped.text().await.unwrap();
+        let parsed = parse(&text);
+        assert_eq!(
+            parsed["types"]["tracevisor_job_duration_seconds"],
+            "histogram"
+        );
+        assert_eq!(parsed["types"]["tracevisor_agent_registrations"], "counter");
+        assert_eq!(
+            sample(&parsed, "tracevisor_agents_connected", &[]),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(sample(&parsed, "tracevisor_agent_registrations_total", &[]).unwrap() >= 1.0);
+        assert_eq!(
+            sample(
+                &parsed,
+                "tracevisor_jobs_ended_total",
+                &[("kind", "single"), ("type", "ust"), ("status", "failed")]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &parsed,
+                "tracevisor_job_duration_seconds_count",
+                &[("type", "ust")]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &parsed,
+                "tracevisor_job_duration_seconds_bucket",
+                &[("type", "ust"), ("le", "+Inf")]
+            ),
+            Some(1.0)
+        );
+        assert!(
+            sample(&parsed, "tracevisor_database_query_seconds_count", &[]).unwrap() > 0.0,
+            "{text}"
+        );
+        assert_eq!(sample(&parsed, "tracevisor_database_up", &[]), Some(1.0));
+        assert_eq!(sample(&parsed, "tracevisor_jobs_running", &[]), Some(0.0));
+        assert!(sample(&parsed, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+
+        // The agent leaves: the gauge follows.
+        drop(link);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let text = http
+                .get(c.url("/metrics"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if sample(&parse(&text), "tracevisor_agents_connected", &[]) == Some(0.0) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agents_connected stayed up: {text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+}
