@@ -108,8 +108,33 @@ fn the_page_and_its_files_are_served_with_strict_headers_and_the_seed_root_is_un
     });
 }
 
+/// Sends `method url` with these headers and, when given, a JSON body.
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    headers: &[(&str, &str)],
+    body: Option<&Json>,
+) -> reqwest::Response {
+    let mut request = http.request(method, url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    request.send().await.unwrap()
+}
+
+/// The `name=value` part of a `Set-Cookie` answer.
+fn cookie_of(response: &reqwest::Response) -> String {
+    let set_cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
 #[test]
 fn the_session_cookie_stands_for_the_token_only_from_this_origin_and_ends_at_sign_out() {
+    use reqwest::Method;
     let dir = tracevisor_tests::temp_dir("tv-dash-http-");
     // A sibling origin is allowed cross-origin access (CORS, for scripts with the token): it
     // is same-site, so a browser sends it the dashboard's cookie; the cookie must still not
@@ -124,44 +149,48 @@ fn the_session_cookie_stands_for_the_token_only_from_this_origin_and_ends_at_sig
     run(async {
         let http = http();
         let own = format!("http://{}", c.addr);
-        let state: Json = http
-            .get(c.url("/ui/session"))
-            .send()
+        let session = c.url("/ui/session");
+        let relays = || c.api("/relays");
+        let state: Json = send(&http, Method::GET, session.clone(), &[], None)
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
         assert_eq!(state["auth_required"], true);
         assert_eq!(state["signed_in"], false);
 
-        // A wrong token: 401, no cookie.
-        let wrong = http
-            .post(c.url("/ui/session"))
-            .header(header::ORIGIN, &own)
-            .json(&json!({ "token": "guess-guess-guess-guess" }))
-            .send()
-            .await
-            .unwrap();
+        // A wrong token: 401, no cookie. Another site cannot sign the operator in to its own
+        // session either.
+        let wrong_token = json!({ "token": "guess-guess-guess-guess" });
+        let right_token = json!({ "token": TOKEN });
+        let wrong = send(
+            &http,
+            Method::POST,
+            session.clone(),
+            &[("origin", &own)],
+            Some(&wrong_token),
+        )
+        .await;
         assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
         assert!(wrong.headers().get(header::SET_COOKIE).is_none());
-        // Another site cannot sign the operator in to its own session either.
-        let forged = http
-            .post(c.url("/ui/session"))
-            .header(header::ORIGIN, "https://evil.example")
-            .json(&json!({ "token": TOKEN }))
-            .send()
-            .await
-            .unwrap();
+        let forged = send(
+            &http,
+            Method::POST,
+            session.clone(),
+            &[("origin", "https://evil.example")],
+            Some(&right_token),
+        )
+        .await;
         assert_eq!(forged.status(), StatusCode::FORBIDDEN);
 
-        let signed = http
-            .post(c.url("/ui/session"))
-            .header(header::ORIGIN, &own)
-            .json(&json!({ "token": TOKEN }))
-            .send()
-            .await
-            .unwrap();
+        let signed = send(
+            &http,
+            Method::POST,
+            session.clone(),
+            &[("origin", &own)],
+            Some(&right_token),
+        )
+        .await;
         assert_eq!(signed.status(), StatusCode::NO_CONTENT);
         let set_cookie = signed.headers()[header::SET_COOKIE]
             .to_str()
@@ -171,63 +200,38 @@ fn the_session_cookie_stands_for_the_token_only_from_this_origin_and_ends_at_sig
             assert!(set_cookie.contains(attribute), "{set_cookie}");
         }
         assert!(!set_cookie.contains(TOKEN), "the cookie is not the token");
-        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        let cookie = cookie_of(&signed);
 
-        let state: Json = http
-            .get(c.url("/ui/session"))
-            .header(header::COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let state: Json = send(
+            &http,
+            Method::GET,
+            session.clone(),
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
         assert_eq!(state["signed_in"], true);
         // Reads with the cookie work.
-        let r = http
-            .get(c.api("/relays"))
-            .header(header::COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap();
+        let r = send(&http, Method::GET, relays(), &[("cookie", &cookie)], None).await;
         assert_eq!(r.status(), StatusCode::OK);
         // A change with the cookie but no Origin (a form or script the browser did not vouch
-        // for): refused. From another port of the same host (same-site: the browser sends the
-        // cookie): refused. From this origin: done.
+        // for), from another port of the same host (same-site: the browser sends the cookie),
+        // or from that sibling although CORS lists it: refused. From this origin: done.
         let relay = json!({ "hostname": "relay-cookie-1", "ipv4": "192.0.2.9" });
-        let bare = http
-            .post(c.api("/relays"))
-            .header(header::COOKIE, &cookie)
-            .json(&relay)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(bare.status(), StatusCode::FORBIDDEN);
-        let sibling = http
-            .post(c.api("/relays"))
-            .header(header::COOKIE, &cookie)
-            .header(
-                header::ORIGIN,
-                format!("http://127.0.0.1:{}", c.addr.port() ^ 1),
-            )
-            .json(&relay)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(sibling.status(), StatusCode::FORBIDDEN);
-        let listed = http
-            .post(c.api("/relays"))
-            .header(header::COOKIE, &cookie)
-            .header(header::ORIGIN, SIBLING)
-            .json(&relay)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            listed.status(),
-            StatusCode::FORBIDDEN,
-            "a CORS-listed sibling origin cannot use the cookie"
-        );
+        let sibling_port = format!("http://127.0.0.1:{}", c.addr.port() ^ 1);
+        for (origin, why) in [
+            (None, "no Origin"),
+            (Some(sibling_port.as_str()), "a sibling port"),
+            (Some(SIBLING), "a CORS-listed sibling"),
+        ] {
+            let mut headers = vec![("cookie", cookie.as_str())];
+            headers.extend(origin.map(|o| ("origin", o)));
+            let r = send(&http, Method::POST, relays(), &headers, Some(&relay)).await;
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{why}");
+        }
         // An <img> or link on a same-site page (no Origin on a GET, but the browser says
         // where it comes from): refused; the operator's own pages and typed addresses pass.
         for (site, expected) in [
@@ -236,91 +240,66 @@ fn the_session_cookie_stands_for_the_token_only_from_this_origin_and_ends_at_sig
             ("same-origin", StatusCode::OK),
             ("none", StatusCode::OK),
         ] {
-            let r = http
-                .get(c.api("/relays"))
-                .header(header::COOKIE, &cookie)
-                .header("sec-fetch-site", site)
-                .send()
-                .await
-                .unwrap();
+            let headers = [("cookie", cookie.as_str()), ("sec-fetch-site", site)];
+            let r = send(&http, Method::GET, relays(), &headers, None).await;
             assert_eq!(r.status(), expected, "Sec-Fetch-Site: {site}");
         }
         // The bearer token from the listed origin works as CORS says.
-        let scripted = http
-            .post(c.api("/relays"))
-            .bearer_auth(TOKEN)
-            .header(header::ORIGIN, SIBLING)
-            .json(&json!({ "hostname": "relay-cors-1", "ipv4": "192.0.2.10" }))
-            .send()
-            .await
-            .unwrap();
+        let bearer = format!("Bearer {TOKEN}");
+        let scripted = send(
+            &http,
+            Method::POST,
+            relays(),
+            &[("authorization", &bearer), ("origin", SIBLING)],
+            Some(&json!({ "hostname": "relay-cors-1", "ipv4": "192.0.2.10" })),
+        )
+        .await;
         assert_eq!(scripted.status(), StatusCode::CREATED);
-        let ok = http
-            .post(c.api("/relays"))
-            .header(header::COOKIE, &cookie)
-            .header(header::ORIGIN, &own)
-            .json(&relay)
-            .send()
-            .await
-            .unwrap();
+        let ok = send(
+            &http,
+            Method::POST,
+            relays(),
+            &[("cookie", &cookie), ("origin", &own)],
+            Some(&relay),
+        )
+        .await;
         assert_eq!(ok.status(), StatusCode::CREATED);
+
         // Signing in again with the old cookie: a new session, and the old one ends.
-        let again = http
-            .post(c.url("/ui/session"))
-            .header(header::ORIGIN, &own)
-            .header(header::COOKIE, &cookie)
-            .json(&json!({ "token": TOKEN }))
-            .send()
-            .await
-            .unwrap();
+        let again = send(
+            &http,
+            Method::POST,
+            session.clone(),
+            &[("origin", &own), ("cookie", &cookie)],
+            Some(&right_token),
+        )
+        .await;
         assert_eq!(again.status(), StatusCode::NO_CONTENT);
-        let renewed = again.headers()[header::SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
+        let renewed = cookie_of(&again);
         assert_ne!(renewed, cookie);
-        let old = http
-            .get(c.api("/relays"))
-            .header(header::COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap();
+        let old = send(&http, Method::GET, relays(), &[("cookie", &cookie)], None).await;
         assert_eq!(old.status(), StatusCode::UNAUTHORIZED);
         let cookie = renewed;
         // A made-up cookie is nothing.
-        let made_up = http
-            .get(c.api("/relays"))
-            .header(
-                header::COOKIE,
-                format!("tracevisor_session={}", "0".repeat(64)),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(made_up.status(), StatusCode::UNAUTHORIZED);
+        let made_up = format!("tracevisor_session={}", "0".repeat(64));
+        let r = send(&http, Method::GET, relays(), &[("cookie", &made_up)], None).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
         // Sign-out ends the session on the server, not only in the browser.
-        let out = http
-            .delete(c.url("/ui/session"))
-            .header(header::COOKIE, &cookie)
-            .header(header::ORIGIN, &own)
-            .send()
-            .await
-            .unwrap();
+        let out = send(
+            &http,
+            Method::DELETE,
+            session.clone(),
+            &[("cookie", &cookie), ("origin", &own)],
+            None,
+        )
+        .await;
         assert_eq!(out.status(), StatusCode::NO_CONTENT);
         assert!(out.headers()[header::SET_COOKIE]
             .to_str()
             .unwrap()
             .contains("Max-Age=0"));
-        let after = http
-            .get(c.api("/relays"))
-            .header(header::COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap();
+        let after = send(&http, Method::GET, relays(), &[("cookie", &cookie)], None).await;
         assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
     });
     assert!(c.logs().contains("dashboard sign-in with a wrong token"));
