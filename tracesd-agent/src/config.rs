@@ -34,9 +34,16 @@ use tracevisor_protocol::HUB_PATH;
 )]
 pub struct Cli {
     /// Coordinator URL: ws(s)://host:port[/path]; http(s):// is accepted, and with no path the
-    /// hub path /trace/api/v1.0/agents is used.
-    #[arg(long, env = "TRACESD_COORDINATOR", value_name = "URL")]
-    pub coordinator: Option<String>,
+    /// hub path /trace/api/v1.0/agents is used. Given several times (or comma-separated in
+    /// TRACESD_COORDINATOR), the agent starts with one picked at random and moves to the next
+    /// when a link fails.
+    #[arg(
+        long,
+        env = "TRACESD_COORDINATOR",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub coordinator: Vec<String>,
     /// This host's own credential, as `tracesd enroll` wrote it (prefer the config file or
     /// the environment: flags are visible to other users in the process list).
     #[arg(
@@ -77,6 +84,9 @@ pub struct Cli {
 pub struct FileConfig {
     /// See [`Cli::coordinator`].
     pub coordinator: Option<String>,
+    /// More coordinators sharing the same registry, to move to when a link fails (see
+    /// [`Cli::coordinator`]); `coordinator` is one of the set.
+    pub coordinators: Option<Vec<String>>,
     /// See [`Cli::credential`].
     pub credential: Option<String>,
     /// See [`Cli::token`].
@@ -202,8 +212,11 @@ impl Default for LinkSettings {
 /// Everything the agent needs to run, validated.
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// The full WebSocket URL of the coordinator's hub (`ws://` or `wss://`).
+    /// The full WebSocket URL of the coordinator's hub (`ws://` or `wss://`) the link dials.
     pub coordinator: Uri,
+    /// Every coordinator the agent may dial (`coordinator` among them), all `ws://` or all
+    /// `wss://`: the link starts with one picked at random and moves to the next when it fails.
+    pub coordinators: Vec<Uri>,
     /// What the link authenticates with, sent as `Authorization: Bearer <token>`: this host's
     /// credential (or the enrollment token, on `tracesd enroll`'s enrollment link).
     pub token: Token,
@@ -235,6 +248,14 @@ impl std::fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentConfig")
             .field("coordinator", &self.coordinator.to_string())
+            .field(
+                "coordinators",
+                &self
+                    .coordinators
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            )
             .field("token", &self.token)
             .field("hostname", &self.hostname)
             .field("ca_cert", &self.ca_cert)
@@ -253,8 +274,10 @@ impl AgentConfig {
     /// A validated configuration with default link settings and the system roots; for
     /// programs that embed an agent (the coordinator's local agent, tests).
     pub fn new(coordinator: &str, token: &str, hostname: &str) -> Result<Self, ConfigError> {
+        let coordinator = hub_url(coordinator)?;
         Ok(Self {
-            coordinator: hub_url(coordinator)?,
+            coordinators: vec![coordinator.clone()],
+            coordinator,
             token: Token::new(token)?,
             hostname: validate_hostname(hostname)?,
             coordinator_fingerprints: Vec::new(),
@@ -321,12 +344,20 @@ impl AgentConfig {
     }
 
     fn merge_with(cli: Cli, file: FileConfig, token: String) -> Result<Self, ConfigError> {
-        let coordinator = cli.coordinator.or(file.coordinator).ok_or_else(|| {
-            invalid(
+        let listed: Vec<String> = if cli.coordinator.is_empty() {
+            file.coordinator
+                .into_iter()
+                .chain(file.coordinators.unwrap_or_default())
+                .collect()
+        } else {
+            cli.coordinator
+        };
+        if listed.is_empty() {
+            return Err(invalid(
                 "coordinator",
                 "missing (set --coordinator, TRACESD_COORDINATOR or `coordinator` in the config file)",
-            )
-        })?;
+            ));
+        }
         let coordinator_fingerprints = file
             .coordinator_fingerprints
             .unwrap_or_default()
@@ -350,12 +381,29 @@ impl AgentConfig {
             crate::tls::load_ca_file(path)
                 .map_err(|error| invalid("ca_cert", error.to_string()))?;
         }
-        let coordinator = hub_url(&coordinator)?;
+        // Every URL's form first, then the hostname, then plaintext (as with one coordinator).
+        let mut coordinators: Vec<Uri> = Vec::new();
+        for text in &listed {
+            let url = hub_url(text.trim())?;
+            if !coordinators.contains(&url) {
+                coordinators.push(url);
+            }
+        }
         let hostname = validate_hostname(&hostname)?;
-        refuse_plaintext(
-            &coordinator,
-            cli.insecure_ws || file.insecure_ws.unwrap_or(false),
-        )?;
+        let insecure_ws = cli.insecure_ws || file.insecure_ws.unwrap_or(false);
+        for url in &coordinators {
+            refuse_plaintext(url, insecure_ws)?;
+        }
+        let coordinator = coordinators[0].clone();
+        if coordinators
+            .iter()
+            .any(|c| c.scheme_str() != coordinator.scheme_str())
+        {
+            return Err(invalid(
+                "coordinator",
+                "the coordinators mix ws:// and wss://: use one scheme for all",
+            ));
+        }
         let analysis_programs = file.analysis_programs.unwrap_or_default();
         if let Some(bad) = analysis_programs.iter().find(|p| !p.is_absolute()) {
             return Err(invalid(
@@ -399,6 +447,7 @@ impl AgentConfig {
         }
         Ok(Self {
             coordinator,
+            coordinators,
             token: Token::new(token)?,
             hostname,
             coordinator_fingerprints,
@@ -543,12 +592,68 @@ mod tests {
     /// Flags for `coordinator` (plaintext to any host allowed: these tests are about merging).
     fn cli(coordinator: &str, credential: &str) -> Cli {
         Cli {
-            coordinator: Some(coordinator.into()),
+            coordinator: vec![coordinator.into()],
             credential: Some(credential.into()),
             hostname: Some("web-1".into()),
             insecure_ws: true,
             ..Cli::default()
         }
+    }
+
+    #[test]
+    fn several_coordinators_from_flags_or_the_file_one_scheme() {
+        let file = FileConfig {
+            coordinator: Some("ws://a:5000".into()),
+            coordinators: Some(vec![
+                "ws://b:5000".into(),
+                "ws://a:5000".into(),
+                "http://c:5000".into(),
+            ]),
+            credential: Some(FILE_CREDENTIAL.into()),
+            hostname: Some("web-1".into()),
+            insecure_ws: Some(true),
+            ..FileConfig::default()
+        };
+        let merged = AgentConfig::merge(Cli::default(), file.clone()).unwrap();
+        let urls: Vec<String> = merged
+            .coordinators
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "ws://a:5000/trace/api/v1.0/agents",
+                "ws://b:5000/trace/api/v1.0/agents",
+                "ws://c:5000/trace/api/v1.0/agents"
+            ],
+            "the file's coordinator first, the others after, each once"
+        );
+        assert_eq!(merged.coordinator, merged.coordinators[0]);
+        // Flags replace the file's list.
+        let flags = Cli {
+            coordinator: vec!["ws://x:1".into(), "ws://y:1".into()],
+            ..cli("unused", FLAG_CREDENTIAL)
+        };
+        let merged = AgentConfig::merge(flags, file.clone()).unwrap();
+        assert_eq!(merged.coordinators.len(), 2);
+        assert_eq!(merged.coordinator.host(), Some("x"));
+        // One scheme for all; plaintext rules apply to each.
+        let mixed = Cli {
+            coordinator: vec!["wss://x:1".into(), "ws://y:1".into()],
+            ..cli("unused", FLAG_CREDENTIAL)
+        };
+        let error = AgentConfig::merge(mixed, FileConfig::default()).unwrap_err();
+        assert!(
+            error.to_string().contains("mix ws:// and wss://"),
+            "{error}"
+        );
+        let strict = Cli {
+            coordinator: vec!["ws://127.0.0.1:1".into(), "ws://10.0.0.5:1".into()],
+            insecure_ws: false,
+            ..cli("unused", FLAG_CREDENTIAL)
+        };
+        assert!(AgentConfig::merge(strict, FileConfig::default()).is_err());
     }
 
     #[test]
@@ -684,6 +789,7 @@ mod tests {
     fn flags_win_over_the_file() {
         let file = FileConfig {
             coordinator: Some("ws://file:1".into()),
+            coordinators: None,
             token: None,
             hostname: Some("file-host".into()),
             ca_cert: None,
@@ -736,7 +842,7 @@ mod tests {
             "{error}"
         );
         let only_url = Cli {
-            coordinator: Some("ws://h:1".into()),
+            coordinator: vec!["ws://h:1".into()],
             ..Cli::default()
         };
         let error = AgentConfig::merge(only_url.clone(), FileConfig::default()).unwrap_err();
@@ -865,16 +971,16 @@ mod tests {
     /// it uses variables no other test reads.
     #[test]
     fn environment_is_read_and_flags_win() {
-        std::env::set_var("TRACESD_COORDINATOR", "ws://from-env:1");
+        std::env::set_var("TRACESD_COORDINATOR", "ws://from-env:1,ws://from-env:2");
         std::env::set_var("TRACESD_TOKEN", "env-token");
         let from_env = Cli::try_parse_from(["tracesd"]).unwrap();
         let with_flag =
             Cli::try_parse_from(["tracesd", "--coordinator", "ws://from-flag:2"]).unwrap();
         std::env::remove_var("TRACESD_COORDINATOR");
         std::env::remove_var("TRACESD_TOKEN");
-        assert_eq!(from_env.coordinator.as_deref(), Some("ws://from-env:1"));
+        assert_eq!(from_env.coordinator, ["ws://from-env:1", "ws://from-env:2"]);
         assert_eq!(from_env.token.as_deref(), Some("env-token"));
-        assert_eq!(with_flag.coordinator.as_deref(), Some("ws://from-flag:2"));
+        assert_eq!(with_flag.coordinator, ["ws://from-flag:2"]);
         assert_eq!(with_flag.token.as_deref(), Some("env-token"));
     }
 }

@@ -334,7 +334,7 @@ pub fn validate(args: &EnrollArgs) -> Result<AgentConfig, ConfigError> {
         });
     }
     let cli = Cli {
-        coordinator: Some(args.coordinator.clone()),
+        coordinator: vec![args.coordinator.clone()],
         token: Some(args.token.clone()),
         hostname: args.hostname.clone(),
         ca_cert: args.ca_cert.clone(),
@@ -506,7 +506,7 @@ pub fn render_config(
     let mut text = String::from(
         "# tracesd agent configuration, written by `tracesd enroll`.\n\
          # It holds this host's own credential: keep it mode 0600, owned by root.\n\
-         # Keys: coordinator, credential, hostname, ca_cert, coordinator_fingerprints,\n\
+         # Keys: coordinator, coordinators, credential, hostname, ca_cert, coordinator_fingerprints,\n\
          # analysis_programs, relay_roots, insecure_ws, trace_root, trace_retention_secs,\n\
          # trace_quota_mib.\n",
     );
@@ -529,8 +529,8 @@ pub fn render_config(
     Ok(text)
 }
 
-/// The host's own settings in an existing configuration file (`analysis_programs`,
-/// `relay_roots`, `trace_root`, `trace_retention_secs`, `trace_quota_mib`), as TOML lines to
+/// The host's own settings in an existing configuration file (`coordinators`,
+/// `analysis_programs`, `relay_roots`, `trace_root`, `trace_retention_secs`, `trace_quota_mib`), as TOML lines to
 /// write again: enrolling again must not drop them.
 fn kept_settings(path: &Path) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
@@ -541,6 +541,7 @@ fn kept_settings(path: &Path) -> String {
     };
     let mut kept = String::new();
     for key in [
+        "coordinators",
         "analysis_programs",
         "relay_roots",
         "trace_root",
@@ -1187,7 +1188,7 @@ mod tests {
         let path = dir.path().join("tracesd.toml");
         std::fs::write(
             &path,
-            "coordinator = \"ws://old:1\"\ntoken = \"old\"\nrelay_roots = [\"/var/lib/lttng-relayd\"]\nanalysis_programs = [\"/usr/local/bin/x-mi\"]\n",
+            "coordinator = \"ws://old:1\"\ntoken = \"old\"\nrelay_roots = [\"/var/lib/lttng-relayd\"]\nanalysis_programs = [\"/usr/local/bin/x-mi\"]\ncoordinators = [\"ws://127.0.0.1:2\"]\n",
         )
         .unwrap();
         let (port, hub) = hub(1).await;
@@ -1204,6 +1205,11 @@ mod tests {
         assert_eq!(
             file.analysis_programs,
             Some(vec![PathBuf::from("/usr/local/bin/x-mi")])
+        );
+        assert_eq!(
+            file.coordinators,
+            Some(vec!["ws://127.0.0.1:2".to_owned()]),
+            "the other coordinators are kept"
         );
         assert_eq!(file.token, None, "the old shared token is dropped");
         assert_eq!(file.credential.as_deref(), Some(CREDENTIAL));

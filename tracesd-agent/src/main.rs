@@ -132,7 +132,7 @@ mod tests {
         ])
         .unwrap();
         assert!(parsed.command.is_none());
-        assert_eq!(parsed.agent.coordinator.as_deref(), Some("ws://c:5000"));
+        assert_eq!(parsed.agent.coordinator, ["ws://c:5000"]);
         assert_eq!(parsed.agent.hostname.as_deref(), Some("web-1"));
         assert!(Invocation::try_parse_from(["tracesd"])
             .unwrap()

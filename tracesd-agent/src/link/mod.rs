@@ -118,7 +118,7 @@ impl LinkError {
 /// Runs the agent's link until `shutdown` is cancelled: connects, registers, keeps the link
 /// alive and reconnects after any loss. Returns `Ok(())` after a clean shutdown (a `Close`
 /// with [`CloseReason::Shutdown`] sent when a link was up), or a fatal configuration error.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), LinkError> {
+pub async fn run(mut config: AgentConfig, shutdown: CancellationToken) -> Result<(), LinkError> {
     let tls = match (&config.tls, config.is_secure()) {
         (Some(tls), _) => Some(tls.clone()),
         (None, true) => Some(crate::tls::client_config_pinned(
@@ -128,8 +128,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         )?),
         (None, false) => None,
     };
-    let url = config.coordinator.to_string();
-    let settings = &config.link;
+    // With several coordinators, start with one at random (agents spread over them) and move
+    // to the next whenever a link ends.
+    let coordinators = if config.coordinators.is_empty() {
+        vec![config.coordinator.clone()]
+    } else {
+        config.coordinators.clone()
+    };
+    let mut next = rand::random::<u64>() as usize % coordinators.len();
+    config.coordinator = coordinators[next].clone();
+    let settings = config.link.clone();
     let allowlist = crate::allow::Allowlist::discover(&config.analysis_programs);
     tracing::info!(
         programs = allowlist.len(),
@@ -149,14 +157,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut capabilities = CapabilityCache::default();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
     tracing::info!(
-        coordinator = %url,
+        coordinator = %config.coordinator,
+        coordinators = coordinators.len(),
         hostname = %config.hostname,
         version = AGENT_VERSION,
         "agent starting"
     );
     loop {
         let mut established = None;
-        let span = tracing::info_span!("link", coordinator = %url);
+        let span = tracing::info_span!("link", coordinator = %config.coordinator);
         let result = attempt(
             &config,
             tls.clone(),
@@ -182,8 +191,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             backoff.reset();
         }
         let delay = backoff.next_delay();
+        if coordinators.len() > 1 {
+            next = (next + 1) % coordinators.len();
+            config.coordinator = coordinators[next].clone();
+        }
         tracing::info!(
             attempt = backoff.attempt(),
+            coordinator = %config.coordinator,
             "retrying in {:.1} s",
             delay.as_secs_f64()
         );
