@@ -120,38 +120,41 @@ fn status_label(status: JobStatus) -> &'static str {
     }
 }
 
-/// A job (single or fleet) ended here with this stored record.
+/// A single job ended here with this stored record.
 pub fn job_ended(record: &JobRecord) {
-    if !record.status.is_ended() {
-        return;
-    }
-    let kind = if record.kind == Some(crate::model::JobKind::Fleet) {
-        "fleet"
-    } else {
-        "single"
-    };
-    let registry = registry();
-    *lock(&registry.jobs)
-        .entry((
-            kind,
-            record.analysis_type.as_str().to_owned(),
-            status_label(record.status),
-        ))
-        .or_default() += 1;
     let parse = |t: &str| {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
     };
-    let Some(finished) = record.finished.as_deref().and_then(parse) else {
-        return;
+    let secs = match (
+        record.finished.as_deref().and_then(parse),
+        parse(&record.started),
+    ) {
+        (Some(finished), Some(started)) => Some((finished - started).as_seconds_f64()),
+        _ => None,
     };
-    let Some(started) = parse(&record.started) else {
+    ended("single", &record.analysis_type, record.status, secs);
+}
+
+/// A fleet job ended here `elapsed` after it started running (its stored record is not read
+/// back for this).
+pub fn fleet_ended(analysis_type: &str, status: JobStatus, elapsed: Duration) {
+    ended("fleet", analysis_type, status, Some(elapsed.as_secs_f64()));
+}
+
+fn ended(kind: &'static str, analysis_type: &str, status: JobStatus, secs: Option<f64>) {
+    if !status.is_ended() {
         return;
-    };
-    let secs = (finished - started).as_seconds_f64().max(0.0);
-    lock(&registry.durations)
-        .entry(record.analysis_type.as_str().to_owned())
-        .or_insert_with(|| Histogram::new(&JOB_BUCKETS))
-        .observe(secs);
+    }
+    let registry = registry();
+    *lock(&registry.jobs)
+        .entry((kind, analysis_type.to_owned(), status_label(status)))
+        .or_default() += 1;
+    if let Some(secs) = secs {
+        lock(&registry.durations)
+            .entry(analysis_type.to_owned())
+            .or_insert_with(|| Histogram::new(&JOB_BUCKETS))
+            .observe(secs.max(0.0));
+    }
 }
 
 /// What is read when scraped.

@@ -89,6 +89,15 @@ fn metrics_parse_as_prometheus_text_and_follow_agents_jobs_and_the_database() {
             status.is_client_error() || status.is_server_error(),
             "{job}"
         );
+        // And a fleet job whose hosts do not resolve either.
+        let (_, fleet) = c
+            .post(
+                "/analyses",
+                &json!({ "type": "ust", "hosts": ["a.invalid", "b.invalid"], "username": "root", "duration": 1 }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(fleet["kind"], "fleet", "{fleet}");
 
         let scraped = http
             .get(c.url("/metrics"))
@@ -126,10 +135,20 @@ fn metrics_parse_as_prometheus_text_and_follow_agents_jobs_and_the_database() {
         assert_eq!(
             sample(
                 &parsed,
+                "tracevisor_jobs_ended_total",
+                &[("kind", "fleet"), ("type", "ust"), ("status", "failed")]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        // One single job and one fleet job, each observed once.
+        assert_eq!(
+            sample(
+                &parsed,
                 "tracevisor_job_duration_seconds_count",
                 &[("type", "ust")]
             ),
-            Some(1.0),
+            Some(2.0),
             "{text}"
         );
         assert_eq!(
@@ -138,7 +157,7 @@ fn metrics_parse_as_prometheus_text_and_follow_agents_jobs_and_the_database() {
                 "tracevisor_job_duration_seconds_bucket",
                 &[("type", "ust"), ("le", "+Inf")]
             ),
-            Some(1.0)
+            Some(2.0)
         );
         assert!(
             sample(&parsed, "tracevisor_database_query_seconds_count", &[]).unwrap() > 0.0,

@@ -106,6 +106,19 @@ enum Outgoing {
     Close(CloseReason, String),
 }
 
+impl LiveLink {
+    /// What `GET /clients` shows of a connected agent.
+    fn status(&self) -> AgentStatus {
+        AgentStatus {
+            connected: true,
+            version: self.version.clone(),
+            connected_since: rfc3339(self.connected_since),
+            last_seen: rfc3339_ms(self.last_seen.load(Ordering::Relaxed)),
+            capabilities: capabilities_json(&self.capabilities),
+        }
+    }
+}
+
 /// The hub: live links by hostname.
 pub struct Hub {
     store: Store,
@@ -280,16 +293,7 @@ impl Hub {
     pub fn statuses(&self) -> HashMap<String, AgentStatus> {
         let mut map = self.known().clone();
         for (hostname, link) in self.links().iter() {
-            map.insert(
-                hostname.clone(),
-                AgentStatus {
-                    connected: true,
-                    version: link.version.clone(),
-                    connected_since: rfc3339(link.connected_since),
-                    last_seen: rfc3339_ms(link.last_seen.load(Ordering::Relaxed)),
-                    capabilities: capabilities_json(&link.capabilities),
-                },
-            );
+            map.insert(hostname.clone(), link.status());
         }
         map
     }
@@ -297,13 +301,7 @@ impl Hub {
     /// The agent status of one host, as in [`Hub::statuses`].
     pub fn status_of(&self, hostname: &str) -> Option<AgentStatus> {
         if let Some(link) = self.links().get(hostname) {
-            return Some(AgentStatus {
-                connected: true,
-                version: link.version.clone(),
-                connected_since: rfc3339(link.connected_since),
-                last_seen: rfc3339_ms(link.last_seen.load(Ordering::Relaxed)),
-                capabilities: capabilities_json(&link.capabilities),
-            });
+            return Some(link.status());
         }
         self.known().get(hostname).cloned()
     }

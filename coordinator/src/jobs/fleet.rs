@@ -263,6 +263,7 @@ impl Engine {
         to_run: Vec<(usize, String)>,
         cancel: CancellationToken,
     ) {
+        let began = std::time::Instant::now();
         let limit = Duration::from_secs_f64(req.template.duration + req.host_timeout);
         // Each child sends at most a session and its end.
         let (events_tx, mut events) = mpsc::channel::<ChildEvent>(2 * to_run.len().max(1));
@@ -390,9 +391,7 @@ impl Engine {
         match stored {
             Ok(()) => {
                 self.send_acks(unacked);
-                if let Ok(Some(record)) = self.store.job(fleet_id).await {
-                    crate::metrics::job_ended(&record);
-                }
+                crate::metrics::fleet_ended(&req.template.analysis_type, status, began.elapsed());
             }
             Err(error) => {
                 // Not acknowledged: agents send their results again after a reconnect; the
