@@ -66,6 +66,14 @@ pub struct ServeArgs {
     /// Do not run the built-in agent for this host
     #[arg(long, env = "TRACEVISOR_NO_LOCAL_AGENT")]
     pub no_local_agent: bool,
+    /// How the built-in agent drives LTTng: auto (liblttng-ctl when it loads and matches the
+    /// session daemon, else the lttng CLI), library or cli [default: auto]
+    #[arg(
+        long,
+        env = "TRACEVISOR_LTTNG_CONTROL",
+        value_name = "auto|library|cli"
+    )]
+    pub lttng_control: Option<tracevisor_lttng::control::ControlChoice>,
 }
 
 /// The configuration file, every key optional.
@@ -82,6 +90,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     local_agent: Option<bool>,
     local_agent_hostname: Option<String>,
+    lttng_control: Option<tracevisor_lttng::control::ControlChoice>,
     cors_allow_origins: Option<Vec<String>>,
     max_body_bytes: Option<usize>,
     max_duration_secs: Option<u64>,
@@ -91,6 +100,7 @@ struct FileConfig {
     trace_quota_mib: Option<u64>,
     ssh_host_key_policy: Option<crate::ssh::HostKeyPolicy>,
     ssh_connect_timeout_secs: Option<u64>,
+    ssh_tracesd: Option<String>,
     max_agent_links: Option<usize>,
     agent_takeover: Option<crate::hub::TakeoverPolicy>,
     max_concurrent_requests: Option<usize>,
@@ -139,6 +149,8 @@ pub struct Config {
     pub local_agent: bool,
     /// Hostname the built-in agent registers under (the seed's examples use `localhost`).
     pub local_agent_hostname: String,
+    /// How the built-in agent drives LTTng (`lttng_control`, `--lttng-control`).
+    pub lttng_control: tracevisor_lttng::control::ControlChoice,
     pub cors_allow_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub max_duration_secs: u64,
@@ -150,6 +162,9 @@ pub struct Config {
     pub traces: tracevisor_lttng::lifecycle::TracePolicy,
     /// How SSH host keys are checked.
     pub ssh_host_key_policy: crate::ssh::HostKeyPolicy,
+    /// The `tracesd` program on SSH hosts that runs a whole job in one round trip
+    /// (`ssh_tracesd`; empty: never, every step is its own command).
+    pub ssh_tracesd: Option<String>,
     /// SSH connection timeout.
     pub ssh_connect_timeout: Duration,
     /// Most agent links served at once.
@@ -200,6 +215,7 @@ impl Config {
             tls: None,
             local_agent: false,
             local_agent_hostname: "localhost".into(),
+            lttng_control: Default::default(),
             cors_allow_origins: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_duration_secs: DEFAULT_MAX_DURATION_SECS,
@@ -208,6 +224,7 @@ impl Config {
             relay_output_dirs: vec!["/var/lib/lttng-relayd".into(), "/root/lttng-traces".into()],
             traces: tracevisor_lttng::lifecycle::TracePolicy::default(),
             ssh_host_key_policy: crate::ssh::HostKeyPolicy::Tofu,
+            ssh_tracesd: Some("tracesd".into()),
             ssh_connect_timeout: Duration::from_secs(10),
             max_agent_links: 100_000,
             agent_takeover: crate::hub::TakeoverPolicy::PinAddress,
@@ -282,6 +299,10 @@ impl Config {
         if let Some(name) = file.local_agent_hostname {
             config.local_agent_hostname = name;
         }
+        config.lttng_control = args
+            .lttng_control
+            .or(file.lttng_control)
+            .unwrap_or_default();
         if let Some(origins) = file.cors_allow_origins {
             config.cors_allow_origins = origins;
         }
@@ -305,6 +326,9 @@ impl Config {
         }
         if let Some(v) = file.ssh_host_key_policy {
             config.ssh_host_key_policy = v;
+        }
+        if let Some(program) = file.ssh_tracesd {
+            config.ssh_tracesd = (!program.is_empty()).then_some(program);
         }
         if let Some(v) = file.ssh_connect_timeout_secs {
             config.ssh_connect_timeout = Duration::from_secs(v);
@@ -479,6 +503,13 @@ impl Config {
         }
         if self.traces.quota_bytes == 0 {
             return Err(err("trace_quota_mib: must be at least 1".to_owned()));
+        }
+        if let Some(program) = &self.ssh_tracesd {
+            if !crate::ssh::remote_program_ok(program) {
+                return Err(err(format!(
+                    "ssh_tracesd: {program:?} is neither an absolute path nor a program name (letters, digits, . _ + -)"
+                )));
+            }
         }
         let ssh_timeout = self.ssh_connect_timeout.as_secs();
         if !(1..=300).contains(&ssh_timeout) {

@@ -93,6 +93,7 @@ pub async fn run(
             policy: config.ssh_host_key_policy,
             connect_timeout: config.ssh_connect_timeout,
             traces: config.traces,
+            tracesd: config.ssh_tracesd.clone(),
         },
         instance,
         shutdown.clone(),
@@ -204,6 +205,7 @@ fn spawn_local_agent(
     // It also analyses traces relays wrote on this host: the coordinator's relay output
     // directories are its relay roots (those that do not exist are skipped at each job).
     agent.trace_policy = config.traces;
+    agent.lttng_control = config.lttng_control;
     agent.relay_roots = config
         .relay_output_dirs
         .iter()

@@ -106,6 +106,9 @@ pub enum Step {
     Preflight,
     /// The host could not be reached over SSH.
     SshConnect,
+    /// The host's `tracesd ssh-job` (the whole job in one SSH command) did not start or ended
+    /// without an outcome.
+    SshJob,
     /// A fleet host lacks a required capability.
     Capability,
     /// `lttng create`.
@@ -151,13 +154,14 @@ pub enum Step {
 
 impl Step {
     /// Every step, for tests and documentation.
-    pub const ALL: [Step; 26] = [
+    pub const ALL: [Step; 27] = [
         Step::Validate,
         Step::Resolve,
         Step::Dispatch,
         Step::Kernel,
         Step::Preflight,
         Step::SshConnect,
+        Step::SshJob,
         Step::Capability,
         Step::Create,
         Step::EnableEvent,
@@ -206,6 +210,7 @@ impl Step {
             | Step::LocateTrace
             | Step::Analysis
             | Step::Result
+            | Step::SshJob
             | Step::Unknown => 502,
         }
     }
@@ -219,6 +224,7 @@ impl Step {
             Step::Kernel => "kernel",
             Step::Preflight => "preflight",
             Step::SshConnect => "ssh-connect",
+            Step::SshJob => "ssh-job",
             Step::Capability => "capability",
             Step::Create => "create",
             Step::EnableEvent => "enable-event",

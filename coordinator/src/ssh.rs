@@ -50,6 +50,8 @@ pub struct SshSettings {
     pub connect_timeout: Duration,
     /// Retention and quota of kept traces on SSH hosts.
     pub traces: tracevisor_lttng::lifecycle::TracePolicy,
+    /// The `tracesd` program on the hosts ([`SshExecutor::run_job_remotely`]); `None`: never.
+    pub tracesd: Option<String>,
 }
 
 /// A connected host.
@@ -59,6 +61,15 @@ pub struct SshExecutor {
     /// The SSH user (validated as a POSIX user name), which names the trace root.
     user: String,
     traces: tracevisor_lttng::lifecycle::TracePolicy,
+    tracesd: Option<String>,
+}
+
+/// What the pre-flight found besides the checks it makes.
+#[derive(Debug, Clone, Default)]
+pub struct Preflight {
+    /// The host's `tracesd`, when it is this coordinator's own version: the job then runs in
+    /// one round trip ([`SshExecutor::run_job_remotely`]).
+    pub tracesd: Option<String>,
 }
 
 fn io_err(command: String, message: impl std::fmt::Display) -> RunError {
@@ -86,12 +97,18 @@ impl SshExecutor {
             display: target.display.clone(),
             user: target.user.clone(),
             traces: settings.traces,
+            tracesd: settings.tracesd.clone(),
         })
     }
 
     /// The pre-flight checks of the original: a root lttng-sessiond runs, and the user is root
-    /// or in the `tracing` group.
-    pub async fn preflight(&self, needs_kernel: bool, analysis: &str) -> Result<(), StepError> {
+    /// or in the `tracing` group. In the same round trip, asks the host's `tracesd` (when
+    /// configured) for its version.
+    pub async fn preflight(
+        &self,
+        needs_kernel: bool,
+        analysis: &str,
+    ) -> Result<Preflight, StepError> {
         let fail = |message: String| StepError {
             step: "preflight".into(),
             host: self.display.clone(),
@@ -107,13 +124,30 @@ impl SshExecutor {
                 None
             }
         };
-        let (sessiond, id, modules) = tokio::join!(
+        let tracesd = async {
+            let program = self.tracesd.as_deref()?;
+            let out = self.run(argv(&[program, "--version"]), limit).await;
+            let expected = format!("tracesd {}", env!("CARGO_PKG_VERSION"));
+            match out {
+                Ok(out) if out.stdout_lossy().trim() == expected => Some(program.to_owned()),
+                Ok(out) => {
+                    tracing::info!(host = %self.display, program, found = %out.stdout_lossy().trim(), %expected, "the host's tracesd is another version: the job runs one command per step");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(host = %self.display, program, error = %e, "no tracesd on the host: the job runs one command per step");
+                    None
+                }
+            }
+        };
+        let (sessiond, id, modules, tracesd) = tokio::join!(
             self.run(
                 argv(&["pgrep", "-u", "root", "-x", "lttng-sessiond"]),
                 limit
             ),
             self.run(argv(&["id"]), limit),
-            modules
+            modules,
+            tracesd
         );
         if sessiond.is_err() {
             return Err(fail("no lttng-sessiond running as root (start it with `lttng-sessiond --daemonize` as root)".into()));
@@ -141,7 +175,177 @@ impl SshExecutor {
                 });
             }
         }
-        Ok(())
+        Ok(Preflight { tracesd })
+    }
+
+    /// Runs the whole job with the host's `tracesd ssh-job` ([`tracevisor_lttng::remote`]): one
+    /// command, so one round trip however many steps the job has, and the host's own back end
+    /// (liblttng-ctl where it matches the session daemon). The spec goes as a JSON line on the
+    /// command's input, which stays open; progress and the outcome come back as JSON lines.
+    /// Cancelling closes the input: the host destroys the session and answers `cancelled`
+    /// (waited for at most [`REMOTE_CANCEL_GRACE`]). The command is bounded on the host by
+    /// `timeout` (the duration, the analysis timeout and 5 minutes).
+    pub async fn run_job_remotely(
+        &self,
+        program: &str,
+        spec: &tracevisor_protocol::JobSpec,
+        progress: impl Fn(i8, &str) + Send + Sync,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<serde_json::Value, StepError> {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+        use tracevisor_lttng::remote::{self, RemoteLine};
+        let fail = |step: &str, message: String| StepError {
+            step: step.into(),
+            host: self.display.clone(),
+            message,
+        };
+        if !remote::host_ok(&self.display) {
+            return Err(fail(
+                "validate",
+                format!("host name {:?} cannot be given to tracesd", self.display),
+            ));
+        }
+        tracevisor_lttng::lifecycle::validate_spec(spec).map_err(|e| fail("validate", e))?;
+        let limit = Duration::from_millis(spec.duration_ms)
+            + tracevisor_lttng::lifecycle::ANALYSIS_TIMEOUT
+            + Duration::from_secs(300);
+        let secs = limit.as_secs().to_string();
+        let retention = self.traces.retention.as_secs().to_string();
+        let quota = (self.traces.quota_bytes >> 20).max(1).to_string();
+        let root = self.trace_root();
+        let mut cmd = self.session.command("timeout");
+        cmd.args(["-k", "5", secs.as_str(), program, remote::SUBCOMMAND])
+            .args([
+                "--host",
+                self.display.as_str(),
+                "--trace-root",
+                root.as_str(),
+            ])
+            .args([
+                "--retention-secs",
+                retention.as_str(),
+                "--quota-mib",
+                quota.as_str(),
+            ])
+            .stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .await
+            .map_err(|e| fail("ssh-job", format!("cannot start {program} over ssh: {e}")))?;
+        let (Some(mut input), Some(stdout), Some(mut stderr)) = (
+            child.stdin().take(),
+            child.stdout().take(),
+            child.stderr().take(),
+        ) else {
+            return Err(fail("ssh-job", "no pipes to the remote command".into()));
+        };
+        let mut line = serde_json::to_vec(spec).map_err(|e| fail("ssh-job", e.to_string()))?;
+        line.push(b'\n');
+        if let Err(e) = input.write_all(&line).await.and(input.flush().await) {
+            return Err(fail(
+                "ssh-job",
+                format!("cannot send the job to {program}: {e}"),
+            ));
+        }
+        let mut input = Some(input);
+        let mut said = Vec::new();
+        let errors = async {
+            let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut said).await;
+        };
+        let mut output = tokio::io::BufReader::new(stdout);
+        let mut buf = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit + Duration::from_secs(30);
+        let mut grace: Option<tokio::time::Instant> = None;
+        let outcome = async move {
+            loop {
+                let until = grace.map_or(deadline, |g| g.min(deadline));
+                let room = MAX_REMOTE_LINE.saturating_sub(buf.len()) as u64;
+                let mut limited = (&mut output).take(room);
+                tokio::select! {
+                    read = limited.read_until(b'\n', &mut buf) => {
+                        match read {
+                            Ok(0) | Err(_) => return None,
+                            Ok(_) if !buf.ends_with(b"\n") && buf.len() < MAX_REMOTE_LINE => continue,
+                            Ok(_) => {}
+                        }
+                        let parsed = serde_json::from_slice::<RemoteLine>(&buf);
+                        buf.clear();
+                        match parsed {
+                            // Progress moves a job between the running statuses only: the
+                            // end is the result or error line, checked like any other.
+                            Ok(RemoteLine::Progress { status, text })
+                                if (tracevisor_protocol::JOB_STATUS_STARTED
+                                    ..=tracevisor_protocol::JOB_STATUS_ANALYSIS_RUNNING)
+                                    .contains(&status) =>
+                            {
+                                progress(status, &text)
+                            }
+                            Ok(RemoteLine::Progress { status, .. }) => {
+                                tracing::warn!(host = %self.display, status, "tracesd ssh-job reported a status that is not a running one; ignored");
+                            }
+                            Ok(end) => return Some(end),
+                            Err(e) => {
+                                tracing::warn!(host = %self.display, error = %e, "tracesd ssh-job printed a line that is not one of its own");
+                                return None;
+                            }
+                        }
+                    }
+                    _ = cancel.cancelled(), if input.is_some() => {
+                        // Closing its input cancels the remote job.
+                        input = None;
+                        grace = Some(tokio::time::Instant::now() + REMOTE_CANCEL_GRACE);
+                    }
+                    _ = tokio::time::sleep_until(until) => return None,
+                }
+            }
+        };
+        // Standard error is read meanwhile (at most 64 KiB), but never waited for once the
+        // outcome is known: a host that keeps writing must not hold the job.
+        tokio::pin!(errors);
+        let mut errors_read = false;
+        let outcome = {
+            tokio::pin!(outcome);
+            loop {
+                tokio::select! {
+                    outcome = &mut outcome => break outcome,
+                    () = &mut errors, if !errors_read => errors_read = true,
+                }
+            }
+            // The finished future goes here, with our ends of the command's input and output:
+            // a command that still writes stops on a broken pipe.
+        };
+        if !errors_read {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut errors).await;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        tracing::debug!(host = %self.display, elapsed_ms = started.elapsed().as_millis() as u64, ?status, "tracesd ssh-job");
+        match outcome {
+            Some(RemoteLine::Result(result)) => Ok(result),
+            Some(RemoteLine::Error { step, message, .. }) => Err(fail(&step, message)),
+            Some(RemoteLine::Progress { .. }) | None if cancel.is_cancelled() => Err(fail(
+                "cancelled",
+                "cancelled (the host did not confirm that its session was destroyed)".into(),
+            )),
+            Some(RemoteLine::Progress { .. }) | None => {
+                let said = String::from_utf8_lossy(&said);
+                let said = said.trim();
+                Err(fail(
+                    "ssh-job",
+                    format!(
+                        "{program} {} ended without an outcome{}",
+                        remote::SUBCOMMAND,
+                        if said.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", said.chars().take(2000).collect::<String>())
+                        }
+                    ),
+                ))
+            }
+        }
     }
 
     /// Closes the master connection.
@@ -220,6 +424,26 @@ impl SshExecutor {
             bytes,
             exec: Some(self),
         })
+    }
+}
+
+/// How long a cancelled remote job may take to destroy its session and say so.
+pub const REMOTE_CANCEL_GRACE: Duration = Duration::from_secs(60);
+/// Largest line `tracesd ssh-job` may print (a result, bounded like an analysis's output).
+const MAX_REMOTE_LINE: usize = tracevisor_lttng::runner::DEFAULT_MAX_STDOUT + (1 << 20);
+
+/// Whether `program` may be configured as the hosts' `tracesd` (`ssh_tracesd`): an absolute
+/// path or a bare program name, with no character a remote shell would read.
+pub fn remote_program_ok(program: &str) -> bool {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
+    };
+    match program.strip_prefix('/') {
+        Some(path) => path.split('/').all(|part| plain(part) && part != ".."),
+        None => plain(program),
     }
 }
 

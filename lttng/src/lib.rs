@@ -11,6 +11,8 @@
 //! - [`capabilities`]: what a host can trace and analyse, asked from the real tools.
 
 pub mod capabilities;
+pub mod control;
 pub mod lifecycle;
 pub mod recorder;
+pub mod remote;
 pub mod runner;

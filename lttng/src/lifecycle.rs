@@ -22,7 +22,9 @@ use tracevisor_protocol::{
     JOB_STATUS_TRACE_RUNNING,
 };
 
+use crate::control::{self, Control, LttngCmd, Reply, SessionOutput};
 use crate::runner::{Cmd, Output, RunError};
+use tracevisor_lttng_ctl::{Context, Domain};
 
 /// Prefix of every session Tracevisor creates: `tracevisor-<coordinator>-<job id>-<hostname>`.
 pub const SESSION_PREFIX: &str = "tracevisor-";
@@ -50,6 +52,31 @@ pub trait Executor: Send + Sync {
     /// How long kept traces stay in the trace root, and how much they may take.
     fn trace_policy(&self) -> TracePolicy {
         TracePolicy::default()
+    }
+    /// Runs one LTTng control step. The default runs the `lttng` CLI through
+    /// [`run`](Executor::run) ([`control::via_cli`]).
+    fn lttng(
+        &self,
+        cmd: &LttngCmd,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Reply, RunError>> + Send
+    where
+        Self: Sized,
+    {
+        control::via_cli(self, cmd, timeout)
+    }
+    /// The `major.minor` of the LTTng the control steps go to, when the trace format depends
+    /// on it; the default asks `lttng --version`.
+    fn lttng_release(&self) -> impl Future<Output = Option<(u32, u32)>> + Send
+    where
+        Self: Sized,
+    {
+        async {
+            self.run(argv(&["lttng", "--version"]), LTTNG_TIMEOUT)
+                .await
+                .ok()
+                .and_then(|out| lttng_version(&out.stdout_lossy()))
+        }
     }
 }
 
@@ -94,6 +121,8 @@ pub struct LocalExecutor {
     pub trace_root: PathBuf,
     /// Retention and quota of kept traces.
     pub policy: TracePolicy,
+    /// How the LTTng control steps run: the CLI, or liblttng-ctl ([`control`]).
+    pub control: Control,
 }
 
 impl LocalExecutor {
@@ -108,6 +137,7 @@ impl LocalExecutor {
             hostname: hostname.to_owned(),
             trace_root: default_trace_root(),
             policy: TracePolicy::default(),
+            control: Control::Cli,
         }
     }
 }
@@ -183,6 +213,28 @@ impl Executor for LocalExecutor {
                 }),
             }
         }
+    }
+
+    async fn lttng(&self, cmd: &LttngCmd, timeout: Duration) -> Result<Reply, RunError> {
+        if let Control::Library(library) = &self.control {
+            if library.usable().await.is_ok() {
+                return library.run(cmd, timeout).await;
+            }
+        }
+        control::via_cli(self, cmd, timeout).await
+    }
+
+    async fn lttng_release(&self) -> Option<(u32, u32)> {
+        if let Control::Library(library) = &self.control {
+            if library.usable().await.is_ok() {
+                // The library drives no release that needs a trace format option.
+                return None;
+            }
+        }
+        self.run(argv(&["lttng", "--version"]), LTTNG_TIMEOUT)
+            .await
+            .ok()
+            .and_then(|out| lttng_version(&out.stdout_lossy()))
     }
 }
 
@@ -288,30 +340,35 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// An `lttng` command line. `--no-sessiond`: a missing session daemon is an error naming it,
-/// never a daemon silently spawned as the agent's user.
-fn lttng(args: &[&str]) -> Vec<String> {
-    ["lttng", "--no-sessiond"]
-        .into_iter()
-        .chain(args.iter().copied())
-        .map(str::to_owned)
-        .collect()
-}
-
+/// Runs an `lttng` command line (`lttng --no-sessiond ARGS`) with the CLI: the steps the
+/// typed [`LttngCmd`] does not cover (flight recorder sessions).
 pub(crate) async fn lttng_step(
     exec: &impl Executor,
     step: &str,
     args: &[&str],
 ) -> Result<Output, StepError> {
-    exec.run(lttng(args), LTTNG_TIMEOUT).await.map_err(|e| {
-        let mut message = e.to_string();
-        // lttng dies of SIGPIPE, saying nothing, when the session daemon drops the connection
-        // (as it does when a session's relay is unreachable).
-        if matches!(&e, RunError::Failed { status, .. } if std::os::unix::process::ExitStatusExt::signal(status) == Some(13)) {
-            message.push_str(" (SIGPIPE: lttng-sessiond closed the connection)");
-        }
-        step_err(exec, step, message)
-    })
+    let argv = control::lttng_argv(args.iter().map(|a| (*a).to_owned()));
+    exec.run(argv, LTTNG_TIMEOUT)
+        .await
+        .map_err(|e| lttng_error(exec, step, e))
+}
+
+/// Runs one typed control step through the executor's back end (the CLI or liblttng-ctl).
+async fn control_step(exec: &impl Executor, step: &str, cmd: LttngCmd) -> Result<Reply, StepError> {
+    exec.lttng(&cmd, LTTNG_TIMEOUT)
+        .await
+        .map_err(|e| lttng_error(exec, step, e))
+}
+
+fn lttng_error(exec: &impl Executor, step: &str, e: RunError) -> StepError {
+    let mut message = e.to_string();
+    // lttng dies of SIGPIPE, saying nothing, when the session daemon drops the connection
+    // (as it does when a session's relay is unreachable).
+    if matches!(&e, RunError::Failed { status, .. } if std::os::unix::process::ExitStatusExt::signal(status) == Some(13))
+    {
+        message.push_str(" (SIGPIPE: lttng-sessiond closed the connection)");
+    }
+    step_err(exec, step, message)
 }
 
 pub(crate) fn argv(items: &[&str]) -> Vec<String> {
@@ -579,11 +636,7 @@ pub async fn prune_kept_traces(exec: &impl Executor) {
     }
     candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
     // Sessions that exist: their traces are being written.
-    let live = exec
-        .run(lttng(&["list"]), LTTNG_TIMEOUT)
-        .await
-        .map(|o| o.stdout_lossy())
-        .unwrap_or_default();
+    let live = list_sessions(exec).await.unwrap_or_default();
     let mut idle = Vec::new();
     for (time, trace) in candidates {
         let name = trace.rsplit('/').next().unwrap_or_default().to_owned();
@@ -693,7 +746,7 @@ async fn record(
         match &spec.output {
             TraceOutput::Local => {
                 let dir = local_trace_dir(exec, name).await?;
-                Ok((dir.clone(), vec!["--output".to_owned(), dir]))
+                Ok((dir.clone(), SessionOutput::Local(dir)))
             }
             TraceOutput::Relay {
                 host,
@@ -701,22 +754,21 @@ async fn record(
                 data_port,
             } => {
                 let url = format!("net://{}:{ctrl_port}:{data_port}", bracket(host));
-                Ok((url.clone(), vec!["--set-url".to_owned(), url]))
+                Ok((url.clone(), SessionOutput::Relay(url)))
             }
         }
     };
     // The trace format depends on the version (asked at the same time: no extra round trip
     // over SSH for a local trace).
-    let version = exec.run(argv(&["lttng", "--version"]), LTTNG_TIMEOUT);
+    let version = exec.lttng_release();
     let (output, version) = tokio::join!(output, version);
-    let (location, output_args) = output?;
-    let version = version
-        .ok()
-        .and_then(|out| lttng_version(&out.stdout_lossy()));
-    let mut create = vec!["create", name];
-    create.extend(output_args.iter().map(String::as_str));
-    create.extend(trace_format_args(version));
-    if let Err(e) = lttng_step(exec, "create", &create).await {
+    let (location, output) = output?;
+    let create = LttngCmd::Create {
+        session: name.to_owned(),
+        output,
+        format: trace_format_args(version),
+    };
+    if let Err(e) = control_step(exec, "create", create).await {
         if matches!(spec.output, TraceOutput::Local) {
             // The directory is still empty: leave nothing behind (rmdir removes only that).
             let _ = exec
@@ -735,7 +787,14 @@ async fn record(
     // Whatever happened, the session is destroyed. `lttng destroy` stops it first and waits
     // until the trace is complete (lttng-destroy(1)), so no separate `stop`: one command fewer,
     // which over SSH is one round trip fewer.
-    let destroyed = lttng_step(exec, "destroy", &["destroy", name]).await;
+    let destroyed = control_step(
+        exec,
+        "destroy",
+        LttngCmd::Destroy {
+            session: name.to_owned(),
+        },
+    )
+    .await;
     match result.and(destroyed.map(|_| ())) {
         Ok(()) => Ok(location),
         Err(e) if e.step != "cancelled" && matches!(spec.output, TraceOutput::Local) => {
@@ -871,49 +930,34 @@ async fn traced(
     progress: &(impl Fn(i8, &str) + Send + Sync),
     cancel: &CancellationToken,
 ) -> Result<(), StepError> {
-    let name = spec.session_name.as_str();
+    let session = || spec.session_name.clone();
     if !spec.kernel_events.is_empty() {
-        let events = spec.kernel_events.join(",");
-        lttng_step(
-            exec,
-            "enable-event",
-            &["enable-event", "-s", name, "-k", &events],
-        )
-        .await?;
+        let events = LttngCmd::EnableEvents {
+            session: session(),
+            domain: Domain::Kernel,
+            events: spec.kernel_events.clone(),
+        };
+        control_step(exec, "enable-event", events).await?;
     }
     if spec.syscalls {
-        lttng_step(
-            exec,
-            "enable-event",
-            &["enable-event", "-s", name, "-k", "--syscall", "-a"],
-        )
-        .await?;
+        let syscalls = LttngCmd::EnableSyscalls { session: session() };
+        control_step(exec, "enable-event", syscalls).await?;
     }
     if !spec.userspace_events.is_empty() {
-        let events = spec.userspace_events.join(",");
-        lttng_step(
-            exec,
-            "enable-event",
-            &["enable-event", "-s", name, "-u", &events],
-        )
-        .await?;
-        lttng_step(
-            exec,
-            "add-context",
-            &[
-                "add-context",
-                "-s",
-                name,
-                "-u",
-                "-t",
-                "vpid",
-                "-t",
-                "procname",
-            ],
-        )
-        .await?;
+        let events = LttngCmd::EnableEvents {
+            session: session(),
+            domain: Domain::Userspace,
+            events: spec.userspace_events.clone(),
+        };
+        control_step(exec, "enable-event", events).await?;
+        let contexts = LttngCmd::AddContexts {
+            session: session(),
+            domain: Domain::Userspace,
+            contexts: vec![Context::Vpid, Context::Procname],
+        };
+        control_step(exec, "add-context", contexts).await?;
     }
-    lttng_step(exec, "start", &["start", name]).await?;
+    control_step(exec, "start", LttngCmd::Start { session: session() }).await?;
     progress(JOB_STATUS_TRACE_RUNNING, "tracing");
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(spec.duration_ms)) => Ok(()),
@@ -1108,20 +1152,10 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 
 /// Lists the sessions of the root session daemon (`lttng --mi xml list`).
 pub async fn list_sessions(exec: &impl Executor) -> Result<Vec<String>, StepError> {
-    let out = lttng_step(exec, "list", &["--mi", "xml", "list"]).await?;
-    let xml = out.stdout_lossy();
-    let mut names = Vec::new();
-    let mut rest = xml.as_str();
-    while let Some(i) = rest.find("<session>") {
-        rest = &rest[i + "<session>".len()..];
-        if let Some(n) = rest.find("<name>") {
-            let after = &rest[n + "<name>".len()..];
-            if let Some(end) = after.find("</name>") {
-                names.push(after[..end].to_owned());
-            }
-        }
+    match control_step(exec, "list", LttngCmd::ListSessions).await? {
+        Reply::Sessions(names) => Ok(names),
+        Reply::Done => Ok(Vec::new()),
     }
-    Ok(names)
 }
 
 /// Destroys the session `name` if it exists; `Ok(false)` when there was none.
@@ -1129,7 +1163,10 @@ pub async fn destroy_session(exec: &impl Executor, name: &str) -> Result<bool, S
     if !list_sessions(exec).await?.iter().any(|s| s == name) {
         return Ok(false);
     }
-    lttng_step(exec, "destroy", &["destroy", name]).await?;
+    let destroy = LttngCmd::Destroy {
+        session: name.to_owned(),
+    };
+    control_step(exec, "destroy", destroy).await?;
     Ok(true)
 }
 
@@ -1142,7 +1179,10 @@ pub async fn destroy_orphans(exec: &impl Executor, coordinator: &str, hostname: 
     let mut jobs = Vec::new();
     for session in sessions {
         if let Some(job) = owned_job(&session, coordinator, hostname) {
-            match exec.run(lttng(&["destroy", &session]), LTTNG_TIMEOUT).await {
+            let destroy = LttngCmd::Destroy {
+                session: session.clone(),
+            };
+            match exec.lttng(&destroy, LTTNG_TIMEOUT).await {
                 Ok(_) => {
                     tracing::warn!(%session, job, "destroyed a session left by a previous run")
                 }
@@ -1274,6 +1314,7 @@ mod tests {
             hostname: "h".into(),
             trace_root: root.to_path_buf(),
             policy: TracePolicy::default(),
+            control: Default::default(),
         }
     }
 

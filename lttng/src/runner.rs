@@ -156,6 +156,15 @@ pub enum RunError {
         /// The bound that was exceeded.
         limit: usize,
     },
+    /// The step ran through liblttng-ctl instead of the command, and the session daemon (or
+    /// the library) refused it; `stderr` is what the CLI would have printed (`Error: ...`).
+    #[error("`{command}` failed through liblttng-ctl: {stderr}")]
+    Library {
+        /// The equivalent command line, for messages.
+        command: String,
+        /// The CLI's message for the error code.
+        stderr: String,
+    },
     /// Reading the command's output failed.
     #[error("cannot read the output of `{command}`: {source}")]
     Io {
@@ -170,7 +179,9 @@ impl RunError {
     /// The command's standard error when it ran (trimmed, bounded), else `None`.
     pub fn stderr(&self) -> Option<&str> {
         match self {
-            RunError::TimedOut { stderr, .. } | RunError::Failed { stderr, .. } => Some(stderr),
+            RunError::TimedOut { stderr, .. }
+            | RunError::Failed { stderr, .. }
+            | RunError::Library { stderr, .. } => Some(stderr),
             _ => None,
         }
     }

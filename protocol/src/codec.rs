@@ -158,6 +158,7 @@ mod tests {
                 userspace_tracer_error: None,
                 babeltrace2: true,
                 analyses: vec!["lttng-cputop-mi".into(), "lttng-iousagetop-mi".into()],
+                lttng_control: Some("liblttng-ctl 2.13".into()),
             },
             running_jobs: vec![3, 300],
         }

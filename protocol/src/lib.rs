@@ -103,8 +103,9 @@ pub use codec::{decode, encode, CodecError, MAX_FRAME_BYTES};
 /// History: 1, the first; 2, `JobSpec::keep_trace` (a struct field changes the encoding) and
 /// the enrollment messages (`Enroll`, `Enrolled`); 3, the trace fetch messages (`FetchTrace`,
 /// `TraceStart`, `TraceChunk`, `TraceCredit`, `TraceEnd`, `CancelFetch`), the flight recorder
-/// messages (`ArmRecorders`, `RecordersArmed`) and `JobSpec::snapshot_of`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// messages (`ArmRecorders`, `RecordersArmed`) and `JobSpec::snapshot_of`; 4,
+/// `Capabilities::lttng_control`.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Path of the coordinator's agent hub (the WebSocket endpoint agents dial).
 pub const HUB_PATH: &str = "/trace/api/v1.0/agents";
@@ -404,6 +405,9 @@ pub struct Capabilities {
     /// The LAMI analysis commands (`lttng-*-mi`, e.g. `lttng-cputop-mi`) in the agent's `PATH`,
     /// sorted.
     pub analyses: Vec<String>,
+    /// How the agent drives LTTng now: `liblttng-ctl 2.13`, or `lttng CLI` with the reason the
+    /// library is not used in parentheses.
+    pub lttng_control: Option<String>,
 }
 
 /// Why a link is closed, carried by [`Message::Close`]. Only ever append variants.

@@ -68,6 +68,9 @@ impl Agent {
             .arg("--hostname")
             .arg(hostname)
             .args(extra);
+        if let Some(control) = crate::lttng_control() {
+            cmd.arg("--lttng-control").arg(control);
+        }
         // The credential stays out of the process list.
         Self::spawn(cmd, hostname, Some(&credential))
     }
@@ -111,6 +114,9 @@ impl Agent {
     pub fn start_configured(config: &Path, hostname: &str) -> Result<Agent> {
         let mut cmd = Command::new(binary("tracesd")?);
         cmd.arg("--config").arg(config);
+        if let Some(control) = crate::lttng_control() {
+            cmd.arg("--lttng-control").arg(control);
+        }
         Self::spawn(cmd, hostname, None)
     }
 
@@ -748,6 +754,36 @@ impl TestCa {
         std::fs::write(&key_path, key.serialize_pem())?;
         Ok((cert_path, key_path))
     }
+}
+
+/// When the test runs under [`crate::with_lttng_control`], checks that `hostname`'s agent says
+/// (in its capabilities, `GET /clients`) it drives LTTng through that back end: `liblttng-ctl
+/// 2.x` for `library`, `lttng CLI` for `cli`. A library that loaded but fell back to the CLI
+/// (a version mismatch) fails the check.
+pub async fn assert_lttng_control(c: &Coordinator, hostname: &str) {
+    let Some(control) = crate::lttng_control() else {
+        return;
+    };
+    let list = wait_clients(
+        c,
+        &format!("{hostname} connected"),
+        Duration::from_secs(30),
+        |l| is_connected(l, hostname),
+    )
+    .await
+    .expect("agent connected");
+    let said = client(&list, hostname).expect("listed")["agent"]["capabilities"]["lttng_control"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let expected = match control {
+        "library" => said.starts_with("liblttng-ctl 2."),
+        _ => said == "lttng CLI",
+    };
+    assert!(
+        expected,
+        "{hostname} drives LTTng through {said:?}, the test asked for {control}"
+    );
 }
 
 #[cfg(test)]

@@ -87,6 +87,12 @@ impl Coordinator {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra.iter().filter(|a| **a != LOCAL_AGENT))
+            .args(
+                crate::lttng_control()
+                    .map(|control| ["--lttng-control", control])
+                    .into_iter()
+                    .flatten(),
+            )
             .env(
                 "RUST_LOG",
                 // TRACEVISOR_TEST_LOG overrides the coordinator's log filter when investigating.

@@ -171,6 +171,7 @@ pub async fn start_with_local_agent(dir: &Path, extra: &[&str]) -> Result<Coordi
         is_connected(l, "localhost")
     })
     .await?;
+    crate::agents::assert_lttng_control(&c, "localhost").await;
     Ok(c)
 }
 

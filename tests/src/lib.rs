@@ -44,3 +44,42 @@ pub fn write_incompressible(path: &std::path::Path, mib: u64) -> std::io::Result
     }
     file.sync_all()
 }
+
+thread_local! {
+    static LTTNG_CONTROL: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `test` with every agent the harness starts on this thread (`tracesd`, and the
+/// coordinator's built-in one) driving LTTng through `control` (`"library"`: liblttng-ctl,
+/// `"cli"`: the lttng command), passed as `--lttng-control`. See [`through_both_lttng_controls`].
+pub fn with_lttng_control<T>(control: &'static str, test: impl FnOnce() -> T) -> T {
+    let before = LTTNG_CONTROL.with(|c| c.replace(Some(control)));
+    let result = test();
+    LTTNG_CONTROL.with(|c| c.set(before));
+    result
+}
+
+/// The `--lttng-control` value tests on this thread give the agents they start, if any.
+pub fn lttng_control() -> Option<&'static str> {
+    LTTNG_CONTROL.with(|c| c.get())
+}
+
+/// Turns each named function (a plain `fn`, or an async one under `#[tokio::main]`) into two
+/// tests, `NAME::through_liblttng_ctl` and `NAME::through_the_lttng_cli`, in which every agent
+/// the harness starts drives LTTng through that back end (explicitly: an agent told `library`
+/// does not start without the library).
+#[macro_export]
+macro_rules! through_both_lttng_controls {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn through_liblttng_ctl() {
+                $crate::with_lttng_control("library", super::$test)
+            }
+            #[test]
+            fn through_the_lttng_cli() {
+                $crate::with_lttng_control("cli", super::$test)
+            }
+        }
+    )+};
+}

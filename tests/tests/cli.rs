@@ -872,7 +872,6 @@ fn kernel_trace_without_the_kernel_tracer_fails_with_exit_6() {
     assert!(table.contains("step kernel on localhost"), "{table}");
 }
 
-#[test]
 fn ust_trace_fleet_cancel_and_interrupt_through_the_local_agent() {
     require!(Req::Root, Req::Lttng, Req::UstToolchain, Req::Babeltrace2);
     let _ust = lttng::ust_exclusive();
@@ -1313,3 +1312,7 @@ fn freshly_generated_lami_documents_render() {
         );
     }
 }
+
+tracevisor_tests::through_both_lttng_controls!(
+    ust_trace_fleet_cancel_and_interrupt_through_the_local_agent,
+);

@@ -99,7 +99,6 @@ async fn hostile_agent(c: &Coordinator, hostname: &str) {
         .unwrap();
 }
 
-#[test]
 fn an_operator_signs_in_watches_the_fleet_edits_the_registry_and_traces_in_chromium() {
     require!(
         Req::Root,
@@ -239,3 +238,7 @@ fn an_operator_signs_in_watches_the_fleet_edits_the_registry_and_traces_in_chrom
     assert!(c.logs().contains("dashboard sign-in with a wrong token"));
     assert!(!c.logs().contains(TOKEN));
 }
+
+tracevisor_tests::through_both_lttng_controls!(
+    an_operator_signs_in_watches_the_fleet_edits_the_registry_and_traces_in_chromium,
+);

@@ -93,7 +93,6 @@ fn sigterm_during_an_ssh_job_destroys_its_session_and_records_why() {
     });
 }
 
-#[test]
 fn kill9_during_a_fleet_then_restart_ends_it_with_an_outcome_per_host_and_cleans_up() {
     require!(
         Req::Root,
@@ -342,3 +341,7 @@ fn a_relay_registered_by_address_is_analysed_over_ssh_at_that_address() {
         );
     });
 }
+
+tracevisor_tests::through_both_lttng_controls!(
+    kill9_during_a_fleet_then_restart_ends_it_with_an_outcome_per_host_and_cleans_up,
+);

@@ -69,7 +69,7 @@ impl Proxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_link_delivers_the_result_after_the_reconnect_exactly_once() {
     require!(Req::Root, Req::Lttng, Req::Babeltrace2);
     let _serial = SERIAL.lock().await;
@@ -136,7 +136,7 @@ async fn a_cut_link_delivers_the_result_after_the_reconnect_exactly_once() {
     agent.terminate().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_is_down_is_a_clear_error_and_leaves_no_session() {
     require!(Req::Root, Req::Lttng);
     let _serial = SERIAL.lock().await;
@@ -178,7 +178,7 @@ async fn a_relay_that_is_down_is_a_clear_error_and_leaves_no_session() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_session_daemon_is_a_clear_error() {
     require!(Req::Root, Req::Lttng);
     let _serial = SERIAL.lock().await;
@@ -336,3 +336,9 @@ async fn a_full_data_disk_is_a_503_and_nothing_is_corrupted() {
         );
     }
 }
+
+tracevisor_tests::through_both_lttng_controls!(
+    a_cut_link_delivers_the_result_after_the_reconnect_exactly_once,
+    a_relay_that_is_down_is_a_clear_error_and_leaves_no_session,
+    a_stopped_session_daemon_is_a_clear_error,
+);

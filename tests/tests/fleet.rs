@@ -64,7 +64,7 @@ fn destroy_sessions_of(hostname: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn every_host_gets_its_own_outcome_and_the_stream_ends() {
     require!(Req::Root, Req::Lttng, Req::Babeltrace2);
     ensure_sessiond().unwrap();
@@ -242,7 +242,7 @@ async fn kernel_host(url: &str, hostname: &str) -> tokio::task::JoinHandle<Vec<u
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_without_the_kernel_tracer_are_skipped_for_a_kernel_profile() {
     require!(Req::Root, Req::Lttng, Req::NoKernelTracer);
     ensure_sessiond().unwrap();
@@ -383,3 +383,8 @@ async fn fleet_results_past_the_record_budget_are_left_out_not_lost_with_the_job
     assert_eq!(stored["status"], 4);
     assert_eq!(stored["hosts"], job["hosts"]);
 }
+
+tracevisor_tests::through_both_lttng_controls!(
+    every_host_gets_its_own_outcome_and_the_stream_ends,
+    hosts_without_the_kernel_tracer_are_skipped_for_a_kernel_profile,
+);

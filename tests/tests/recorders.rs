@@ -73,7 +73,6 @@ async fn wait_state(c: &Coordinator, id: u64, host: &str, state: &str) -> Json {
     }
 }
 
-#[test]
 fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_agent_restart() {
     require!(Req::Root, Req::Lttng, Req::UstToolchain, Req::Babeltrace2);
     let _ust = lttng::ust_exclusive();
@@ -332,3 +331,7 @@ fn recorder_requests_touch_only_the_owners_recorder_sessions_for_this_host() {
         }
     });
 }
+
+tracevisor_tests::through_both_lttng_controls!(
+    a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_agent_restart,
+);

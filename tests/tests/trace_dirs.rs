@@ -139,7 +139,6 @@ fn assert_create_refused(answer_status: u16, job: &Json, host: &str) -> String {
     job["error"]["message"].as_str().unwrap().to_owned()
 }
 
-#[test]
 fn a_trace_directory_made_in_advance_on_an_agent_host_is_not_used() {
     require!(Req::Root, Req::Lttng, Req::Babeltrace2);
     let _ust = lttng::ust_exclusive();
@@ -431,3 +430,7 @@ fn no_token_reaches_an_analysis_or_the_ssh_client() {
         assert_clean_env(env, "the analysis over ssh");
     });
 }
+
+tracevisor_tests::through_both_lttng_controls!(
+    a_trace_directory_made_in_advance_on_an_agent_host_is_not_used,
+);

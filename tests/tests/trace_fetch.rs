@@ -43,7 +43,6 @@ async fn two_agents(dir: &std::path::Path, name: &str) -> (Coordinator, Agent) {
     (c, agent)
 }
 
-#[test]
 fn a_fleet_jobs_kept_traces_come_as_one_archive_with_a_folder_per_host() {
     require!(Req::Root, Req::Lttng, Req::UstToolchain, Req::Babeltrace2);
     let _ust = lttng::ust_exclusive();
@@ -125,7 +124,6 @@ fn a_fleet_jobs_kept_traces_come_as_one_archive_with_a_folder_per_host() {
     });
 }
 
-#[test]
 fn a_200_mib_trace_streams_through_the_agent_link_with_both_processes_memory_flat() {
     require!(Req::Root, Req::Lttng, Req::UstToolchain, Req::Babeltrace2);
     let _ust = lttng::ust_exclusive();
@@ -372,7 +370,6 @@ impl Drop for Mount {
     }
 }
 
-#[test]
 fn a_full_disk_fails_the_job_clearly_and_leaves_the_kept_traces_whole() {
     require!(Req::Root, Req::Lttng, Req::UstToolchain, Req::Babeltrace2);
     let _ust = lttng::ust_exclusive();
@@ -449,7 +446,6 @@ fn a_full_disk_fails_the_job_clearly_and_leaves_the_kept_traces_whole() {
 /// A job that keeps its trace and whose analysis fails says where the trace is, and the trace
 /// is fetched: the trace that broke the analysis is the one to look at. Without `keep_trace`,
 /// the fetch says the job failed.
-#[test]
 fn a_kept_trace_whose_analysis_failed_is_still_fetched() {
     require!(Req::Root, Req::Lttng, Req::UstToolchain, Req::Babeltrace2);
     let _ust = lttng::ust_exclusive();
@@ -528,3 +524,10 @@ fn a_kept_trace_whose_analysis_failed_is_still_fetched() {
         );
     });
 }
+
+tracevisor_tests::through_both_lttng_controls!(
+    a_fleet_jobs_kept_traces_come_as_one_archive_with_a_folder_per_host,
+    a_200_mib_trace_streams_through_the_agent_link_with_both_processes_memory_flat,
+    a_full_disk_fails_the_job_clearly_and_leaves_the_kept_traces_whole,
+    a_kept_trace_whose_analysis_failed_is_still_fetched,
+);

@@ -234,7 +234,6 @@ fn check_ust_answer(run: &UstRun, via: &str, host: &str, traces: &mut TraceClean
 // ------------------------------------------------------------------------------------------
 // 1. ust through the agent
 
-#[test]
 fn ust_job_through_the_agent_counts_exactly_what_the_program_emitted() {
     require!(Req::Root, Req::Lttng, Req::UstToolchain, Req::Babeltrace2);
     let _ust = lttng::ust_exclusive();
@@ -363,7 +362,6 @@ async fn assert_trace_deleted_after_analysis(
 // ------------------------------------------------------------------------------------------
 // 2. ust through the agent, streamed to a relay and analysed on the relay host
 
-#[test]
 fn ust_job_streamed_to_a_relay_is_analysed_on_the_relay_host() {
     require!(
         Req::Root,
@@ -499,7 +497,18 @@ fn ust_job_streamed_to_a_relay_is_analysed_on_the_relay_host() {
 // 3. ust over the SSH fallback; a changed host key is refused
 
 #[test]
-fn ust_job_over_ssh_counts_exactly_and_a_changed_host_key_is_refused() {
+fn ust_job_over_ssh_one_command_per_step_counts_exactly_and_a_changed_host_key_is_refused() {
+    ust_job_over_ssh(false);
+}
+
+/// The same job with the host's own `tracesd` (the one built here, given as `ssh_tracesd`):
+/// after the pre-flight, the whole job is one command over SSH.
+#[test]
+fn ust_job_over_ssh_in_one_round_trip_with_the_hosts_tracesd_counts_exactly() {
+    ust_job_over_ssh(true);
+}
+
+fn ust_job_over_ssh(hosts_tracesd: bool) {
     require!(
         Req::Root,
         Req::Lttng,
@@ -535,10 +544,19 @@ fn ust_job_over_ssh_counts_exactly_and_a_changed_host_key_is_refused() {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
+        let tracesd = if hosts_tracesd {
+            tracevisor_tests::coordinator::binary("tracesd")
+                .unwrap()
+                .display()
+                .to_string()
+        } else {
+            String::new()
+        };
         let c = Coordinator::start_with_config(
             dir.path(),
             &format!(
-                "[analyses.huge]\nuserspace_events = [\"*\"]\ncommands = [[\"{}\", \"{{trace}}\"]]\n\
+                "ssh_tracesd = \"{tracesd}\"\n\
+                 [analyses.huge]\nuserspace_events = [\"*\"]\ncommands = [[\"{}\", \"{{trace}}\"]]\n\
                  [analyses.endless]\nuserspace_events = [\"*\"]\ncommands = [[\"{}\", \"{{trace}}\"]]\n",
                 huge.display(),
                 endless.display()
@@ -579,6 +597,9 @@ fn ust_job_over_ssh_counts_exactly_and_a_changed_host_key_is_refused() {
         // One SSH connection for the whole job (the original needed nine).
         let logins = sshd.log().matches("Accepted publickey").count();
         assert_eq!(logins, 1, "sshd log:\n{}", sshd.log());
+        // Which way the job ran: the host's tracesd in one command, or one command per step.
+        let one_command = c.logs().contains("the host's tracesd runs the whole job");
+        assert_eq!(one_command, hosts_tracesd, "{}", c.logs());
         // The kept trace comes back over SSH (one more connection), every event in it.
         assert_eq!(result["kept_trace"]["via"], "ssh", "{result}");
         assert_fetched_trace(&c, id, &trace, &run).await;
@@ -622,11 +643,12 @@ fn ust_job_over_ssh_counts_exactly_and_a_changed_host_key_is_refused() {
             "{}",
             endless_job["error"]
         );
+        // One command per step reads at most 64 MiB of it over SSH; the host's tracesd reads
+        // what the agent does (512 MiB, for userspace summaries) and finds it is not JSON.
+        let message = endless_job["error"]["message"].as_str().unwrap();
         assert!(
-            endless_job["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("bytes to standard output"),
+            message.contains("bytes to standard output")
+                || (hosts_tracesd && message.contains("did not print JSON")),
             "{}",
             endless_job["error"]
         );
@@ -674,7 +696,6 @@ fn ust_job_over_ssh_counts_exactly_and_a_changed_host_key_is_refused() {
 // ------------------------------------------------------------------------------------------
 // 4. a kernel analysis on a host without the kernel tracer
 
-#[test]
 fn io_job_on_a_host_without_the_kernel_tracer_fails_before_any_session() {
     require!(Req::Root, Req::Lttng, Req::NoKernelTracer);
     let _ust = lttng::ust_exclusive();
@@ -750,6 +771,7 @@ async fn analyse(profile: &str, trace: &Path) -> (Json, Vec<i8>) {
         hostname: "analysis-host".into(),
         trace_root: std::env::temp_dir(),
         policy: Default::default(),
+        control: Default::default(),
     };
     let statuses = std::sync::Mutex::new(Vec::new());
     let result = run_job(
@@ -918,7 +940,6 @@ fn cpu_and_io_analyses_of_a_generated_kernel_trace_match_its_events() {
 // ------------------------------------------------------------------------------------------
 // 6. cancellation
 
-#[test]
 fn cancelled_job_ends_failed_and_its_session_is_destroyed() {
     require!(Req::Root, Req::Lttng, Req::Babeltrace2);
     let _ust = lttng::ust_exclusive();
@@ -961,7 +982,6 @@ fn cancelled_job_ends_failed_and_its_session_is_destroyed() {
 // ------------------------------------------------------------------------------------------
 // 7. an agent killed mid-trace
 
-#[test]
 fn agent_killed_mid_trace_destroys_its_session_on_restart_and_fails_the_job() {
     require!(Req::Root, Req::Lttng);
     let _ust = lttng::ust_exclusive();
@@ -1014,7 +1034,6 @@ fn agent_killed_mid_trace_destroys_its_session_on_restart_and_fails_the_job() {
 // ------------------------------------------------------------------------------------------
 // 8. concurrent jobs
 
-#[test]
 fn concurrent_jobs_on_two_agents_all_complete() {
     require!(Req::Root, Req::Lttng, Req::Babeltrace2);
     let _ust = lttng::ust_exclusive();
@@ -1247,7 +1266,6 @@ fn bad_trace_requests_are_refused_and_run_nothing() {
 // ------------------------------------------------------------------------------------------
 // 10. /list, /jobs/{id}, DELETE of a finished job
 
-#[test]
 fn list_shows_running_jobs_and_all_jobs_and_unknown_or_finished_jobs_are_refused() {
     require!(Req::Root, Req::Lttng, Req::Babeltrace2);
     let _ust = lttng::ust_exclusive();
@@ -1307,5 +1325,75 @@ fn list_shows_running_jobs_and_all_jobs_and_unknown_or_finished_jobs_are_refused
         let (status, body) = c.delete(&format!("/jobs/{id}")).await.unwrap();
         assert_eq!(status.as_u16(), 409, "{body}");
         assert_eq!(get_job(&c, id).await.unwrap()["status"], COMPLETE);
+    });
+}
+
+tracevisor_tests::through_both_lttng_controls!(
+    ust_job_through_the_agent_counts_exactly_what_the_program_emitted,
+    ust_job_streamed_to_a_relay_is_analysed_on_the_relay_host,
+    cancelled_job_ends_failed_and_its_session_is_destroyed,
+    agent_killed_mid_trace_destroys_its_session_on_restart_and_fails_the_job,
+    concurrent_jobs_on_two_agents_all_complete,
+    io_job_on_a_host_without_the_kernel_tracer_fails_before_any_session,
+    list_shows_running_jobs_and_all_jobs_and_unknown_or_finished_jobs_are_refused,
+);
+
+/// An SSH host whose `tracesd` lies (a script that answers the version check, then claims the
+/// job complete through progress and floods one endless line): the coordinator takes no
+/// status from progress but the running ones, reads a bounded line, and fails the job at step
+/// `ssh-job`.
+#[test]
+fn a_hostile_hosts_tracesd_cannot_end_the_job_through_progress_nor_flood_the_coordinator() {
+    require!(Req::Root, Req::Lttng, Req::Sshd, Req::SshClient);
+    ensure_sessiond().unwrap();
+    run(async {
+        let dir = data_dir();
+        let real = tracevisor_tests::coordinator::binary("tracesd").unwrap();
+        let script = dir.path().join("hostile-tracesd");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n\
+                 if [ \"$1\" = --version ]; then exec {} --version; fi\n\
+                 echo '{{\"progress\":{{\"status\":4,\"text\":\"complete, honest\"}}}}'\n\
+                 echo '{{\"progress\":{{\"status\":-1,\"text\":\"failed\"}}}}'\n\
+                 head -c 100000000 /dev/zero | tr '\\0' x\n",
+                real.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let c = Coordinator::start_with_config(
+            dir.path(),
+            &format!("ssh_tracesd = \"{}\"\n", script.display()),
+            &[],
+        )
+        .unwrap();
+        let (_, keys) = c.get("/ssh").await.unwrap();
+        let sshd = Sshd::start(keys["keys"][0].as_str().unwrap()).unwrap();
+        let (status, client) = c
+            .post(
+                "/clients",
+                &json!({"hostname": "liar", "ipv4": "127.0.0.1", "sshport": sshd.port(), "sshuser": "root"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 201, "{client}");
+        let answer = post_analyses(&c, &job_body("liar", 0.2, "ust"), &[])
+            .await
+            .unwrap();
+        let job = &answer.body;
+        assert_eq!(answer.status.as_u16(), 502, "{job}");
+        assert_eq!(job["status"], FAILED, "{job}");
+        assert_eq!(job["error"]["step"], "ssh-job", "{job}");
+        let message = job["error"]["message"].as_str().unwrap();
+        assert!(message.contains("ended without an outcome"), "{message}");
+        assert!(job["result"].is_null(), "{job}");
+        assert!(
+            c.logs().contains("a status that is not a running one"),
+            "{}",
+            c.logs()
+        );
     });
 }

@@ -15,6 +15,10 @@
 //! analysis_programs = ["/usr/local/bin/my-analysis-mi"]
 //! # Output directories of this host's lttng-relayd, read by analysis-only jobs.
 //! relay_roots = ["/var/lib/lttng-relayd"]
+//! # How LTTng is driven: "auto" (liblttng-ctl when usable, else the lttng CLI), "library"
+//! # or "cli"; and where liblttng-ctl is (default: liblttng-ctl.so.0 where the loader looks).
+//! lttng_control = "auto"
+//! lttng_ctl_library = "/usr/lib/x86_64-linux-gnu/liblttng-ctl.so.0"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -76,6 +80,14 @@ pub struct Cli {
     /// commands this root agent runs then cross the network in clear (a trusted network only).
     #[arg(long, env = "TRACESD_INSECURE_WS")]
     pub insecure_ws: bool,
+    /// How jobs drive LTTng: `auto` (the host's liblttng-ctl when it loads and matches the
+    /// session daemon's version, else the `lttng` CLI), `library` (refuse to start without
+    /// it) or `cli` [default: auto].
+    #[arg(long, env = "TRACESD_LTTNG_CONTROL", value_name = "auto|library|cli")]
+    pub lttng_control: Option<tracevisor_lttng::control::ControlChoice>,
+    /// The liblttng-ctl to load [default: liblttng-ctl.so.0, where the dynamic loader looks].
+    #[arg(long, env = "TRACESD_LTTNG_CTL_LIBRARY", value_name = "FILE")]
+    pub lttng_ctl_library: Option<PathBuf>,
 }
 
 /// The keys of the TOML configuration file.
@@ -113,6 +125,10 @@ pub struct FileConfig {
     /// Where jobs write local traces (default: /var/lib/tracesd/traces); an absolute path,
     /// created mode 0700 and checked before each job like the default.
     pub trace_root: Option<PathBuf>,
+    /// See [`Cli::lttng_control`].
+    pub lttng_control: Option<tracevisor_lttng::control::ControlChoice>,
+    /// See [`Cli::lttng_ctl_library`].
+    pub lttng_ctl_library: Option<PathBuf>,
 }
 
 /// An invalid or missing setting.
@@ -242,6 +258,10 @@ pub struct AgentConfig {
     pub trace_policy: tracevisor_lttng::lifecycle::TracePolicy,
     /// Where jobs write local traces (`None`: the default root).
     pub trace_root: Option<PathBuf>,
+    /// How jobs drive LTTng (liblttng-ctl or the CLI).
+    pub lttng_control: tracevisor_lttng::control::ControlChoice,
+    /// The liblttng-ctl to load (`None`: the soname, where the dynamic loader looks).
+    pub lttng_ctl_library: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -266,6 +286,8 @@ impl std::fmt::Debug for AgentConfig {
             .field("relay_roots", &self.relay_roots)
             .field("trace_policy", &self.trace_policy)
             .field("trace_root", &self.trace_root)
+            .field("lttng_control", &self.lttng_control)
+            .field("lttng_ctl_library", &self.lttng_ctl_library)
             .finish()
     }
 }
@@ -288,6 +310,8 @@ impl AgentConfig {
             relay_roots: Vec::new(),
             trace_policy: Default::default(),
             trace_root: None,
+            lttng_control: Default::default(),
+            lttng_ctl_library: None,
         })
     }
 
@@ -458,6 +482,8 @@ impl AgentConfig {
             relay_roots,
             trace_policy,
             trace_root: file.trace_root,
+            lttng_control: cli.lttng_control.or(file.lttng_control).unwrap_or_default(),
+            lttng_ctl_library: cli.lttng_ctl_library.or(file.lttng_ctl_library),
         })
     }
 
@@ -801,8 +827,18 @@ mod tests {
             trace_root: Some("/srv/traces".into()),
             credential: Some(FILE_CREDENTIAL.into()),
             coordinator_fingerprints: None,
+            lttng_control: Some(tracevisor_lttng::control::ControlChoice::Cli),
+            lttng_ctl_library: Some("/opt/lttng/lib/liblttng-ctl.so.0".into()),
         };
         let config = AgentConfig::merge(cli("ws://flag:2", FLAG_CREDENTIAL), file.clone()).unwrap();
+        assert_eq!(
+            config.lttng_control,
+            tracevisor_lttng::control::ControlChoice::Cli
+        );
+        assert_eq!(
+            config.lttng_ctl_library.as_deref(),
+            Some(Path::new("/opt/lttng/lib/liblttng-ctl.so.0"))
+        );
         assert_eq!(config.trace_root.as_deref(), Some(Path::new("/srv/traces")));
         assert_eq!(
             config.coordinator.to_string(),

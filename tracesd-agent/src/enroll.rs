@@ -508,7 +508,7 @@ pub fn render_config(
          # It holds this host's own credential: keep it mode 0600, owned by root.\n\
          # Keys: coordinator, coordinators, credential, hostname, ca_cert, coordinator_fingerprints,\n\
          # analysis_programs, relay_roots, insecure_ws, trace_root, trace_retention_secs,\n\
-         # trace_quota_mib.\n",
+         # trace_quota_mib, lttng_control, lttng_ctl_library.\n",
     );
     text.push_str(&format!("coordinator = {}\n", quote(coordinator)));
     text.push_str(&format!("credential = {}\n", quote(credential)));
@@ -530,7 +530,8 @@ pub fn render_config(
 }
 
 /// The host's own settings in an existing configuration file (`coordinators`,
-/// `analysis_programs`, `relay_roots`, `trace_root`, `trace_retention_secs`, `trace_quota_mib`), as TOML lines to
+/// `analysis_programs`, `relay_roots`, `trace_root`, `trace_retention_secs`, `trace_quota_mib`,
+/// `lttng_control`, `lttng_ctl_library`), as TOML lines to
 /// write again: enrolling again must not drop them.
 fn kept_settings(path: &Path) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
@@ -547,6 +548,8 @@ fn kept_settings(path: &Path) -> String {
         "trace_root",
         "trace_retention_secs",
         "trace_quota_mib",
+        "lttng_control",
+        "lttng_ctl_library",
     ] {
         if let Some(
             value @ (toml::Value::Array(_) | toml::Value::String(_) | toml::Value::Integer(_)),

@@ -26,6 +26,7 @@ pub mod jobs;
 pub mod link;
 pub mod recorders;
 pub mod roots;
+pub mod ssh_job;
 pub mod tls;
 
 pub use config::{AgentConfig, Cli, LinkSettings, Token};

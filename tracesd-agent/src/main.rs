@@ -30,6 +30,10 @@ enum Command {
     /// Enroll this host: check the coordinator and the token, write the agent configuration
     /// (mode 0600), check lttng-sessiond, and enable tracesd.service when systemd runs.
     Enroll(tracesd::enroll::EnrollArgs),
+    /// Run one trace job for a coordinator that reached this host over SSH: the job as a JSON
+    /// line on standard input, progress and outcome as JSON lines on standard output.
+    #[command(name = "ssh-job")]
+    SshJob(tracesd::ssh_job::SshJobArgs),
 }
 
 #[tokio::main]
@@ -39,7 +43,7 @@ async fn main() -> ExitCode {
     // and go to standard error. The agent logs as it always did.
     // Colours only on a terminal (not in the journal).
     let (default_level, writer, ansi) = match invocation.command {
-        Some(Command::Enroll(_)) => (
+        Some(Command::Enroll(_)) | Some(Command::SshJob(_)) => (
             "warn",
             BoxMakeWriter::new(std::io::stderr),
             std::io::stderr().is_terminal(),
@@ -61,6 +65,12 @@ async fn main() -> ExitCode {
         .init();
     let cli = match invocation.command {
         Some(Command::Enroll(args)) => return enroll(&args).await,
+        Some(Command::SshJob(args)) => {
+            let code = tracesd::ssh_job::run(args).await;
+            // Standard input may still be read by a blocking thread, which would hold the
+            // runtime's shutdown: the outcome is written and flushed, so exit now.
+            std::process::exit(i32::from(code));
+        }
         None => invocation.agent,
     };
     let config = match tracesd::AgentConfig::load(cli) {

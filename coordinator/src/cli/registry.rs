@@ -414,6 +414,9 @@ fn show(kind: Kind, r: &Json) -> String {
                 };
                 line("lttng", opt(&caps["lttng_version"]));
                 line("sessiond", flag("sessiond_running"));
+                if caps["lttng_control"].is_string() {
+                    line("lttng control", opt(&caps["lttng_control"]));
+                }
                 let mut kernel = flag("kernel_tracer");
                 if let Some(e) = caps["kernel_tracer_error"].as_str() {
                     let _ = write!(kernel, " ({})", super::one_line(e));

@@ -388,6 +388,7 @@ fn hello_within_bounds(hello: &tracevisor_protocol::Hello) -> Result<(), String>
     for (what, error) in [
         ("kernel_tracer_error", &caps.kernel_tracer_error),
         ("userspace_tracer_error", &caps.userspace_tracer_error),
+        ("lttng_control", &caps.lttng_control),
     ] {
         text(
             what,

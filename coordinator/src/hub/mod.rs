@@ -695,6 +695,7 @@ pub fn capabilities_json(c: &Capabilities) -> Json {
         "userspace_tracer_error": c.userspace_tracer_error,
         "babeltrace2": c.babeltrace2,
         "analyses": c.analyses,
+        "lttng_control": c.lttng_control,
     })
 }
 

@@ -192,10 +192,12 @@ impl Engine {
     ) -> Result<Json, JobError> {
         let exec = SshExecutor::connect(target, &self.ssh).await?;
         let result = async {
-            if spec.analysis_only.is_none() {
+            let preflight = if spec.analysis_only.is_none() {
                 exec.preflight(profile.needs_kernel(), &profile.analysis)
-                    .await?;
-            }
+                    .await?
+            } else {
+                Default::default()
+            };
             let engine = self.clone();
             let progress = move |status: i8, _: &str| {
                 let Some(status) = JobStatus::from_code(i64::from(status)) else {
@@ -207,7 +209,15 @@ impl Engine {
                     let _ = writer.set_status(job_id, status).await;
                 });
             };
-            lifecycle::run_job(&exec, spec, progress, cancel).await
+            match &preflight.tracesd {
+                // One round trip: the host's own tracesd runs every step.
+                Some(program) => {
+                    tracing::info!(job_id, host = %target.display, program, "the host's tracesd runs the whole job: one command over ssh");
+                    exec.run_job_remotely(program, spec, progress, cancel)
+                        .await
+                }
+                None => lifecycle::run_job(&exec, spec, progress, cancel).await,
+            }
         }
         .await;
         exec.close().await;

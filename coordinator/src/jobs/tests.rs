@@ -51,6 +51,7 @@ async fn setup(heartbeat: Duration) -> Setup {
             policy: HostKeyPolicy::Strict,
             connect_timeout: Duration::from_secs(1),
             traces: Default::default(),
+            tracesd: None,
         },
         INSTANCE.into(),
         shutdown.clone(),

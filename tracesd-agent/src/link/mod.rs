@@ -41,6 +41,9 @@ pub enum LinkError {
     /// The TLS configuration could not be built (fatal: a configuration error).
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
+    /// `lttng_control = "library"` and liblttng-ctl cannot be used (fatal).
+    #[error("{0}")]
+    LttngControl(String),
     /// The upgrade request could not be built (fatal: a configuration error).
     #[error("cannot build the upgrade request for {url}: {message}")]
     Request {
@@ -111,7 +114,10 @@ pub enum LinkError {
 impl LinkError {
     /// Whether retrying cannot help (the configuration must change).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, LinkError::Tls(_) | LinkError::Request { .. })
+        matches!(
+            self,
+            LinkError::Tls(_) | LinkError::Request { .. } | LinkError::LttngControl(_)
+        )
     }
 }
 
@@ -152,6 +158,11 @@ pub async fn run(mut config: AgentConfig, shutdown: CancellationToken) -> Result
     if let Some(root) = &config.trace_root {
         executor.trace_root = root.clone();
     }
+    executor.control = tracevisor_lttng::control::Control::open(
+        config.lttng_control,
+        config.lttng_ctl_library.as_deref(),
+    )
+    .map_err(LinkError::LttngControl)?;
     tracing::info!(trace_root = %executor.trace_root.display(), "local traces go under this root");
     let mut jobs = Jobs::new(executor, allowlist, config.relay_roots.clone());
     let mut capabilities = CapabilityCache::default();
@@ -220,9 +231,10 @@ async fn attempt(
     shutdown: &CancellationToken,
     established: &mut Option<Instant>,
 ) -> Result<(), LinkError> {
+    let executor = jobs.executor();
     let capabilities = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        capabilities = capabilities.get(config.link.detect_capabilities) => capabilities,
+        capabilities = capabilities.get(config.link.detect_capabilities, &executor.control) => capabilities,
     };
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -250,7 +262,11 @@ struct CapabilityCache {
 impl CapabilityCache {
     const MAX_AGE: Duration = Duration::from_secs(60);
 
-    async fn get(&mut self, detect: bool) -> Capabilities {
+    async fn get(
+        &mut self,
+        detect: bool,
+        control: &tracevisor_lttng::control::Control,
+    ) -> Capabilities {
         if !detect {
             return Capabilities::default();
         }
@@ -259,8 +275,10 @@ impl CapabilityCache {
                 return capabilities.clone();
             }
         }
-        let capabilities = tracevisor_lttng::capabilities::detect().await;
+        let mut capabilities = tracevisor_lttng::capabilities::detect().await;
+        capabilities.lttng_control = Some(control.describe().await);
         tracing::info!(
+            lttng_control = capabilities.lttng_control.as_deref().unwrap_or_default(),
             lttng = capabilities.lttng_version.as_deref().unwrap_or("not installed"),
             sessiond = capabilities.sessiond_running,
             kernel = %availability(capabilities.kernel_tracer, &capabilities.kernel_tracer_error),

@@ -312,7 +312,7 @@ async fn malformed_frames_close_with_a_reason_and_reconnect() {
         (
             WsMessage::binary(newer),
             CloseReason::UnsupportedVersion,
-            "protocol version 4",
+            "this side speaks version 4",
         ),
         (
             WsMessage::binary(trailing),
@@ -711,6 +711,7 @@ async fn drive_works_over_an_in_memory_stream() {
             hostname: "in-memory".into(),
             trace_root: std::env::temp_dir(),
             policy: Default::default(),
+            control: Default::default(),
         },
         crate::allow::Allowlist::discover(&[]),
         vec![],
