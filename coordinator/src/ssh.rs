@@ -317,11 +317,22 @@ impl SshExecutor {
             // The finished future goes here, with our ends of the command's input and output:
             // a command that still writes stops on a broken pipe.
         };
-        if !errors_read {
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut errors).await;
+        // With an outcome, the job is over for the coordinator: the command may still be
+        // finishing on the host (the session daemon completing a destruction), bounded there by
+        // `timeout`; dropping it closes the channel, not the command. Without one, its standard
+        // error says why, and its exit is waited for briefly.
+        if matches!(
+            outcome,
+            Some(RemoteLine::Result(_) | RemoteLine::Error { .. })
+        ) {
+            tracing::debug!(host = %self.display, elapsed_ms = started.elapsed().as_millis() as u64, "tracesd ssh-job answered");
+        } else {
+            if !errors_read {
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut errors).await;
+            }
+            let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            tracing::debug!(host = %self.display, elapsed_ms = started.elapsed().as_millis() as u64, ?status, "tracesd ssh-job ended without an outcome");
         }
-        let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-        tracing::debug!(host = %self.display, elapsed_ms = started.elapsed().as_millis() as u64, ?status, "tracesd ssh-job");
         match outcome {
             Some(RemoteLine::Result(result)) => Ok(result),
             Some(RemoteLine::Error { step, message, .. }) => Err(fail(&step, message)),

@@ -60,6 +60,8 @@ type EnableEvent = unsafe extern "C" fn(
 type AddContext =
     unsafe extern "C" fn(*mut c_void, *mut c_void, *const c_char, *const c_char) -> c_int;
 type StartTracing = unsafe extern "C" fn(*const c_char) -> c_int;
+type StopTracingNoWait = unsafe extern "C" fn(*const c_char) -> c_int;
+type DataPending = unsafe extern "C" fn(*const c_char) -> c_int;
 type DestroySessionExt = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> c_int;
 type WaitForCompletion = unsafe extern "C" fn(*mut c_void, c_int) -> c_int;
 type GetResult = unsafe extern "C" fn(*const c_void, *mut c_int) -> c_int;
@@ -86,6 +88,8 @@ struct Api {
     enable_event: EnableEvent,
     add_context: AddContext,
     start_tracing: StartTracing,
+    stop_tracing_no_wait: StopTracingNoWait,
+    data_pending: DataPending,
     destroy_session_ext: DestroySessionExt,
     wait_for_completion: WaitForCompletion,
     get_result: GetResult,
@@ -139,6 +143,8 @@ impl Library {
             enable_event: resolve!("lttng_enable_event_with_exclusions", EnableEvent),
             add_context: resolve!("lttng_add_context", AddContext),
             start_tracing: resolve!("lttng_start_tracing", StartTracing),
+            stop_tracing_no_wait: resolve!("lttng_stop_tracing_no_wait", StopTracingNoWait),
+            data_pending: resolve!("lttng_data_pending", DataPending),
             destroy_session_ext: resolve!("lttng_destroy_session_ext", DestroySessionExt),
             wait_for_completion: resolve!(
                 "lttng_destruction_handle_wait_for_completion",
@@ -269,6 +275,35 @@ impl Library {
         unsafe { (self.api.start_tracing)(session.as_ptr()) }
     }
 
+    /// Stops `session` without the library's own 200 ms waits, then asks every `step_ms`
+    /// whether data is still pending, while `keep_waiting` allows: 0 once the trace is complete
+    /// on disk (what `lttng stop` waits for), a negative LTTng error code, or `Err` when
+    /// `keep_waiting` gave up. A session already stopped is not an error.
+    pub fn stop(
+        &self,
+        session: &CStr,
+        step_ms: u64,
+        mut keep_waiting: impl FnMut() -> bool,
+    ) -> Result<c_int, ()> {
+        // SAFETY: a NUL-terminated name that outlives the call.
+        let stopped = unsafe { (self.api.stop_tracing_no_wait)(session.as_ptr()) };
+        if stopped < 0 && -stopped != LTTNG_ERR_TRACE_ALREADY_STOPPED {
+            return Ok(stopped);
+        }
+        loop {
+            // SAFETY: as above; returns 1 while data is pending, 0 when none, < 0 on error.
+            let pending = unsafe { (self.api.data_pending)(session.as_ptr()) };
+            match pending {
+                0 => return Ok(0),
+                p if p < 0 => return Ok(p),
+                _ if keep_waiting() => {
+                    std::thread::sleep(std::time::Duration::from_millis(step_ms))
+                }
+                _ => return Err(()),
+            }
+        }
+    }
+
     /// Destroys `session` (which stops it) and waits, in steps of `step_ms`, until the session
     /// daemon says the trace is complete; `keep_waiting` is asked between steps. Returns 0 or
     /// a negative LTTng error code; `Err` when `keep_waiting` gave up.
@@ -360,6 +395,8 @@ impl Library {
 /// `LTTNG_ERR_UNK` and `LTTNG_ERR_NOMEM`.
 pub const LTTNG_ERR_UNK: c_int = 11;
 pub const LTTNG_ERR_NOMEM: c_int = 26;
+/// `LTTNG_ERR_TRACE_ALREADY_STOPPED`.
+const LTTNG_ERR_TRACE_ALREADY_STOPPED: c_int = 81;
 
 /// A `struct lttng_handle`, destroyed by [`Handle::close`].
 struct Handle<'a>(*mut c_void, &'a Library);

@@ -129,6 +129,8 @@ type Request = Box<dyn FnOnce(&ffi::Library) + Send>;
 const QUEUE: usize = 64;
 /// The step of a destruction's wait, between which the deadline is checked.
 const DESTROY_STEP_MS: c_int = 100;
+/// How often a stopping session is asked whether data is still pending.
+const STOP_STEP_MS: u64 = 10;
 
 /// A loaded liblttng-ctl and the thread that owns it. Cheap to clone; the thread ends when
 /// the last clone is dropped (or stays blocked in a hung call, which it cannot be taken out
@@ -374,6 +376,91 @@ impl Ctl {
             })
             .await?;
         answer
+    }
+
+    /// Stops `session` and returns once its trace is complete on disk (no data pending, asked
+    /// every 10 ms): what `lttng stop` waits for before the trace may be read, without its
+    /// 200 ms steps.
+    pub async fn stop(&self, session: &str, timeout: Duration) -> Result<(), CtlError> {
+        let session = c_string(session)?;
+        let deadline = Instant::now() + timeout;
+        self.call(timeout + Duration::from_secs(5), move |lib| {
+            match lib.stop(&session, STOP_STEP_MS, || Instant::now() < deadline) {
+                Ok(status) => check(lib, status),
+                Err(()) => Err(CtlError::Lttng {
+                    code: ffi::LTTNG_ERR_UNK,
+                    message: format!(
+                        "data of session \"{}\" still pending after {:.1} s",
+                        session.to_string_lossy(),
+                        timeout.as_secs_f64()
+                    ),
+                }),
+            }
+        })
+        .await?
+    }
+
+    /// Destroys `session` on the library's thread after the calls queued before, without
+    /// waiting: the session daemon takes about 0.7 s to complete a destruction (a last
+    /// rotation checked on its 500 ms timer), which a job whose trace is already complete
+    /// ([`Ctl::stop`]) need not wait for. The outcome is logged; [`Ctl::settle`] waits for
+    /// every destruction queued so far.
+    pub async fn destroy_in_background(
+        &self,
+        session: &str,
+        timeout: Duration,
+    ) -> Result<(), CtlError> {
+        if self.is_wedged() {
+            return Err(CtlError::Wedged);
+        }
+        let c_session = c_string(session)?;
+        let name = session.to_owned();
+        let path = self.path.clone();
+        let request: Request = Box::new(move |lib| {
+            let started = Instant::now();
+            let deadline = started + timeout;
+            let outcome =
+                match lib.destroy(&c_session, DESTROY_STEP_MS, || Instant::now() < deadline) {
+                    Ok(status) => check(lib, status),
+                    Err(()) => Err(CtlError::Lttng {
+                        code: ffi::LTTNG_ERR_UNK,
+                        message: format!("not complete after {:.1} s", timeout.as_secs_f64()),
+                    }),
+                };
+            match outcome {
+                Ok(()) => {
+                    tracing::debug!(session = %name, elapsed_ms = started.elapsed().as_millis() as u64, "session destroyed")
+                }
+                Err(error) => {
+                    tracing::warn!(session = %name, library = %path, %error, "destroying a stopped session failed; it is destroyed as a leftover when the agent next starts")
+                }
+            }
+        });
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| CtlError::Wedged)
+    }
+
+    /// Waits (at most `timeout`) until every call queued so far, destructions in the
+    /// background included, is done: the thread takes requests in order, so an empty request's
+    /// answer means all before it ran.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        if self.is_wedged() {
+            return false;
+        }
+        let (answer, answered) = oneshot::channel();
+        let request: Request = Box::new(move |_| {
+            let _ = answer.send(());
+        });
+        tokio::time::timeout(timeout, async {
+            self.requests.send(request).await.ok()?;
+            answered.await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .is_some()
     }
 
     /// The names of the session daemon's sessions (`lttng list`).

@@ -50,7 +50,9 @@ pub enum LttngCmd {
     },
     /// `lttng start SESSION`.
     Start { session: String },
-    /// `lttng destroy SESSION` (stops it first, and waits until the trace is complete).
+    /// `lttng destroy SESSION`: stops it, and returns once the trace is complete. The CLI also
+    /// waits for the session daemon to finish destroying it; liblttng-ctl lets it finish in
+    /// the background ([`Control::settle`] waits for it).
     Destroy { session: String },
     /// `lttng --mi xml list`: the session names.
     ListSessions,
@@ -258,6 +260,19 @@ impl Control {
         }
     }
 
+    /// Waits (at most `timeout`) for the destructions still running in the background: before
+    /// a process that drove the library exits.
+    pub async fn settle(&self, timeout: Duration) {
+        if let Control::Library(library) = self {
+            if !library.ctl.settle(timeout).await {
+                tracing::warn!(
+                    timeout_s = timeout.as_secs_f64(),
+                    "sessions still being destroyed at exit; they are destroyed as leftovers at the next start"
+                );
+            }
+        }
+    }
+
     /// What jobs use now, for the capabilities: `liblttng-ctl 2.13` or `lttng CLI (why)`.
     pub async fn describe(&self) -> String {
         match self {
@@ -374,7 +389,12 @@ impl LibraryControl {
                     .await
             }
             LttngCmd::Start { session } => ctl.start(session, timeout).await,
-            LttngCmd::Destroy { session } => ctl.destroy(session, timeout).await,
+            // Stopped, and complete on disk, then destroyed behind the step's back: the caller
+            // reads the trace at once, the daemon's last 0.7 s happen on the library's thread.
+            LttngCmd::Destroy { session } => match ctl.stop(session, timeout).await {
+                Ok(()) => ctl.destroy_in_background(session, timeout).await,
+                Err(e) => Err(e),
+            },
             LttngCmd::ListSessions => {
                 return ctl
                     .list_sessions(timeout)
@@ -429,12 +449,12 @@ fn sessiond_pid_files() -> Vec<PathBuf> {
     files
 }
 
-/// The pid in a session daemon's pid file, when that process is alive.
+/// The pid in a session daemon's pid file, when that process is alive and is a session daemon
+/// (a stale file's pid may have been reused by another program, which must not be run).
 fn read_pid(file: &std::path::Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
-    std::path::Path::new(&format!("/proc/{pid}"))
-        .exists()
-        .then_some(pid)
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "lttng-sessiond").then_some(pid)
 }
 
 #[cfg(test)]

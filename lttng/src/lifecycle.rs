@@ -637,24 +637,34 @@ pub async fn prune_kept_traces(exec: &impl Executor) {
     candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
     // Sessions that exist: their traces are being written.
     let live = list_sessions(exec).await.unwrap_or_default();
+    // The trace directories in which something changed recently, in one command (one round
+    // trip over SSH, whatever the number of kept traces): the first component of every path
+    // changed within TRACE_MIN_AGE below the root.
+    let recent = argv(&[
+        "find",
+        &root,
+        "-mindepth",
+        "2",
+        "-mmin",
+        &format!("-{}", minutes(TRACE_MIN_AGE)),
+        "-printf",
+        "%P\n",
+    ]);
+    let Ok(recent) = exec.run(recent, LTTNG_TIMEOUT).await else {
+        return;
+    };
+    let recent = recent.stdout_lossy();
+    let recent: std::collections::HashSet<&str> = recent
+        .lines()
+        .filter_map(|path| path.split('/').next())
+        .collect();
     let mut idle = Vec::new();
     for (time, trace) in candidates {
         let name = trace.rsplit('/').next().unwrap_or_default().to_owned();
-        if live.contains(&name) {
+        if live.contains(&name) || recent.contains(name.as_str()) {
             continue;
         }
-        let recent = argv(&[
-            "find",
-            &trace,
-            "-mmin",
-            &format!("-{}", minutes(TRACE_MIN_AGE)),
-            "-print",
-            "-quit",
-        ]);
-        match exec.run(recent, LTTNG_TIMEOUT).await {
-            Ok(out) if out.stdout_lossy().trim().is_empty() => idle.push((time, trace)),
-            _ => {}
-        }
+        idle.push((time, trace));
     }
     let now = exec
         .run(argv(&["date", "+%s"]), LTTNG_TIMEOUT)

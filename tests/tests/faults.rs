@@ -171,11 +171,13 @@ async fn a_relay_that_is_down_is_a_clear_error_and_leaves_no_session() {
             && message.contains(&format!("lttng-relayd at 127.0.0.1:{}", ports[0])),
         "{message}"
     );
+    // Through liblttng-ctl the session daemon finishes destroying the session after the job.
+    let gone = tracevisor_tests::jobs_support::wait_until(|| {
+        tracevisor_tests::jobs_support::session_names()
+            .is_ok_and(|after| after.iter().all(|s| before.contains(s)))
+    });
     let after = tracevisor_tests::jobs_support::session_names().unwrap();
-    assert!(
-        after.iter().all(|s| before.contains(s)),
-        "no session left: {after:?}"
-    );
+    assert!(gone, "no session left: {after:?}");
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

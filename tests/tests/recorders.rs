@@ -238,8 +238,9 @@ fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_a
         for state in deleted["states"].as_array().unwrap() {
             assert_eq!(state["state"], "disarmed", "{deleted}");
         }
+        // Through liblttng-ctl the session daemon finishes destroying them just after.
         assert!(
-            recorder_sessions(id, &before).is_empty(),
+            tracevisor_tests::jobs_support::wait_until(|| recorder_sessions(id, &before).is_empty()),
             "{:?}",
             recorder_sessions(id, &before)
         );

@@ -139,6 +139,9 @@ pub async fn run(args: SshJobArgs) -> u8 {
             message: e.message,
         },
     });
+    // The outcome is out: the coordinator need not wait for the session daemon to finish
+    // destroying the session, but this process does before it exits.
+    executor.control.settle(Duration::from_secs(60)).await;
     signals.abort();
     let _ = signals.await;
     // The input watcher sits in a blocking read of standard input, which cannot be

@@ -174,7 +174,7 @@ pub async fn run(mut config: AgentConfig, shutdown: CancellationToken) -> Result
         version = AGENT_VERSION,
         "agent starting"
     );
-    loop {
+    let outcome = loop {
         let mut established = None;
         let span = tracing::info_span!("link", coordinator = %config.coordinator);
         let result = attempt(
@@ -190,13 +190,13 @@ pub async fn run(mut config: AgentConfig, shutdown: CancellationToken) -> Result
         match result {
             Ok(()) => {
                 tracing::info!("agent stopped");
-                return Ok(());
+                break Ok(());
             }
-            Err(error) if error.is_fatal() => return Err(error),
+            Err(error) if error.is_fatal() => break Err(error),
             Err(error) => tracing::warn!("{error}"),
         }
         if shutdown.is_cancelled() {
-            return Ok(());
+            break Ok(());
         }
         if established.is_some_and(|since: Instant| since.elapsed() >= settings.stable_after) {
             backoff.reset();
@@ -215,12 +215,18 @@ pub async fn run(mut config: AgentConfig, shutdown: CancellationToken) -> Result
         tokio::select! {
             _ = shutdown.cancelled() => {
                 tracing::info!("agent stopped");
-                return Ok(());
+                break Ok(());
             }
             _ = tokio::time::sleep(delay) => {}
         }
-    }
+    };
+    // Sessions liblttng-ctl is still destroying in the background are finished first.
+    jobs.executor().control.settle(SETTLE_TIMEOUT).await;
+    outcome
 }
+
+/// How long the agent waits at exit for sessions still being destroyed in the background.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One link: hello preparation, connection, then the session until it ends.
 async fn attempt(
