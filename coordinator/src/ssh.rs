@@ -61,15 +61,6 @@ pub struct SshExecutor {
     /// The SSH user (validated as a POSIX user name), which names the trace root.
     user: String,
     traces: tracevisor_lttng::lifecycle::TracePolicy,
-    tracesd: Option<String>,
-}
-
-/// What the pre-flight found besides the checks it makes.
-#[derive(Debug, Clone, Default)]
-pub struct Preflight {
-    /// The host's `tracesd`, when it is this coordinator's own version: the job then runs in
-    /// one round trip ([`SshExecutor::run_job_remotely`]).
-    pub tracesd: Option<String>,
 }
 
 fn io_err(command: String, message: impl std::fmt::Display) -> RunError {
@@ -97,25 +88,19 @@ impl SshExecutor {
             display: target.display.clone(),
             user: target.user.clone(),
             traces: settings.traces,
-            tracesd: settings.tracesd.clone(),
         })
     }
 
     /// The pre-flight checks of the original: a root lttng-sessiond runs, and the user is root
-    /// or in the `tracing` group. In the same round trip, asks the host's `tracesd` (when
-    /// configured) for its version.
-    pub async fn preflight(
-        &self,
-        needs_kernel: bool,
-        analysis: &str,
-    ) -> Result<Preflight, StepError> {
+    /// or in the `tracing` group (and the kernel tracer is loaded for a kernel analysis). The
+    /// checks run at once over the multiplexed connection: one round trip.
+    pub async fn preflight(&self, needs_kernel: bool, analysis: &str) -> Result<(), StepError> {
+        use tracevisor_lttng::remote;
         let fail = |message: String| StepError {
             step: "preflight".into(),
             host: self.display.clone(),
             message,
         };
-        // The checks are independent: run them at once over the multiplexed connection, so the
-        // pre-flight costs one round trip instead of two or three.
         let limit = Duration::from_secs(15);
         let modules = async {
             if needs_kernel {
@@ -124,58 +109,35 @@ impl SshExecutor {
                 None
             }
         };
-        let tracesd = async {
-            let program = self.tracesd.as_deref()?;
-            let out = self.run(argv(&[program, "--version"]), limit).await;
-            let expected = format!("tracesd {}", env!("CARGO_PKG_VERSION"));
-            match out {
-                Ok(out) if out.stdout_lossy().trim() == expected => Some(program.to_owned()),
-                Ok(out) => {
-                    tracing::info!(host = %self.display, program, found = %out.stdout_lossy().trim(), %expected, "the host's tracesd is another version: the job runs one command per step");
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!(host = %self.display, program, error = %e, "no tracesd on the host: the job runs one command per step");
-                    None
-                }
-            }
-        };
-        let (sessiond, id, modules, tracesd) = tokio::join!(
+        let (sessiond, id, modules) = tokio::join!(
             self.run(
                 argv(&["pgrep", "-u", "root", "-x", "lttng-sessiond"]),
                 limit
             ),
             self.run(argv(&["id"]), limit),
-            modules,
-            tracesd
+            modules
         );
         if sessiond.is_err() {
-            return Err(fail("no lttng-sessiond running as root (start it with `lttng-sessiond --daemonize` as root)".into()));
+            return Err(fail(remote::NO_ROOT_SESSIOND.into()));
         }
         // One `id` answers both: "uid=0(root) gid=0(root) groups=0(root),27(tracing)".
         let id = id.map_err(|e| fail(format!("cannot check the user: {e}")))?;
-        if !user_may_trace(&id.stdout_lossy()) {
-            return Err(fail(
-                "the ssh user is neither root nor in the tracing group".into(),
-            ));
+        if !remote::user_may_trace(&id.stdout_lossy()) {
+            return Err(fail(remote::USER_MAY_NOT_TRACE.into()));
         }
         if let Some(modules) = modules {
             let loaded = modules
-                .map(|o| {
-                    o.stdout_lossy()
-                        .lines()
-                        .any(|l| l.starts_with("lttng_tracer "))
-                })
+                .map(|o| remote::kernel_tracer_loaded(&o.stdout_lossy()))
                 .unwrap_or(false);
             if !loaded {
                 return Err(StepError {
                     step: "kernel".into(),
                     host: self.display.clone(),
-                    message: format!("kernel tracer not available (lttng-modules not loaded); analysis {analysis} needs kernel events"),
+                    message: remote::no_kernel_tracer(analysis),
                 });
             }
         }
-        Ok(Preflight { tracesd })
+        Ok(())
     }
 
     /// Runs the whole job with the host's `tracesd ssh-job` ([`tracevisor_lttng::remote`]): one
@@ -185,13 +147,18 @@ impl SshExecutor {
     /// Cancelling closes the input: the host destroys the session and answers `cancelled`
     /// (waited for at most [`REMOTE_CANCEL_GRACE`]). The command is bounded on the host by
     /// `timeout` (the duration, the analysis timeout and 5 minutes).
+    ///
+    /// It is tried first, with the pre-flight done on the host by the same command: `Err` when
+    /// the host has no such `tracesd` (not found, another version, one without `ssh-job`), and
+    /// nothing was done there: the caller runs the pre-flight and the job one command per step.
     pub async fn run_job_remotely(
         &self,
         program: &str,
         spec: &tracevisor_protocol::JobSpec,
-        progress: impl Fn(i8, &str) + Send + Sync,
+        (needs_kernel, analysis): (bool, &str),
+        progress: &(impl Fn(i8, &str) + Send + Sync),
         cancel: &tokio_util::sync::CancellationToken,
-    ) -> Result<serde_json::Value, StepError> {
+    ) -> Result<Result<serde_json::Value, StepError>, String> {
         use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
         use tracevisor_lttng::remote::{self, RemoteLine};
         let fail = |step: &str, message: String| StepError {
@@ -199,13 +166,15 @@ impl SshExecutor {
             host: self.display.clone(),
             message,
         };
-        if !remote::host_ok(&self.display) {
-            return Err(fail(
-                "validate",
-                format!("host name {:?} cannot be given to tracesd", self.display),
+        if !remote::host_ok(&self.display) || !remote::analysis_ok(analysis) {
+            return Err(format!(
+                "host {:?} or analysis {analysis:?} cannot be given to tracesd",
+                self.display
             ));
         }
-        tracevisor_lttng::lifecycle::validate_spec(spec).map_err(|e| fail("validate", e))?;
+        if let Err(e) = tracevisor_lttng::lifecycle::validate_spec(spec) {
+            return Ok(Err(fail("validate", e)));
+        }
         let limit = Duration::from_millis(spec.duration_ms)
             + tracevisor_lttng::lifecycle::ANALYSIS_TIMEOUT
             + Duration::from_secs(300);
@@ -215,6 +184,9 @@ impl SshExecutor {
         let root = self.trace_root();
         let mut cmd = self.session.command("timeout");
         cmd.args(["-k", "5", secs.as_str(), program, remote::SUBCOMMAND])
+            .args(["--expect-version", env!("CARGO_PKG_VERSION")])
+            .args(["--preflight", "--analysis", analysis])
+            .args(needs_kernel.then_some("--needs-kernel"))
             .args([
                 "--host",
                 self.display.as_str(),
@@ -231,25 +203,34 @@ impl SshExecutor {
             .stdout(openssh::Stdio::piped())
             .stderr(openssh::Stdio::piped());
         let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .await
-            .map_err(|e| fail("ssh-job", format!("cannot start {program} over ssh: {e}")))?;
+        let mut child = match cmd.spawn().await {
+            Ok(child) => child,
+            Err(e) => {
+                return Ok(Err(fail(
+                    "ssh-job",
+                    format!("cannot start {program} over ssh: {e}"),
+                )))
+            }
+        };
         let (Some(mut input), Some(stdout), Some(mut stderr)) = (
             child.stdin().take(),
             child.stdout().take(),
             child.stderr().take(),
         ) else {
-            return Err(fail("ssh-job", "no pipes to the remote command".into()));
-        };
-        let mut line = serde_json::to_vec(spec).map_err(|e| fail("ssh-job", e.to_string()))?;
-        line.push(b'\n');
-        if let Err(e) = input.write_all(&line).await.and(input.flush().await) {
-            return Err(fail(
+            return Ok(Err(fail(
                 "ssh-job",
-                format!("cannot send the job to {program}: {e}"),
-            ));
-        }
+                "no pipes to the remote command".into(),
+            )));
+        };
+        let mut line = match serde_json::to_vec(spec) {
+            Ok(line) => line,
+            Err(e) => return Ok(Err(fail("ssh-job", e.to_string()))),
+        };
+        line.push(b'\n');
+        // A host without the program closes its input at once: that shows below as no line
+        // and the shell's exit status, not as an error here.
+        let _ = input.write_all(&line).await;
+        let _ = input.flush().await;
         let mut input = Some(input);
         let mut said = Vec::new();
         let errors = async {
@@ -260,6 +241,7 @@ impl SshExecutor {
         let deadline = tokio::time::Instant::now() + limit + Duration::from_secs(30);
         let mut grace: Option<tokio::time::Instant> = None;
         let outcome = async move {
+            let mut progressed = false;
             loop {
                 let until = grace.map_or(deadline, |g| g.min(deadline));
                 let room = MAX_REMOTE_LINE.saturating_sub(buf.len()) as u64;
@@ -267,7 +249,7 @@ impl SshExecutor {
                 tokio::select! {
                     read = limited.read_until(b'\n', &mut buf) => {
                         match read {
-                            Ok(0) | Err(_) => return None,
+                            Ok(0) | Err(_) => return (None, progressed),
                             Ok(_) if !buf.ends_with(b"\n") && buf.len() < MAX_REMOTE_LINE => continue,
                             Ok(_) => {}
                         }
@@ -281,15 +263,16 @@ impl SshExecutor {
                                     ..=tracevisor_protocol::JOB_STATUS_ANALYSIS_RUNNING)
                                     .contains(&status) =>
                             {
+                                progressed = true;
                                 progress(status, &text)
                             }
                             Ok(RemoteLine::Progress { status, .. }) => {
                                 tracing::warn!(host = %self.display, status, "tracesd ssh-job reported a status that is not a running one; ignored");
                             }
-                            Ok(end) => return Some(end),
+                            Ok(end) => return (Some(end), progressed),
                             Err(e) => {
                                 tracing::warn!(host = %self.display, error = %e, "tracesd ssh-job printed a line that is not one of its own");
-                                return None;
+                                return (None, progressed);
                             }
                         }
                     }
@@ -298,7 +281,7 @@ impl SshExecutor {
                         input = None;
                         grace = Some(tokio::time::Instant::now() + REMOTE_CANCEL_GRACE);
                     }
-                    _ = tokio::time::sleep_until(until) => return None,
+                    _ = tokio::time::sleep_until(until) => return (None, progressed),
                 }
             }
         };
@@ -321,9 +304,11 @@ impl SshExecutor {
         // finishing on the host (the session daemon completing a destruction), bounded there by
         // `timeout`; dropping it closes the channel, not the command. Without one, its standard
         // error says why, and its exit is waited for briefly.
+        let (outcome, progressed) = outcome;
+        let mut code = None;
         if matches!(
             outcome,
-            Some(RemoteLine::Result(_) | RemoteLine::Error { .. })
+            Some(RemoteLine::Result(_) | RemoteLine::Error { .. } | RemoteLine::Declined { .. })
         ) {
             tracing::debug!(host = %self.display, elapsed_ms = started.elapsed().as_millis() as u64, "tracesd ssh-job answered");
         } else {
@@ -332,8 +317,34 @@ impl SshExecutor {
             }
             let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
             tracing::debug!(host = %self.display, elapsed_ms = started.elapsed().as_millis() as u64, ?status, "tracesd ssh-job ended without an outcome");
+            code = match status {
+                Ok(Ok(status)) => status.code(),
+                // openssh reports the shell's 127 as an error of its own.
+                Ok(Err(openssh::Error::Remote(e))) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some(127)
+                }
+                _ => None,
+            };
         }
-        match outcome {
+        Ok(match outcome {
+            Some(RemoteLine::Declined { reason }) => return Err(reason),
+            // Not found (127), not executable (126), or a tracesd whose command line has no
+            // `ssh-job` (2, a usage error): nothing ran on the host.
+            None if !progressed
+                && !cancel.is_cancelled()
+                && matches!(code, Some(2 | 126 | 127)) =>
+            {
+                let said = String::from_utf8_lossy(&said);
+                return Err(format!(
+                    "{program} {}: exit status {}{}",
+                    remote::SUBCOMMAND,
+                    code.unwrap_or_default(),
+                    said.lines()
+                        .next()
+                        .map(|l| format!(": {}", l.trim()))
+                        .unwrap_or_default()
+                ));
+            }
             Some(RemoteLine::Result(result)) => Ok(result),
             Some(RemoteLine::Error { step, message, .. }) => Err(fail(&step, message)),
             Some(RemoteLine::Progress { .. }) | None if cancel.is_cancelled() => Err(fail(
@@ -356,7 +367,7 @@ impl SshExecutor {
                     ),
                 ))
             }
-        }
+        })
     }
 
     /// Closes the master connection.
@@ -632,16 +643,6 @@ async fn launch_master(
     }
 }
 
-/// Whether `id` output shows uid 0 or membership of the `tracing` group.
-fn user_may_trace(id: &str) -> bool {
-    let uid_root = id.split_whitespace().any(|f| f.starts_with("uid=0("));
-    let tracing = id
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("groups="))
-        .is_some_and(|g| g.split(',').any(|entry| entry.ends_with("(tracing)")));
-    uid_root || tracing
-}
-
 fn argv(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -752,16 +753,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tracing_rights_from_id() {
-        assert!(user_may_trace("uid=0(root) gid=0(root) groups=0(root)"));
-        assert!(user_may_trace(
-            "uid=1000(ann) gid=1000(ann) groups=1000(ann),27(sudo),998(tracing)"
-        ));
-        assert!(!user_may_trace(
-            "uid=1000(ann) gid=1000(ann) groups=1000(ann),27(sudo)"
-        ));
-        assert!(!user_may_trace(
-            "uid=1000(tracing) gid=1000(x) groups=1000(x)"
-        ));
+    fn remote_programs() {
+        assert!(remote_program_ok("tracesd"));
+        assert!(remote_program_ok("/usr/bin/tracesd"));
+        assert!(!remote_program_ok("tracesd; rm -rf /"));
+        assert!(!remote_program_ok("/usr/../bin/tracesd"));
+        assert!(!remote_program_ok("-oProxyCommand"));
+        assert!(!remote_program_ok(""));
+        assert!(!remote_program_ok("$(id)"));
     }
 }

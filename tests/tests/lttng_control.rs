@@ -169,3 +169,27 @@ fn a_missing_library_stops_an_agent_told_to_use_it_and_an_auto_agent_uses_the_cl
         );
     });
 }
+
+/// `tracesd ssh-job` of another version than the coordinator's declines, doing nothing (not
+/// even reading the job), so the coordinator runs the job one command per step.
+#[test]
+fn ssh_job_of_another_version_declines_without_reading_the_job() {
+    let out = Command::new(tracevisor_tests::coordinator::binary("tracesd").unwrap())
+        .args([
+            "ssh-job",
+            "--expect-version",
+            "999.0.0",
+            "--host",
+            "h",
+            "--trace-root",
+            "/nonexistent/root",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reason = line["declined"]["reason"].as_str().unwrap();
+    assert!(reason.contains("999.0.0"), "{line}");
+    assert!(!Path::new("/nonexistent/root").exists());
+}

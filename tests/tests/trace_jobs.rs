@@ -545,13 +545,15 @@ fn ust_job_over_ssh(hosts_tracesd: bool) {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
+        // Without it, a program that does not exist: the coordinator tries it, the shell says
+        // it is not found, and the job runs one command per step.
         let tracesd = if hosts_tracesd {
             tracevisor_tests::coordinator::binary("tracesd")
                 .unwrap()
                 .display()
                 .to_string()
         } else {
-            String::new()
+            "/nonexistent/tracesd".to_owned()
         };
         let c = Coordinator::start_with_config(
             dir.path(),
@@ -599,8 +601,14 @@ fn ust_job_over_ssh(hosts_tracesd: bool) {
         let logins = sshd.log().matches("Accepted publickey").count();
         assert_eq!(logins, 1, "sshd log:\n{}", sshd.log());
         // Which way the job ran: the host's tracesd in one command, or one command per step.
-        let one_command = c.logs().contains("the host's tracesd runs the whole job");
+        let one_command = c.logs().contains("the host's tracesd ran the whole job");
         assert_eq!(one_command, hosts_tracesd, "{}", c.logs());
+        assert_eq!(
+            c.logs().contains("no usable tracesd on the host"),
+            !hosts_tracesd,
+            "{}",
+            c.logs()
+        );
         // The kept trace comes back over SSH (one more connection), every event in it.
         assert_eq!(result["kept_trace"]["via"], "ssh", "{result}");
         assert_fetched_trace(&c, id, &trace, &run).await;
@@ -1338,8 +1346,8 @@ tracevisor_tests::through_both_lttng_controls!(
     list_shows_running_jobs_and_all_jobs_and_unknown_or_finished_jobs_are_refused,
 );
 
-/// An SSH host whose `tracesd` lies (a script that answers the version check, then claims the
-/// job complete through progress and floods one endless line): the coordinator takes no
+/// An SSH host whose `tracesd` lies (a script that claims the job complete through progress,
+/// then floods one endless line): the coordinator takes no
 /// status from progress but the running ones, reads a bounded line, and fails the job at step
 /// `ssh-job`.
 #[test]

@@ -37,6 +37,20 @@ pub struct SshJobArgs {
     /// How LTTng is driven: auto, library or cli.
     #[arg(long, value_name = "auto|library|cli", default_value = "auto")]
     pub lttng_control: ControlChoice,
+    /// The tracesd version the coordinator is built with: another one declines the job
+    /// (nothing is done; the coordinator runs it one command per step).
+    #[arg(long, value_name = "VERSION")]
+    pub expect_version: Option<String>,
+    /// Check first what the coordinator's pre-flight checks: a root lttng-sessiond, a user
+    /// that may trace (root or the tracing group), and with --needs-kernel the kernel tracer.
+    #[arg(long)]
+    pub preflight: bool,
+    /// The analysis needs kernel events (with --preflight).
+    #[arg(long)]
+    pub needs_kernel: bool,
+    /// The analysis's name, for the pre-flight's messages.
+    #[arg(long, value_name = "NAME", default_value = "ust")]
+    pub analysis: String,
 }
 
 /// Runs the job; the exit status is 0 whenever a result or an error line was written (the
@@ -50,8 +64,18 @@ pub async fn run(args: SshJobArgs) -> u8 {
         });
         2
     };
+    let own = env!("CARGO_PKG_VERSION");
+    if let Some(expected) = args.expect_version.as_deref().filter(|v| *v != own) {
+        emit(&RemoteLine::Declined {
+            reason: format!("this host's tracesd is {own}, the coordinator's {expected}"),
+        });
+        return 0;
+    }
     if !remote::host_ok(&args.host) {
         return fail(format!("invalid --host {:?}", args.host));
+    }
+    if !remote::analysis_ok(&args.analysis) {
+        return fail(format!("invalid --analysis {:?}", args.analysis));
     }
     if !args.trace_root.is_absolute() {
         return fail(format!(
@@ -78,6 +102,16 @@ pub async fn run(args: SshJobArgs) -> u8 {
         Ok(spec) => spec,
         Err(e) => return fail(format!("the job description is not valid: {e}")),
     };
+    if args.preflight {
+        if let Err((step, message)) = remote::preflight(args.needs_kernel, &args.analysis).await {
+            emit(&RemoteLine::Error {
+                step,
+                host: args.host.clone(),
+                message,
+            });
+            return 0;
+        }
+    }
     let control = match Control::open(args.lttng_control, None) {
         Ok(control) => control,
         Err(why) => return fail(why),

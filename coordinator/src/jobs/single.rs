@@ -192,12 +192,6 @@ impl Engine {
     ) -> Result<Json, JobError> {
         let exec = SshExecutor::connect(target, &self.ssh).await?;
         let result = async {
-            let preflight = if spec.analysis_only.is_none() {
-                exec.preflight(profile.needs_kernel(), &profile.analysis)
-                    .await?
-            } else {
-                Default::default()
-            };
             let engine = self.clone();
             let progress = move |status: i8, _: &str| {
                 let Some(status) = JobStatus::from_code(i64::from(status)) else {
@@ -209,15 +203,27 @@ impl Engine {
                     let _ = writer.set_status(job_id, status).await;
                 });
             };
-            match &preflight.tracesd {
-                // One round trip: the host's own tracesd runs every step.
-                Some(program) => {
-                    tracing::info!(job_id, host = %target.display, program, "the host's tracesd runs the whole job: one command over ssh");
-                    exec.run_job_remotely(program, spec, progress, cancel)
-                        .await
+            // First the host's own tracesd: the pre-flight and every step in one command.
+            if let (None, Some(program)) = (&spec.analysis_only, &self.ssh.tracesd) {
+                let kind = (profile.needs_kernel(), profile.analysis.as_str());
+                match exec
+                    .run_job_remotely(program, spec, kind, &progress, cancel)
+                    .await
+                {
+                    Ok(outcome) => {
+                        tracing::info!(job_id, host = %target.display, program, "the host's tracesd ran the whole job: one command over ssh");
+                        return outcome;
+                    }
+                    Err(why) => {
+                        tracing::info!(job_id, host = %target.display, %why, "no usable tracesd on the host: the job runs one command per step")
+                    }
                 }
-                None => lifecycle::run_job(&exec, spec, progress, cancel).await,
             }
+            if spec.analysis_only.is_none() {
+                exec.preflight(profile.needs_kernel(), &profile.analysis)
+                    .await?;
+            }
+            lifecycle::run_job(&exec, spec, &progress, cancel).await
         }
         .await;
         exec.close().await;
