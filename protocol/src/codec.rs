@@ -8,13 +8,14 @@
 //! checks this).
 //!
 //! ```
-//! use tracevisor_protocol::{decode, encode, CodecError, Frame, Message};
+//! use tracevisor_protocol::{decode, encode, CodecError, Frame, Message, PROTOCOL_VERSION};
 //!
 //! let frame = Frame::new(Message::Heartbeat { seq: 7 });
 //! let bytes = encode(&frame)?;
-//! assert_eq!(bytes, [3, 2, 7]); // version 3, variant 2 (Heartbeat), seq 7
+//! let version = PROTOCOL_VERSION as u8;
+//! assert_eq!(bytes, [version, 2, 7]); // the version, variant 2 (Heartbeat), seq 7
 //! assert_eq!(decode(&bytes)?, frame);
-//! assert_eq!(decode(&[3, 2, 7, 0]), Err(CodecError::TrailingBytes { count: 1 }));
+//! assert_eq!(decode(&[version, 2, 7, 0]), Err(CodecError::TrailingBytes { count: 1 }));
 //! # Ok::<(), CodecError>(())
 //! ```
 
@@ -351,10 +352,11 @@ mod tests {
             })
         );
         // The body of another version is not looked at.
+        let next = PROTOCOL_VERSION as u8 + 1;
         assert_eq!(
-            decode(&[4, 0xff, 0xff]),
+            decode(&[next, 0xff, 0xff]),
             Err(CodecError::UnsupportedVersion {
-                got: 4,
+                got: u16::from(next),
                 expected: PROTOCOL_VERSION
             })
         );
@@ -362,31 +364,43 @@ mod tests {
 
     #[test]
     fn unknown_variant_is_malformed() {
-        // Version 3, message variant 200 (never defined).
+        // This version, message variant 200 (never defined).
         assert!(matches!(
-            decode(&[3, 200, 1]),
+            decode(&[PROTOCOL_VERSION as u8, 200, 1]),
             Err(CodecError::Malformed { .. })
         ));
     }
 
     #[test]
     fn huge_length_prefix_does_not_allocate() {
-        // Version 3, Close, reason Shutdown, a string claiming u64::MAX-ish bytes.
+        // This version, Close, reason Shutdown, a string claiming u64::MAX-ish bytes.
         let bytes = [
-            3, 4, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            PROTOCOL_VERSION as u8,
+            4,
+            0,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0x01,
         ];
         assert!(decode(&bytes).is_err());
-        // Version 3, Hello, hostname claiming 1 TiB.
-        let mut bytes = vec![3, 0, 1];
+        // This version, Hello, hostname claiming 1 TiB.
+        let mut bytes = vec![PROTOCOL_VERSION as u8, 0, 1];
         bytes.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x20]);
         assert_eq!(decode(&bytes), Err(CodecError::Truncated));
     }
 
     #[test]
     fn invalid_utf8_is_malformed() {
-        // Version 3, Close, Shutdown, a 1-byte string holding 0xff.
+        // This version, Close, Shutdown, a 1-byte string holding 0xff.
         assert_eq!(
-            decode(&[3, 4, 0, 1, 0xff]),
+            decode(&[PROTOCOL_VERSION as u8, 4, 0, 1, 0xff]),
             Err(CodecError::Malformed {
                 reason: "invalid utf-8 in a string"
             })
@@ -424,31 +438,31 @@ mod tests {
                     heartbeat_interval_ms: 5_000,
                     coordinator_id: "c0ffee00".into(),
                 },
-                "03 01 07 88 27 08 63 30 66 66 65 65 30 30",
+                "04 01 07 88 27 08 63 30 66 66 65 65 30 30",
             ),
-            (Message::Heartbeat { seq: 300 }, "03 02 ac 02"),
-            (Message::HeartbeatAck { seq: 0 }, "03 03 00"),
+            (Message::Heartbeat { seq: 300 }, "04 02 ac 02"),
+            (Message::HeartbeatAck { seq: 0 }, "04 03 00"),
             (
                 Message::Close {
                     reason: CloseReason::Replaced,
                     message: "new link".into(),
                 },
-                "03 04 01 08 6e 65 77 20 6c 69 6e 6b",
+                "04 04 01 08 6e 65 77 20 6c 69 6e 6b",
             ),
-            (Message::CancelJob { job_id: 42 }, "03 06 2a"),
-            (Message::ResultAck { job_id: 42 }, "03 07 2a"),
+            (Message::CancelJob { job_id: 42 }, "04 06 2a"),
+            (Message::ResultAck { job_id: 42 }, "04 07 2a"),
             (
                 Message::Enroll {
                     hostname: "web-1".into(),
                 },
-                "03 0a 05 77 65 62 2d 31",
+                "04 0a 05 77 65 62 2d 31",
             ),
             (
                 Message::Enrolled {
                     hostname: "h".into(),
                     credential: "c".into(),
                 },
-                "03 0b 01 68 01 63",
+                "04 0b 01 68 01 63",
             ),
             (
                 Message::JobProgress {
@@ -456,7 +470,7 @@ mod tests {
                     status: -1,
                     message: "x".into(),
                 },
-                "03 08 2a ff 01 78",
+                "04 08 2a ff 01 78",
             ),
             (
                 Message::JobResult {
@@ -466,7 +480,7 @@ mod tests {
                         message: "no".into(),
                     },
                 },
-                "03 09 2a 01 05 73 74 61 72 74 02 6e 6f",
+                "04 09 2a 01 05 73 74 61 72 74 02 6e 6f",
             ),
             (
                 Message::FetchTrace {
@@ -474,7 +488,7 @@ mod tests {
                     path: "/t".into(),
                     window: 300,
                 },
-                "03 0c 01 02 2f 74 ac 02",
+                "04 0c 01 02 2f 74 ac 02",
             ),
             (
                 Message::TraceStart {
@@ -482,21 +496,21 @@ mod tests {
                     bytes: 5,
                     files: 2,
                 },
-                "03 0d 01 05 02",
+                "04 0d 01 05 02",
             ),
             (
                 Message::TraceChunk {
                     fetch_id: 1,
                     data: vec![0xab, 0xcd],
                 },
-                "03 0e 01 02 ab cd",
+                "04 0e 01 02 ab cd",
             ),
             (
                 Message::TraceCredit {
                     fetch_id: 1,
                     bytes: 300,
                 },
-                "03 0f 01 ac 02",
+                "04 0f 01 ac 02",
             ),
             (
                 Message::TraceEnd {
@@ -506,9 +520,9 @@ mod tests {
                         message: "x".into(),
                     }),
                 },
-                "03 10 01 01 01 01 78",
+                "04 10 01 01 01 01 78",
             ),
-            (Message::CancelFetch { fetch_id: 1 }, "03 11 01"),
+            (Message::CancelFetch { fetch_id: 1 }, "04 11 01"),
             (
                 Message::ArmRecorders {
                     owner: "o".into(),
@@ -520,7 +534,7 @@ mod tests {
                         buffer_bytes: 300,
                     }],
                 },
-                "03 12 01 6f 01 01 73 00 00 01 01 75 ac 02",
+                "04 12 01 6f 01 01 73 00 00 01 01 75 ac 02",
             ),
             (
                 Message::RecordersArmed {
@@ -529,7 +543,7 @@ mod tests {
                         error: None,
                     }],
                 },
-                "03 13 01 01 73 00",
+                "04 13 01 01 73 00",
             ),
             (Message::Hello(hello()), GOLDEN_HELLO),
             (
@@ -546,8 +560,8 @@ mod tests {
         }
     }
 
-    const GOLDEN_HELLO: &str = "03 00 03 05 77 65 62 2d 31 02 00 c0 00 02 07 01 20 01 0d b8 00 00 00 00 00 00 00 00 00 00 00 01 05 30 2e 31 2e 30 01 06 32 2e 31 33 2e 39 01 00 01 36 6b 65 72 6e 65 6c 20 74 72 61 63 65 72 20 6e 6f 74 20 61 76 61 69 6c 61 62 6c 65 20 28 6c 74 74 6e 67 2d 6d 6f 64 75 6c 65 73 20 6e 6f 74 20 6c 6f 61 64 65 64 29 01 00 01 02 0f 6c 74 74 6e 67 2d 63 70 75 74 6f 70 2d 6d 69 13 6c 74 74 6e 67 2d 69 6f 75 73 61 67 65 74 6f 70 2d 6d 69 02 03 ac 02";
-    const GOLDEN_START_JOB: &str = "03 05 2a 11 74 72 61 63 65 76 69 73 6f 72 2d 6a 6f 62 2d 34 32 0a 69 6f 75 73 61 67 65 74 6f 70 02 0c 73 63 68 65 64 5f 73 77 69 74 63 68 11 62 6c 6f 63 6b 5f 72 71 5f 63 6f 6d 70 6c 65 74 65 01 01 08 6d 79 5f 61 70 70 3a 2a d0 0f 01 07 72 65 6c 61 79 2d 31 de 29 df 29 01 02 13 6c 74 74 6e 67 2d 69 6f 75 73 61 67 65 74 6f 70 2d 6d 69 07 7b 74 72 61 63 65 7d 01 00 00 00 00";
+    const GOLDEN_HELLO: &str = "04 00 04 05 77 65 62 2d 31 02 00 c0 00 02 07 01 20 01 0d b8 00 00 00 00 00 00 00 00 00 00 00 01 05 30 2e 31 2e 30 01 06 32 2e 31 33 2e 39 01 00 01 36 6b 65 72 6e 65 6c 20 74 72 61 63 65 72 20 6e 6f 74 20 61 76 61 69 6c 61 62 6c 65 20 28 6c 74 74 6e 67 2d 6d 6f 64 75 6c 65 73 20 6e 6f 74 20 6c 6f 61 64 65 64 29 01 00 01 02 0f 6c 74 74 6e 67 2d 63 70 75 74 6f 70 2d 6d 69 13 6c 74 74 6e 67 2d 69 6f 75 73 61 67 65 74 6f 70 2d 6d 69 01 11 6c 69 62 6c 74 74 6e 67 2d 63 74 6c 20 32 2e 31 33 02 03 ac 02";
+    const GOLDEN_START_JOB: &str = "04 05 2a 11 74 72 61 63 65 76 69 73 6f 72 2d 6a 6f 62 2d 34 32 0a 69 6f 75 73 61 67 65 74 6f 70 02 0c 73 63 68 65 64 5f 73 77 69 74 63 68 11 62 6c 6f 63 6b 5f 72 71 5f 63 6f 6d 70 6c 65 74 65 01 01 08 6d 79 5f 61 70 70 3a 2a d0 0f 01 07 72 65 6c 61 79 2d 31 de 29 df 29 01 02 13 6c 74 74 6e 67 2d 69 6f 75 73 61 67 65 74 6f 70 2d 6d 69 07 7b 74 72 61 63 65 7d 01 00 00 00 00";
 
     fn hex(bytes: &[u8]) -> String {
         bytes
