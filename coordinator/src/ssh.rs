@@ -175,8 +175,10 @@ impl SshExecutor {
         if let Err(e) = tracevisor_lttng::lifecycle::validate_spec(spec) {
             return Ok(Err(fail("validate", e)));
         }
+        // Each analysis command has its own timeout on the host; they run one after another.
+        let analyses = u32::try_from(spec.analysis_commands.len().max(1)).unwrap_or(u32::MAX);
         let limit = Duration::from_millis(spec.duration_ms)
-            + tracevisor_lttng::lifecycle::ANALYSIS_TIMEOUT
+            + tracevisor_lttng::lifecycle::ANALYSIS_TIMEOUT.saturating_mul(analyses)
             + Duration::from_secs(300);
         let secs = limit.as_secs().to_string();
         let retention = self.traces.retention.as_secs().to_string();
@@ -203,12 +205,28 @@ impl SshExecutor {
             .stdout(openssh::Stdio::piped())
             .stderr(openssh::Stdio::piped());
         let started = Instant::now();
-        let mut child = match cmd.spawn().await {
-            Ok(child) => child,
-            Err(e) => {
+        // Starting the command and handing it the job are bounded and cancellable too: a host
+        // that never opens the channel, or never reads, must not hold the job.
+        let start_limit = Duration::from_secs(60);
+        let spawned = tokio::select! {
+            spawned = tokio::time::timeout(start_limit, cmd.spawn()) => spawned,
+            _ = cancel.cancelled() => return Ok(Err(fail("cancelled", "cancelled before the job started on the host".into()))),
+        };
+        let mut child = match spawned {
+            Ok(Ok(child)) => child,
+            Ok(Err(e)) => {
                 return Ok(Err(fail(
                     "ssh-job",
                     format!("cannot start {program} over ssh: {e}"),
+                )))
+            }
+            Err(_) => {
+                return Ok(Err(fail(
+                    "ssh-job",
+                    format!(
+                        "{program} did not start over ssh within {} s",
+                        start_limit.as_secs()
+                    ),
                 )))
             }
         };
@@ -229,12 +247,31 @@ impl SshExecutor {
         line.push(b'\n');
         // A host without the program closes its input at once: that shows below as no line
         // and the shell's exit status, not as an error here.
-        let _ = input.write_all(&line).await;
-        let _ = input.flush().await;
+        let sent = async {
+            let _ = input.write_all(&line).await;
+            let _ = input.flush().await;
+        };
+        tokio::select! {
+            sent = tokio::time::timeout(start_limit, sent) => if sent.is_err() {
+                return Ok(Err(fail("ssh-job", format!("{program} did not take the job within {} s", start_limit.as_secs()))));
+            },
+            _ = cancel.cancelled() => return Ok(Err(fail("cancelled", "cancelled before the job started on the host".into()))),
+        }
         let mut input = Some(input);
         let mut said = Vec::new();
+        // The first 64 KiB of standard error are kept; the rest is read and dropped (stdout and
+        // stderr share the channel's window: an unread stderr would stall the result).
         let errors = async {
-            let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut said).await;
+            let mut chunk = [0u8; 8192];
+            loop {
+                match stderr.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let room = (64 * 1024usize).saturating_sub(said.len());
+                        said.extend_from_slice(&chunk[..n.min(room)]);
+                    }
+                }
+            }
         };
         let mut output = tokio::io::BufReader::new(stdout);
         let mut buf = Vec::new();

@@ -348,6 +348,25 @@ impl Library {
         result
     }
 
+    /// Asks the session daemon to destroy `session` without waiting for the destruction to
+    /// complete (`lttng destroy --no-wait`): the daemon finishes it on its own. 0 or a negative
+    /// LTTng error code.
+    pub fn destroy_no_wait(&self, session: &CStr) -> c_int {
+        let mut handle: *mut c_void = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated name and a place for the handle.
+        let code = unsafe { (self.api.destroy_session_ext)(session.as_ptr(), &mut handle) };
+        if !handle.is_null() {
+            // SAFETY: the handle destroy_session_ext returned; dropping it does not cancel the
+            // destruction, only our wait for it.
+            unsafe { (self.api.destruction_handle_destroy)(handle) };
+        }
+        if code == LTTNG_OK {
+            0
+        } else {
+            -code
+        }
+    }
+
     /// The names of the sessions, or a negative LTTng error code.
     pub fn list_sessions(&self) -> Result<Vec<String>, c_int> {
         let mut sessions: *mut c_void = std::ptr::null_mut();

@@ -18,7 +18,7 @@
 //! The `unsafe` code is all in [`ffi`].
 
 use std::ffi::{c_int, CString};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,11 @@ pub enum CtlError {
 
 type Request = Box<dyn FnOnce(&ffi::Library) + Send>;
 
+/// A request's state ([`Ctl::call`]).
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
 /// Bound on requests waiting for the library's thread.
 const QUEUE: usize = 64;
 /// The step of a destruction's wait, between which the deadline is checked.
@@ -218,10 +223,21 @@ impl Ctl {
         if self.is_wedged() {
             return Err(CtlError::Wedged);
         }
+        // QUEUED, then STARTED when the thread takes it; ABANDONED when the caller gave up
+        // first, so that a late call (a `create` nobody waits for) never runs.
+        let state = Arc::new(AtomicU8::new(QUEUED));
         let (answer, answered) = oneshot::channel();
-        let request: Request = Box::new(move |library| {
-            let _ = answer.send(f(library));
-        });
+        let request: Request = {
+            let state = state.clone();
+            Box::new(move |library| {
+                if state
+                    .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    let _ = answer.send(f(library));
+                }
+            })
+        };
         let exchange = async {
             self.requests.send(request).await.ok()?;
             answered.await.ok()
@@ -234,8 +250,16 @@ impl Ctl {
                 Err(CtlError::Wedged)
             }
             Err(_) => {
-                self.wedged.store(true, Ordering::Relaxed);
-                tracing::error!(library = %self.path, timeout_s = timeout.as_secs_f64(), "a liblttng-ctl call hung; this host's jobs use the lttng CLI from now on");
+                let abandoned = state
+                    .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if abandoned {
+                    // Still queued behind other calls: the library is slow, not hung.
+                    tracing::warn!(library = %self.path, timeout_s = timeout.as_secs_f64(), "a liblttng-ctl call waited its whole timeout behind others; it is dropped");
+                } else {
+                    self.wedged.store(true, Ordering::Relaxed);
+                    tracing::error!(library = %self.path, timeout_s = timeout.as_secs_f64(), "a liblttng-ctl call hung; this host's jobs use the lttng CLI from now on");
+                }
                 Err(CtlError::TimedOut(timeout))
             }
         }
@@ -403,8 +427,9 @@ impl Ctl {
     /// Destroys `session` on the library's thread after the calls queued before, without
     /// waiting: the session daemon takes about 0.7 s to complete a destruction (a last
     /// rotation checked on its 500 ms timer), which a job whose trace is already complete
-    /// ([`Ctl::stop`]) need not wait for. The outcome is logged; [`Ctl::settle`] waits for
-    /// every destruction queued so far.
+    /// ([`Ctl::stop`]) need not wait for, and which it completes on its own
+    /// (`lttng destroy --no-wait`). A refusal is logged. The request waits at most `timeout`
+    /// for a place in the queue.
     pub async fn destroy_in_background(
         &self,
         session: &str,
@@ -417,33 +442,26 @@ impl Ctl {
         let name = session.to_owned();
         let path = self.path.clone();
         let request: Request = Box::new(move |lib| {
-            let started = Instant::now();
-            let deadline = started + timeout;
-            let outcome =
-                match lib.destroy(&c_session, DESTROY_STEP_MS, || Instant::now() < deadline) {
-                    Ok(status) => check(lib, status),
-                    Err(()) => Err(CtlError::Lttng {
-                        code: ffi::LTTNG_ERR_UNK,
-                        message: format!("not complete after {:.1} s", timeout.as_secs_f64()),
-                    }),
-                };
-            match outcome {
-                Ok(()) => {
-                    tracing::debug!(session = %name, elapsed_ms = started.elapsed().as_millis() as u64, "session destroyed")
-                }
+            let status = lib.destroy_no_wait(&c_session);
+            match check(lib, status) {
+                Ok(()) => tracing::debug!(session = %name, "session destruction asked"),
                 Err(error) => {
                     tracing::warn!(session = %name, library = %path, %error, "destroying a stopped session failed; it is destroyed as a leftover when the agent next starts")
                 }
             }
         });
-        self.requests
-            .send(request)
-            .await
-            .map_err(|_| CtlError::Wedged)
+        match tokio::time::timeout(timeout, self.requests.send(request)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CtlError::Wedged),
+            Err(_) => {
+                self.wedged.store(true, Ordering::Relaxed);
+                Err(CtlError::TimedOut(timeout))
+            }
+        }
     }
 
-    /// Waits (at most `timeout`) until every call queued so far, destructions in the
-    /// background included, is done: the thread takes requests in order, so an empty request's
+    /// Waits (at most `timeout`) until every call queued so far, the destructions asked in the
+    /// background included, has run: the thread takes requests in order, so an empty request's
     /// answer means all before it ran.
     pub async fn settle(&self, timeout: Duration) -> bool {
         if self.is_wedged() {

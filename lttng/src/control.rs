@@ -51,8 +51,8 @@ pub enum LttngCmd {
     /// `lttng start SESSION`.
     Start { session: String },
     /// `lttng destroy SESSION`: stops it, and returns once the trace is complete. The CLI also
-    /// waits for the session daemon to finish destroying it; liblttng-ctl lets it finish in
-    /// the background ([`Control::settle`] waits for it).
+    /// waits for the session daemon to finish destroying it; through liblttng-ctl the
+    /// destruction is asked without waiting, and the daemon finishes it on its own.
     Destroy { session: String },
     /// `lttng --mi xml list`: the session names.
     ListSessions,
@@ -260,8 +260,8 @@ impl Control {
         }
     }
 
-    /// Waits (at most `timeout`) for the destructions still running in the background: before
-    /// a process that drove the library exits.
+    /// Waits (at most `timeout`) until the library's queue is empty (the destructions asked
+    /// in the background are sent): before a process that drove the library exits.
     pub async fn settle(&self, timeout: Duration) {
         if let Control::Library(library) = self {
             if !library.ctl.settle(timeout).await {
@@ -322,7 +322,17 @@ impl LibraryControl {
             return Err("an earlier liblttng-ctl call hung".to_owned());
         }
         let Some(pid) = self.pid_files.iter().find_map(|file| read_pid(file)) else {
-            return Ok(());
+            // No daemon to check: used only when none answers at all (the library then says
+            // so as the CLI would); a daemon whose pid file cannot be read is not driven
+            // through the library, since its version cannot be told.
+            return match self.ctl.session_daemon_alive(VERSION_TIMEOUT).await {
+                Ok(false) => Ok(()),
+                Ok(true) => Err(
+                    "a session daemon answers but no readable pid file names it: its version cannot be checked"
+                        .to_owned(),
+                ),
+                Err(e) => Err(e.to_string()),
+            };
         };
         let mut checked = self.checked.lock().await;
         if let Some((known, answer)) = &*checked {
@@ -389,12 +399,14 @@ impl LibraryControl {
                     .await
             }
             LttngCmd::Start { session } => ctl.start(session, timeout).await,
-            // Stopped, and complete on disk, then destroyed behind the step's back: the caller
-            // reads the trace at once, the daemon's last 0.7 s happen on the library's thread.
-            LttngCmd::Destroy { session } => match ctl.stop(session, timeout).await {
-                Ok(()) => ctl.destroy_in_background(session, timeout).await,
-                Err(e) => Err(e),
-            },
+            // Stopped, and complete on disk, then destroyed without waiting for the daemon's
+            // last 0.7 s: the caller reads the trace at once. The session is destroyed whether
+            // the stop worked or not (as `lttng destroy` does); the stop's error is reported.
+            LttngCmd::Destroy { session } => {
+                let stopped = ctl.stop(session, timeout).await;
+                let destroyed = ctl.destroy_in_background(session, timeout).await;
+                stopped.and(destroyed)
+            }
             LttngCmd::ListSessions => {
                 return ctl
                     .list_sessions(timeout)
@@ -423,38 +435,67 @@ fn library_error(cmd: &LttngCmd, error: CtlError) -> RunError {
 }
 
 /// The pid files of the session daemons liblttng-ctl would talk to, in its order: the root
-/// daemon's for root; for another user, the user's own daemon's (`$LTTNG_HOME` or `$HOME`,
-/// `.lttng/`), then the root one's (members of the `tracing` group use it).
+/// daemon's for root and for members of the `tracing` group, then (not root) the user's own
+/// (`$LTTNG_HOME` or `$HOME`, `.lttng/`). A user that is not root cannot read the root
+/// daemon's executable: its version is then unknown and the steps use the CLI.
 fn sessiond_pid_files() -> Vec<PathBuf> {
     let global = PathBuf::from("/var/run/lttng/lttng-sessiond.pid");
-    // The effective uid, from /proc/self/status ("Uid: real effective saved fs").
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false);
-    if root {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    // "Uid: real effective saved fs".
+    if field("Uid:").get(1).is_some_and(|euid| euid == "0") {
         return vec![global];
     }
-    let home = std::env::var_os("LTTNG_HOME").or_else(|| std::env::var_os("HOME"));
+    let tracing_gid = std::fs::read_to_string("/etc/group")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.split(':');
+            (parts.next() == Some("tracing")).then(|| parts.nth(1).map(str::to_owned))?
+        });
+    let in_tracing = tracing_gid.is_some_and(|gid| field("Groups:").contains(&gid));
+    let home = std::env::var_os("LTTNG_HOME")
+        .or_else(|| std::env::var_os("HOME"))
+        .map(|home| PathBuf::from(home).join(".lttng/lttng-sessiond.pid"));
     let mut files = Vec::new();
-    if let Some(home) = home {
-        files.push(PathBuf::from(home).join(".lttng/lttng-sessiond.pid"));
+    if in_tracing {
+        files.push(global.clone());
     }
-    files.push(global);
+    files.extend(home);
+    if !in_tracing {
+        files.push(global);
+    }
     files
 }
 
-/// The pid in a session daemon's pid file, when that process is alive and is a session daemon
-/// (a stale file's pid may have been reused by another program, which must not be run).
+/// The pid in a session daemon's pid file, when that process is alive, is a session daemon,
+/// runs as the pid file's owner, and its executable belongs to root or that owner and nobody
+/// else can write it: a stale file's pid may have been reused by another program, which must
+/// not be run (its name alone is not proof: any process can set it).
 fn read_pid(file: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = std::fs::metadata(file).ok()?.uid();
     let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    (comm.trim() == "lttng-sessiond").then_some(pid)
+    if comm.trim() != "lttng-sessiond" {
+        return None;
+    }
+    if std::fs::metadata(format!("/proc/{pid}")).ok()?.uid() != owner {
+        return None;
+    }
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    let trusted = (exe.uid() == 0 || exe.uid() == owner) && exe.mode() & 0o022 == 0;
+    trusted.then_some(pid)
 }
 
 #[cfg(test)]

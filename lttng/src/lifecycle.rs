@@ -218,7 +218,16 @@ impl Executor for LocalExecutor {
     async fn lttng(&self, cmd: &LttngCmd, timeout: Duration) -> Result<Reply, RunError> {
         if let Control::Library(library) = &self.control {
             if library.usable().await.is_ok() {
-                return library.run(cmd, timeout).await;
+                let done = library.run(cmd, timeout).await;
+                // A session is destroyed whatever happened: through the CLI when the library
+                // stopped answering.
+                if done.is_err()
+                    && library.ctl().is_wedged()
+                    && matches!(cmd, LttngCmd::Destroy { .. })
+                {
+                    return control::via_cli(self, cmd, timeout).await;
+                }
+                return done;
             }
         }
         control::via_cli(self, cmd, timeout).await
@@ -288,6 +297,10 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), String> {
         return Err(format!("invalid session name {:?}", spec.session_name));
     }
     for event in spec.kernel_events.iter().chain(&spec.userspace_events) {
+        // LTTNG_SYMBOL_NAME_LEN is 256 with the NUL: a longer name would be cut to another.
+        if event.len() > 255 {
+            return Err(format!("event name longer than 255 bytes: {event:?}"));
+        }
         if event.is_empty()
             || event.starts_with('-')
             || !event

@@ -102,11 +102,47 @@ impl Agent {
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
         collect_lines(stdout, format!("[tracesd {hostname}]"), logs.clone());
         collect_lines(stderr, format!("[tracesd {hostname}]"), logs.clone());
-        Ok(Agent {
+        let agent = Agent {
             child,
             hostname: hostname.to_owned(),
             logs,
-        })
+        };
+        agent.check_lttng_control();
+        Ok(agent)
+    }
+
+    /// Under [`crate::with_lttng_control`], waits for the agent's first capability detection
+    /// (made before each link, whatever the coordinator says) and checks that it drives LTTng
+    /// the way the test asked: `liblttng-ctl 2.x` for `library`, `lttng CLI` for `cli`.
+    fn check_lttng_control(&self) {
+        let Some(control) = crate::lttng_control() else {
+            return;
+        };
+        let expected = match control {
+            "library" => "lttng_control=\"liblttng-ctl 2.",
+            _ => "lttng_control=\"lttng CLI\"",
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(line) = self.logs.lock().ok().and_then(|l| {
+                l.iter()
+                    .find(|l| l.contains("capabilities detected"))
+                    .cloned()
+            }) {
+                assert!(
+                    line.contains(expected),
+                    "{}: the test asked for {control}, the agent said: {line}",
+                    self.hostname
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{}: no capability detection within 30 s; log:\n{}",
+            self.hostname,
+            self.logs()
+        );
     }
 
     /// Starts `tracesd --config FILE` (a file `tracesd enroll` wrote) as `hostname`'s agent,

@@ -512,7 +512,15 @@ fn man_pages_list_exactly_the_flags_and_commands_of_help() {
         Some(&flags),
         "tracesd.1 OPTIONS vs tracesd --help"
     );
-    assert_eq!(commands, BTreeSet::from(["enroll".to_owned()]));
+    assert_eq!(
+        commands,
+        BTreeSet::from(["enroll".to_owned(), "ssh-job".to_owned()])
+    );
+    assert_eq!(
+        tracesd.flags.get("SSH-JOB OPTIONS"),
+        Some(&help_flags("tracesd", &["ssh-job", "--help"])),
+        "tracesd.1 SSH-JOB OPTIONS vs tracesd ssh-job --help"
+    );
     assert_eq!(
         tracesd.flags.get("ENROLL OPTIONS"),
         Some(&help_flags("tracesd", &["enroll", "--help"])),

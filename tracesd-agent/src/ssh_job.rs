@@ -45,7 +45,7 @@ pub struct SshJobArgs {
     /// that may trace (root or the tracing group), and with --needs-kernel the kernel tracer.
     #[arg(long)]
     pub preflight: bool,
-    /// The analysis needs kernel events (with --preflight).
+    /// The analysis needs kernel events: the pre-flight also checks the kernel tracer.
     #[arg(long)]
     pub needs_kernel: bool,
     /// The analysis's name, for the pre-flight's messages.
