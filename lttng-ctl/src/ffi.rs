@@ -23,9 +23,6 @@ const EVENT_LOGLEVEL_OFFSET: usize = 264;
 
 pub const LTTNG_OK: c_int = 10;
 pub const LTTNG_ERR_KERN_EVENT_EXIST: c_int = 35;
-const DESTRUCTION_STATUS_OK: c_int = 0;
-const DESTRUCTION_STATUS_COMPLETED: c_int = 1;
-const DESTRUCTION_STATUS_TIMEOUT: c_int = 2;
 
 /// `enum lttng_domain_type`.
 pub const DOMAIN_KERNEL: c_int = 1;
@@ -63,8 +60,6 @@ type StartTracing = unsafe extern "C" fn(*const c_char) -> c_int;
 type StopTracingNoWait = unsafe extern "C" fn(*const c_char) -> c_int;
 type DataPending = unsafe extern "C" fn(*const c_char) -> c_int;
 type DestroySessionExt = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> c_int;
-type WaitForCompletion = unsafe extern "C" fn(*mut c_void, c_int) -> c_int;
-type GetResult = unsafe extern "C" fn(*const c_void, *mut c_int) -> c_int;
 type DestructionHandleDestroy = unsafe extern "C" fn(*mut c_void);
 type ListSessions = unsafe extern "C" fn(*mut *mut c_void) -> c_int;
 
@@ -91,8 +86,6 @@ struct Api {
     stop_tracing_no_wait: StopTracingNoWait,
     data_pending: DataPending,
     destroy_session_ext: DestroySessionExt,
-    wait_for_completion: WaitForCompletion,
-    get_result: GetResult,
     destruction_handle_destroy: DestructionHandleDestroy,
     list_sessions: ListSessions,
 }
@@ -146,11 +139,6 @@ impl Library {
             stop_tracing_no_wait: resolve!("lttng_stop_tracing_no_wait", StopTracingNoWait),
             data_pending: resolve!("lttng_data_pending", DataPending),
             destroy_session_ext: resolve!("lttng_destroy_session_ext", DestroySessionExt),
-            wait_for_completion: resolve!(
-                "lttng_destruction_handle_wait_for_completion",
-                WaitForCompletion
-            ),
-            get_result: resolve!("lttng_destruction_handle_get_result", GetResult),
             destruction_handle_destroy: resolve!(
                 "lttng_destruction_handle_destroy",
                 DestructionHandleDestroy
@@ -302,50 +290,6 @@ impl Library {
                 _ => return Err(()),
             }
         }
-    }
-
-    /// Destroys `session` (which stops it) and waits, in steps of `step_ms`, until the session
-    /// daemon says the trace is complete; `keep_waiting` is asked between steps. Returns 0 or
-    /// a negative LTTng error code; `Err` when `keep_waiting` gave up.
-    pub fn destroy(
-        &self,
-        session: &CStr,
-        step_ms: c_int,
-        mut keep_waiting: impl FnMut() -> bool,
-    ) -> Result<c_int, ()> {
-        let mut handle: *mut c_void = std::ptr::null_mut();
-        // SAFETY: a NUL-terminated name and a place for the handle.
-        let code = unsafe { (self.api.destroy_session_ext)(session.as_ptr(), &mut handle) };
-        if code != LTTNG_OK {
-            return Ok(-code);
-        }
-        if handle.is_null() {
-            return Ok(0);
-        }
-        let result = loop {
-            // SAFETY: the handle destroy_session_ext returned, not yet destroyed.
-            let status = unsafe { (self.api.wait_for_completion)(handle, step_ms) };
-            match status {
-                DESTRUCTION_STATUS_OK | DESTRUCTION_STATUS_COMPLETED => {
-                    let mut code: c_int = LTTNG_OK;
-                    // SAFETY: a completed handle and a place for the result.
-                    let got = unsafe { (self.api.get_result)(handle, &mut code) };
-                    break Ok(if got < 0 {
-                        -LTTNG_ERR_UNK
-                    } else if code == LTTNG_OK {
-                        0
-                    } else {
-                        -code
-                    });
-                }
-                DESTRUCTION_STATUS_TIMEOUT if keep_waiting() => continue,
-                DESTRUCTION_STATUS_TIMEOUT => break Err(()),
-                _ => break Ok(-LTTNG_ERR_UNK),
-            }
-        };
-        // SAFETY: the handle, used no more.
-        unsafe { (self.api.destruction_handle_destroy)(handle) };
-        result
     }
 
     /// Asks the session daemon to destroy `session` without waiting for the destruction to

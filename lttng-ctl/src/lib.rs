@@ -132,8 +132,6 @@ const ABANDONED: u8 = 2;
 
 /// Bound on requests waiting for the library's thread.
 const QUEUE: usize = 64;
-/// The step of a destruction's wait, between which the deadline is checked.
-const DESTROY_STEP_MS: c_int = 100;
 /// How often a stopping session is asked whether data is still pending.
 const STOP_STEP_MS: u64 = 10;
 
@@ -375,31 +373,6 @@ impl Ctl {
         let session = c_string(session)?;
         self.call(timeout, move |lib| check(lib, lib.start(&session)))
             .await?
-    }
-
-    /// `lttng destroy SESSION`: stops the session and returns once the session daemon says the
-    /// trace is complete (`lttng_destruction_handle_wait_for_completion`), instead of the
-    /// CLI's 200 ms polling steps.
-    pub async fn destroy(&self, session: &str, timeout: Duration) -> Result<(), CtlError> {
-        let session = c_string(session)?;
-        // The thread gives up first, so that a slow flush is an error and not a hung call.
-        let deadline = Instant::now() + timeout;
-        let answer = self
-            .call(timeout + Duration::from_secs(5), move |lib| {
-                match lib.destroy(&session, DESTROY_STEP_MS, || Instant::now() < deadline) {
-                    Ok(status) => check(lib, status),
-                    Err(()) => Err(CtlError::Lttng {
-                        code: ffi::LTTNG_ERR_UNK,
-                        message: format!(
-                            "the session daemon did not complete the destruction of session \"{}\" within {:.1} s",
-                            session.to_string_lossy(),
-                            timeout.as_secs_f64()
-                        ),
-                    }),
-                }
-            })
-            .await?;
-        answer
     }
 
     /// Stops `session` and returns once its trace is complete on disk (no data pending, asked
