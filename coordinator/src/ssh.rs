@@ -91,55 +91,6 @@ impl SshExecutor {
         })
     }
 
-    /// The pre-flight checks of the original: a root lttng-sessiond runs, and the user is root
-    /// or in the `tracing` group (and the kernel tracer is loaded for a kernel analysis). The
-    /// checks run at once over the multiplexed connection: one round trip.
-    pub async fn preflight(&self, needs_kernel: bool, analysis: &str) -> Result<(), StepError> {
-        use tracevisor_lttng::remote;
-        let fail = |message: String| StepError {
-            step: "preflight".into(),
-            host: self.display.clone(),
-            message,
-        };
-        let limit = Duration::from_secs(15);
-        let modules = async {
-            if needs_kernel {
-                Some(self.run(argv(&["cat", "/proc/modules"]), limit).await)
-            } else {
-                None
-            }
-        };
-        let (sessiond, id, modules) = tokio::join!(
-            self.run(
-                argv(&["pgrep", "-u", "root", "-x", "lttng-sessiond"]),
-                limit
-            ),
-            self.run(argv(&["id"]), limit),
-            modules
-        );
-        if sessiond.is_err() {
-            return Err(fail(remote::NO_ROOT_SESSIOND.into()));
-        }
-        // One `id` answers both: "uid=0(root) gid=0(root) groups=0(root),27(tracing)".
-        let id = id.map_err(|e| fail(format!("cannot check the user: {e}")))?;
-        if !remote::user_may_trace(&id.stdout_lossy()) {
-            return Err(fail(remote::USER_MAY_NOT_TRACE.into()));
-        }
-        if let Some(modules) = modules {
-            let loaded = modules
-                .map(|o| remote::kernel_tracer_loaded(&o.stdout_lossy()))
-                .unwrap_or(false);
-            if !loaded {
-                return Err(StepError {
-                    step: "kernel".into(),
-                    host: self.display.clone(),
-                    message: remote::no_kernel_tracer(analysis),
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// Runs the whole job with the host's `tracesd ssh-job` ([`tracevisor_lttng::remote`]): one
     /// command, so one round trip however many steps the job has, and the host's own back end
     /// (liblttng-ctl where it matches the session daemon). The spec goes as a JSON line on the

@@ -4,16 +4,17 @@
 //! - **the `lttng` CLI** ([`via_cli`]), one process per step through the runner (locally or
 //!   over SSH): the default of every executor, and the fallback;
 //! - **liblttng-ctl** ([`LibraryControl`]), the host's own library loaded at run time and
-//!   driven on one thread ([`tracevisor_lttng_ctl`]): no process per step, and a destruction
-//!   that returns as soon as the session daemon says the trace is complete instead of polling
-//!   in 200 ms steps. Used by [`LocalExecutor`](crate::lifecycle::LocalExecutor) when the agent
+//!   driven on one thread ([`tracevisor_lttng_ctl`]): no process per step, and a `Destroy`
+//!   that returns as soon as the trace is complete on disk (the session daemon finishes the
+//!   destruction on its own) instead of polling in 200 ms steps. Used by [`LocalExecutor`](crate::lifecycle::LocalExecutor) when the agent
 //!   chose it ([`ControlChoice`]) and only while the library's version is the running session
 //!   daemon's ([`LibraryControl::usable`]); otherwise the CLI runs the step, with a log line.
 //!
 //! Both give the same sessions (same names, same default channel, per-UID userspace buffers,
 //! same contexts) and the same errors: a library error reads as the CLI's (`Error: ` and
 //! `lttng_strerror`'s text), in a [`RunError::Library`] naming the equivalent command line.
-//! Flight recorder sessions (channels of their own, snapshots) stay on the CLI.
+//! Flight recorder sessions are armed and snapshotted through the CLI (channels of their own,
+//! snapshots); disarming one is a `Destroy`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -291,7 +292,7 @@ pub struct LibraryControl {
     ctl: Ctl,
     /// The session daemon last checked: its pid and whether the library may drive it.
     checked: tokio::sync::Mutex<Option<(u32, Result<(), String>)>>,
-    /// Where session daemons write their pid (tests point it elsewhere).
+    /// Where the session daemons the library would talk to write their pid, in its order.
     pid_files: Vec<PathBuf>,
 }
 

@@ -71,13 +71,16 @@ pub trait Executor: Send + Sync {
     where
         Self: Sized,
     {
-        async {
-            self.run(argv(&["lttng", "--version"]), LTTNG_TIMEOUT)
-                .await
-                .ok()
-                .and_then(|out| lttng_version(&out.stdout_lossy()))
-        }
+        cli_release(self)
     }
+}
+
+/// The `major.minor` of `lttng --version` run through `exec`.
+async fn cli_release(exec: &impl Executor) -> Option<(u32, u32)> {
+    exec.run(argv(&["lttng", "--version"]), LTTNG_TIMEOUT)
+        .await
+        .ok()
+        .and_then(|out| lttng_version(&out.stdout_lossy()))
 }
 
 /// How long kept traces stay in a host's trace root and how much room they may take
@@ -240,10 +243,7 @@ impl Executor for LocalExecutor {
                 return None;
             }
         }
-        self.run(argv(&["lttng", "--version"]), LTTNG_TIMEOUT)
-            .await
-            .ok()
-            .and_then(|out| lttng_version(&out.stdout_lossy()))
+        cli_release(self).await
     }
 }
 

@@ -6,27 +6,18 @@
 //! session is destroyed, as a cancelled agent job's is). The command answers with JSON lines on
 //! its standard output ([`RemoteLine`]): progress, then one result or one error. Every value
 //! still reaches `lttng` only after [`validate_spec`](crate::lifecycle::validate_spec), on the
-//! host itself; the command line carries no request value but the host's name, checked on both
-//! sides.
+//! host itself; the command line carries no request value but the host's and the analysis's
+//! names, checked on both sides.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+
+use crate::lifecycle::{argv, step_err, Executor, StepError};
 
 /// The `tracesd` subcommand.
 pub const SUBCOMMAND: &str = "ssh-job";
 /// Largest job description read on standard input.
 pub const MAX_SPEC_BYTES: usize = 1 << 20;
-
-/// The pre-flight's message when no root session daemon runs.
-pub const NO_ROOT_SESSIOND: &str =
-    "no lttng-sessiond running as root (start it with `lttng-sessiond --daemonize` as root)";
-/// The pre-flight's message when the user may not trace.
-pub const USER_MAY_NOT_TRACE: &str = "the ssh user is neither root nor in the tracing group";
-
-/// The pre-flight's message when a kernel analysis meets a host without the kernel tracer.
-pub fn no_kernel_tracer(analysis: &str) -> String {
-    format!("kernel tracer not available (lttng-modules not loaded); analysis {analysis} needs kernel events")
-}
 
 /// Whether `id` output shows uid 0 or membership of the `tracing` group.
 pub fn user_may_trace(id: &str) -> bool {
@@ -38,37 +29,60 @@ pub fn user_may_trace(id: &str) -> bool {
     uid_root || tracing
 }
 
-/// Whether `/proc/modules` lists the lttng-modules tracer.
-pub fn kernel_tracer_loaded(modules: &str) -> bool {
-    modules.lines().any(|l| l.starts_with("lttng_tracer "))
-}
-
-/// The pre-flight on this host, as the coordinator runs it over SSH (a root session daemon,
-/// a user allowed to trace, the kernel tracer for kernel analyses): `Err((step, message))`.
-pub async fn preflight(needs_kernel: bool, analysis: &str) -> Result<(), (String, String)> {
-    use crate::runner::Cmd;
+/// The pre-flight checks of the original, the same whether the coordinator runs them over SSH
+/// or `tracesd ssh-job` runs them on the host: a root lttng-sessiond runs, the user is root or
+/// in the `tracing` group, and for a kernel analysis the kernel tracer is loaded. The checks
+/// are independent and run at once (over SSH, one round trip on the multiplexed connection).
+/// Fails at step `preflight`, or `kernel`.
+pub async fn preflight(
+    exec: &impl Executor,
+    needs_kernel: bool,
+    analysis: &str,
+) -> Result<(), StepError> {
     let limit = std::time::Duration::from_secs(15);
-    let sessiond = Cmd::new("pgrep")
-        .args(["-u", "root", "-x", "lttng-sessiond"])
-        .timeout(limit);
-    let id = Cmd::new("id").timeout(limit);
-    let (sessiond, id) = tokio::join!(sessiond.run(), id.run());
+    let modules = async {
+        if needs_kernel {
+            Some(exec.run(argv(&["cat", "/proc/modules"]), limit).await)
+        } else {
+            None
+        }
+    };
+    let (sessiond, id, modules) = tokio::join!(
+        exec.run(
+            argv(&["pgrep", "-u", "root", "-x", "lttng-sessiond"]),
+            limit
+        ),
+        exec.run(argv(&["id"]), limit),
+        modules
+    );
     if sessiond.is_err() {
-        return Err(("preflight".into(), NO_ROOT_SESSIOND.into()));
+        return Err(step_err(
+            exec,
+            "preflight",
+            "no lttng-sessiond running as root (start it with `lttng-sessiond --daemonize` as root)",
+        ));
     }
-    let id = id.map_err(|e| {
-        (
-            "preflight".to_owned(),
-            format!("cannot check the user: {e}"),
-        )
-    })?;
+    // One `id` answers both: "uid=0(root) gid=0(root) groups=0(root),27(tracing)".
+    let id = id.map_err(|e| step_err(exec, "preflight", format!("cannot check the user: {e}")))?;
     if !user_may_trace(&id.stdout_lossy()) {
-        return Err(("preflight".into(), USER_MAY_NOT_TRACE.into()));
+        return Err(step_err(
+            exec,
+            "preflight",
+            "the ssh user is neither root nor in the tracing group",
+        ));
     }
-    if needs_kernel {
-        let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
-        if !kernel_tracer_loaded(&modules) {
-            return Err(("kernel".into(), no_kernel_tracer(analysis)));
+    if let Some(modules) = modules {
+        let loaded = modules.is_ok_and(|o| {
+            o.stdout_lossy()
+                .lines()
+                .any(|l| l.starts_with("lttng_tracer "))
+        });
+        if !loaded {
+            return Err(step_err(
+                exec,
+                "kernel",
+                format!("kernel tracer not available (lttng-modules not loaded); analysis {analysis} needs kernel events"),
+            ));
         }
     }
     Ok(())
@@ -101,6 +115,16 @@ pub enum RemoteLine {
     /// This `tracesd` does not run the job (another version than the coordinator expects):
     /// nothing was done, the coordinator runs the job one command per step. The only line.
     Declined { reason: String },
+}
+
+impl From<StepError> for RemoteLine {
+    fn from(e: StepError) -> Self {
+        RemoteLine::Error {
+            step: e.step,
+            host: e.host,
+            message: e.message,
+        }
+    }
 }
 
 /// Whether `name` may be given as `--host`: a DNS name or an address, as the API accepts

@@ -118,10 +118,6 @@ impl Agent {
         let Some(control) = crate::lttng_control() else {
             return;
         };
-        let expected = match control {
-            "library" => "lttng_control=\"liblttng-ctl 2.",
-            _ => "lttng_control=\"lttng CLI\"",
-        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(line) = self.logs.lock().ok().and_then(|l| {
@@ -129,8 +125,13 @@ impl Agent {
                     .find(|l| l.contains("capabilities detected"))
                     .cloned()
             }) {
+                let said = line
+                    .split("lttng_control=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_default();
                 assert!(
-                    line.contains(expected),
+                    is_lttng_control(control, said),
                     "{}: the test asked for {control}, the agent said: {line}",
                     self.hostname
                 );
@@ -792,6 +793,15 @@ impl TestCa {
     }
 }
 
+/// Whether `said`, a host's `lttng_control` capability, is the back end `control` names:
+/// `liblttng-ctl 2.x` for `library`, exactly `lttng CLI` (no fallback reason) for `cli`.
+fn is_lttng_control(control: &str, said: &str) -> bool {
+    match control {
+        "library" => said.starts_with("liblttng-ctl 2."),
+        _ => said == "lttng CLI",
+    }
+}
+
 /// When the test runs under [`crate::with_lttng_control`], checks that `hostname`'s agent says
 /// (in its capabilities, `GET /clients`) it drives LTTng through that back end: `liblttng-ctl
 /// 2.x` for `library`, `lttng CLI` for `cli`. A library that loaded but fell back to the CLI
@@ -812,12 +822,8 @@ pub async fn assert_lttng_control(c: &Coordinator, hostname: &str) {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let expected = match control {
-        "library" => said.starts_with("liblttng-ctl 2."),
-        _ => said == "lttng CLI",
-    };
     assert!(
-        expected,
+        is_lttng_control(control, &said),
         "{hostname} drives LTTng through {said:?}, the test asked for {control}"
     );
 }

@@ -226,22 +226,14 @@ pub fn session_alive(name: &str) -> Result<bool> {
 
 /// Whether session `name` is gone within 10 s. A job through liblttng-ctl ends once its trace
 /// is complete; the session daemon finishes destroying the session (about 0.7 s) after.
-pub fn session_gone(name: &str) -> bool {
-    wait_until(|| session_alive(name).is_ok_and(|alive| !alive))
-}
-
-/// Whether `done` holds within 10 s (asked every 50 ms).
-pub fn wait_until(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if done() {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+pub async fn session_gone(name: &str) -> bool {
+    crate::agents::eventually(
+        &format!("session {name} destroyed"),
+        std::time::Duration::from_secs(10),
+        || session_alive(name).is_ok_and(|alive| !alive),
+    )
+    .await
+    .is_ok()
 }
 
 /// The sessions of job `id` on `hostname` that are not in `before` (a [`session_names`]

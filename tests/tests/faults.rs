@@ -172,10 +172,16 @@ async fn a_relay_that_is_down_is_a_clear_error_and_leaves_no_session() {
         "{message}"
     );
     // Through liblttng-ctl the session daemon finishes destroying the session after the job.
-    let gone = tracevisor_tests::jobs_support::wait_until(|| {
-        tracevisor_tests::jobs_support::session_names()
-            .is_ok_and(|after| after.iter().all(|s| before.contains(s)))
-    });
+    let gone = tracevisor_tests::agents::eventually(
+        "no session left",
+        std::time::Duration::from_secs(10),
+        || {
+            tracevisor_tests::jobs_support::session_names()
+                .is_ok_and(|after| after.iter().all(|s| before.contains(s)))
+        },
+    )
+    .await
+    .is_ok();
     let after = tracevisor_tests::jobs_support::session_names().unwrap();
     assert!(gone, "no session left: {after:?}");
 }

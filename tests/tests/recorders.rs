@@ -240,7 +240,13 @@ fn a_recorder_on_two_agents_snapshots_what_was_emitted_and_is_rearmed_after_an_a
         }
         // Through liblttng-ctl the session daemon finishes destroying them just after.
         assert!(
-            tracevisor_tests::jobs_support::wait_until(|| recorder_sessions(id, &before).is_empty()),
+            tracevisor_tests::agents::eventually(
+                "the recorder's sessions destroyed",
+                std::time::Duration::from_secs(10),
+                || { recorder_sessions(id, &before).is_empty() }
+            )
+            .await
+            .is_ok(),
             "{:?}",
             recorder_sessions(id, &before)
         );

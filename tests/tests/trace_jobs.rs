@@ -18,14 +18,14 @@ use serde_json::{json, Value as Json};
 use tokio_util::sync::CancellationToken;
 use tracevisor_lttng::lifecycle::{run_job, LocalExecutor};
 use tracevisor_protocol::{JobSpec, Summary, TraceLocator, TraceOutput};
-use tracevisor_tests::agents::{hub_url, is_connected, wait_clients, Agent};
+use tracevisor_tests::agents::{eventually, hub_url, is_connected, wait_clients, Agent};
 use tracevisor_tests::coordinator::Coordinator;
 use tracevisor_tests::jobs_support::{
     check_ust_trace, fetch_trace, get_job, is_job_session, job_body, list_jobs, new_host_sessions,
     new_job_sessions, parse_session, post_analyses, result_trace, session_alive, session_gone,
     session_names, single_subdir, start_with_local_agent, unique_tag, wait_ended, wait_status,
-    wait_until, Submitted, TraceCleanup, AGENT_TRACE_ROOT, COMPLETE, FAILED, PATIENCE,
-    SSH_TRACE_ROOT, TRACE_RUNNING,
+    Submitted, TraceCleanup, AGENT_TRACE_ROOT, COMPLETE, FAILED, PATIENCE, SSH_TRACE_ROOT,
+    TRACE_RUNNING,
 };
 use tracevisor_tests::lttng::{
     self, ensure_sessiond, gen_kernel_trace, lami_number, lami_process_row, lami_table,
@@ -258,7 +258,7 @@ fn ust_job_through_the_agent_counts_exactly_what_the_program_emitted() {
         assert_eq!(stored["result"], result);
         assert_eq!(stored["status"], COMPLETE);
         // The session was destroyed.
-        assert!(session_gone(&session), "{session} destroyed");
+        assert!(session_gone(&session).await, "{session} destroyed");
         assert_eq!(result["trace_kept"], true, "{result}");
         assert!(trace.is_dir(), "kept: {}", trace.display());
         // The kept trace comes back through the agent link, every event in it.
@@ -470,7 +470,7 @@ fn ust_job_streamed_to_a_relay_is_analysed_on_the_relay_host() {
             Some(trace.as_path()),
             "the relay wrote this job's session there"
         );
-        assert!(session_gone(session), "{session} destroyed");
+        assert!(session_gone(session).await, "{session} destroyed");
         assert!(
             !Path::new(AGENT_TRACE_ROOT).join(session).exists(),
             "nothing written locally on the traced host"
@@ -596,7 +596,7 @@ fn ust_job_over_ssh(hosts_tracesd: bool) {
         assert_eq!(result["host"], "sshhost");
         let trace = result_trace(&result).unwrap();
         let session = assert_local_trace(&trace, SSH_TRACE_ROOT, id, "sshhost");
-        assert!(session_gone(&session), "{session} destroyed");
+        assert!(session_gone(&session).await, "{session} destroyed");
         // One SSH connection for the whole job (the original needed nine).
         let logins = sshd.log().matches("Accepted publickey").count();
         assert_eq!(logins, 1, "sshd log:\n{}", sshd.log());
@@ -981,7 +981,7 @@ fn cancelled_job_ends_failed_and_its_session_is_destroyed() {
         assert_eq!(job["error"]["step"], "cancelled", "{job}");
         assert_eq!(job["error"]["host"], "localhost", "{job}");
         assert!(job["finished"].as_str().is_some(), "{job}");
-        assert!(session_gone(&session), "{session} destroyed");
+        assert!(session_gone(&session).await, "{session} destroyed");
         // Cancelling again: the job is not running any more.
         let (status, body) = c.delete(&format!("/jobs/{id}")).await.unwrap();
         assert_eq!(status.as_u16(), 409, "{body}");
@@ -1030,9 +1030,15 @@ fn agent_killed_mid_trace_destroys_its_session_on_restart_and_fails_the_job() {
             job["error"]["message"].as_str().unwrap().contains("h1"),
             "{job}"
         );
-        assert!(session_gone(&session), "{session} destroyed");
+        assert!(session_gone(&session).await, "{session} destroyed");
         assert!(
-            wait_until(|| new_host_sessions("h1", &before).is_ok_and(|s| s.is_empty())),
+            eventually(
+                "the orphan session destroyed",
+                std::time::Duration::from_secs(10),
+                || { new_host_sessions("h1", &before).is_ok_and(|s| s.is_empty()) }
+            )
+            .await
+            .is_ok(),
             "the restarted agent destroyed the orphan session; agent log:\n{}",
             agent.logs()
         );
@@ -1076,7 +1082,7 @@ fn concurrent_jobs_on_two_agents_all_complete() {
             let trace = result_trace(&job["result"]).unwrap();
             let session = assert_local_trace(&trace, AGENT_TRACE_ROOT, id, host);
             assert!(trace.is_dir(), "{}", trace.display());
-            assert!(session_gone(&session), "{session} destroyed");
+            assert!(session_gone(&session).await, "{session} destroyed");
             ids.push(id);
             paths.push(trace);
         }

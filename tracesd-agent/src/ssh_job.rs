@@ -102,16 +102,6 @@ pub async fn run(args: SshJobArgs) -> u8 {
         Ok(spec) => spec,
         Err(e) => return fail(format!("the job description is not valid: {e}")),
     };
-    if args.preflight {
-        if let Err((step, message)) = remote::preflight(args.needs_kernel, &args.analysis).await {
-            emit(&RemoteLine::Error {
-                step,
-                host: args.host.clone(),
-                message,
-            });
-            return 0;
-        }
-    }
     let control = match Control::open(args.lttng_control, None) {
         Ok(control) => control,
         Err(why) => return fail(why),
@@ -125,6 +115,12 @@ pub async fn run(args: SshJobArgs) -> u8 {
         },
         control,
     };
+    if args.preflight {
+        if let Err(e) = remote::preflight(&executor, args.needs_kernel, &args.analysis).await {
+            emit(&e.into());
+            return 0;
+        }
+    }
     // The coordinator closing the input (or the connection dropping) cancels the job.
     let cancel = CancellationToken::new();
     let watcher = {
@@ -167,11 +163,7 @@ pub async fn run(args: SshJobArgs) -> u8 {
     let outcome = lifecycle::run_job(&executor, &spec, progress, &cancel).await;
     emit(&match outcome {
         Ok(result) => RemoteLine::Result(result),
-        Err(e) => RemoteLine::Error {
-            step: e.step,
-            host: e.host,
-            message: e.message,
-        },
+        Err(e) => e.into(),
     });
     // The outcome is out: the coordinator need not wait for the session daemon to finish
     // destroying the session, but this process does before it exits.

@@ -220,8 +220,12 @@ impl Engine {
                 }
             }
             if spec.analysis_only.is_none() {
-                exec.preflight(profile.needs_kernel(), &profile.analysis)
-                    .await?;
+                tracevisor_lttng::remote::preflight(
+                    &exec,
+                    profile.needs_kernel(),
+                    &profile.analysis,
+                )
+                .await?;
             }
             lifecycle::run_job(&exec, spec, &progress, cancel).await
         }
