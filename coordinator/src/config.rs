@@ -74,6 +74,24 @@ pub struct ServeArgs {
         value_name = "auto|library|cli"
     )]
     pub lttng_control: Option<tracevisor_lttng::control::ControlChoice>,
+    /// Address of the internal API the other coordinators of a cluster forward requests to;
+    /// turns clustering on (needs a ws:// or wss:// database shared by every member)
+    #[arg(long, env = "TRACEVISOR_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<String>,
+    /// URL the other coordinators reach this one's internal API at
+    /// [default: http://CLUSTER_LISTEN]
+    #[arg(long, env = "TRACEVISOR_CLUSTER_URL")]
+    pub cluster_url: Option<String>,
+    /// File (mode 0600) holding the token the coordinators of a cluster present to each other
+    #[arg(long, env = "TRACEVISOR_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+    /// User to sign in to a SurrealDB server as (root level)
+    #[arg(long, env = "TRACEVISOR_DB_USER")]
+    pub db_user: Option<String>,
+    /// File (mode 0600) holding that user's password (or the TRACEVISOR_DB_PASS environment
+    /// variable; never a flag, which any user could read in the process list)
+    #[arg(long, env = "TRACEVISOR_DB_PASS_FILE")]
+    pub db_pass_file: Option<PathBuf>,
 }
 
 /// The configuration file, every key optional.
@@ -113,6 +131,11 @@ struct FileConfig {
     db_memtable_mib: Option<u64>,
     db_block_cache_mib: Option<u64>,
     job_retention_secs: Option<u64>,
+    cluster_listen: Option<String>,
+    cluster_url: Option<String>,
+    cluster_token_file: Option<PathBuf>,
+    db_user: Option<String>,
+    db_pass_file: Option<PathBuf>,
     #[serde(default)]
     analyses: BTreeMap<String, FileProfile>,
 }
@@ -134,6 +157,27 @@ struct FileProfile {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// This coordinator as a member of a cluster (`cluster_listen`).
+#[derive(Clone)]
+pub struct ClusterSettings {
+    /// Where the internal API listens.
+    pub listen: SocketAddr,
+    /// Where the other members reach it.
+    pub url: String,
+    /// The token members present to each other (from `cluster_token_file`).
+    pub token: String,
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("listen", &self.listen)
+            .field("url", &self.url)
+            .field("token", &"<hidden>")
+            .finish()
+    }
 }
 
 /// The resolved, validated configuration.
@@ -190,6 +234,10 @@ pub struct Config {
     pub storage: crate::store::StorageLimits,
     /// How long finished jobs (and their results) are kept; zero keeps them forever.
     pub job_retention: Duration,
+    /// Membership of a cluster of coordinators sharing one database server.
+    pub cluster: Option<ClusterSettings>,
+    /// How to sign in to a database server.
+    pub db_credentials: Option<crate::store::DbCredentials>,
 }
 
 /// A configuration error; the message names the key.
@@ -237,6 +285,8 @@ impl Config {
             allow_unregistered_relays: false,
             storage: crate::store::StorageLimits::default(),
             job_retention: Duration::from_secs(DEFAULT_JOB_RETENTION_SECS),
+            cluster: None,
+            db_credentials: None,
         }
     }
 
@@ -369,6 +419,44 @@ impl Config {
         if let Some(v) = file.job_retention_secs {
             config.job_retention = Duration::from_secs(v);
         }
+        config.cluster = match args.cluster_listen.clone().or(file.cluster_listen) {
+            None => None,
+            Some(text) => {
+                let listen = text.parse::<SocketAddr>().map_err(|_| {
+                    err(format!(
+                        "cluster_listen: {text:?} is not an address:port such as 10.0.0.5:5001"
+                    ))
+                })?;
+                let file_path = args
+                    .cluster_token_file
+                    .clone()
+                    .or(file.cluster_token_file)
+                    .ok_or_else(|| {
+                        err("cluster_token_file: missing (cluster_listen is set: the members authenticate each other with this token)")
+                    })?;
+                let token = crate::secrets::read_private_file(&file_path)
+                    .map_err(|e| err(format!("cluster_token_file: {e}")))?;
+                let url = args
+                    .cluster_url
+                    .clone()
+                    .or(file.cluster_url)
+                    .unwrap_or_else(|| format!("http://{listen}"));
+                Some(ClusterSettings { listen, url, token })
+            }
+        };
+        config.db_credentials = match args.db_user.clone().or(file.db_user) {
+            None => None,
+            Some(user) => {
+                let pass = match args.db_pass_file.clone().or(file.db_pass_file) {
+                    Some(path) => crate::secrets::read_private_file(&path)
+                        .map_err(|e| err(format!("db_pass_file: {e}")))?,
+                    None => std::env::var("TRACEVISOR_DB_PASS").map_err(|_| {
+                        err("db_pass_file: missing (db_user is set: give the password in a 0600 file, or in TRACEVISOR_DB_PASS)")
+                    })?,
+                };
+                Some(crate::store::DbCredentials { user, pass })
+            }
+        };
         for (name, fp) in file.analyses {
             let base = config.profiles.get(&name).cloned();
             let profile = Profile {
@@ -555,6 +643,40 @@ impl Config {
         }
         for (name, profile) in &self.profiles {
             profile.validate(&format!("analyses.{name}")).map_err(err)?;
+        }
+        if let Some(cluster) = &self.cluster {
+            if !matches!(scheme, "ws" | "wss") {
+                return Err(err(format!(
+                    "cluster_listen: a cluster's members share one database server; db {:?} is this process's own (give ws://HOST:PORT or wss://HOST:PORT)",
+                    self.db
+                )));
+            }
+            if !(cluster.url.starts_with("http://") || cluster.url.starts_with("https://"))
+                || cluster.url.contains(char::is_whitespace)
+            {
+                return Err(err(format!(
+                    "cluster_url: {:?} is not an http(s):// URL",
+                    cluster.url
+                )));
+            }
+            let t = &cluster.token;
+            if t.len() < 32 || t.len() > 512 || !t.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(err(
+                    "cluster_token_file: the token must be 32 to 512 printable ASCII characters without spaces",
+                ));
+            }
+            if self.local_agent && tracevisor_protocol::is_loopback_host(&self.local_agent_hostname)
+            {
+                return Err(err(format!(
+                    "local_agent_hostname: {:?} would be every member's host; in a cluster give each coordinator's built-in agent its host's own name, or set local_agent = false (--no-local-agent)",
+                    self.local_agent_hostname
+                )));
+            }
+        }
+        if let Some(c) = &self.db_credentials {
+            if c.user.is_empty() || c.pass.is_empty() {
+                return Err(err("db_user: the user and its password must not be empty"));
+            }
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod archive;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod jobs;
@@ -61,7 +62,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     config.validate()?;
     prepare_data_dir(&config)?;
-    let store = store::Store::open(&config.db, config.storage).await?;
+    let store =
+        store::Store::open_as(&config.db, config.storage, config.db_credentials.as_ref()).await?;
     let instance = store.instance_id().await?;
     let ssh = secrets::load_or_create_ssh_key(&config.data_dir)?;
     let rest_token = rest_token(&config)?;
@@ -83,6 +85,26 @@ pub async fn run(
         config.agent_takeover,
     );
     hub.load().await?;
+    // In a cluster: the internal API's port is taken before anything else can fail later.
+    let cluster = match &config.cluster {
+        None => None,
+        Some(settings) => {
+            let internal = std::net::TcpListener::bind(settings.listen)
+                .map_err(|e| RunError::Serve(format!("cluster_listen {}: {e}", settings.listen)))?;
+            let cluster = cluster::Cluster::new(
+                settings.clone(),
+                local_addr.to_string(),
+                store.clone(),
+                config.tls.as_ref().map(|t| t.cert.clone()),
+            )
+            .map_err(RunError::Serve)?;
+            let evictions = hub.join_cluster(cluster.id.clone());
+            // Joined before anything is recovered: the live members' jobs are theirs.
+            cluster.beat(0).await?;
+            tracing::info!(member = %cluster.id, internal = %settings.listen, url = %settings.url, "joined the cluster");
+            Some((cluster, internal, evictions))
+        }
+    };
     let engine = jobs::Engine::new(
         store.clone(),
         hub.clone(),
@@ -98,10 +120,21 @@ pub async fn run(
         instance,
         shutdown.clone(),
     );
+    let cluster = cluster.map(|(cluster, internal, evictions)| {
+        engine.join_cluster(cluster.clone());
+        (cluster, internal, evictions)
+    });
     engine.recover().await?;
     engine.load_recorders().await?;
     engine.spawn_event_loop(agent_events);
     engine.spawn_pruner(config.job_retention);
+    let (cluster, internal) = match cluster {
+        None => (None, None),
+        Some((cluster, internal, evictions)) => {
+            engine.spawn_cluster_duties(evictions);
+            (Some(cluster), Some(internal))
+        }
+    };
     let state = Arc::new(api::AppState {
         config: config.clone(),
         hub: hub.clone(),
@@ -113,6 +146,13 @@ pub async fn run(
         request_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         sessions: api::ui::Sessions::default(),
         live_views: Arc::new(tokio::sync::Semaphore::new(api::ui::MAX_LIVE_VIEWS)),
+    });
+    let internal_server = internal.map(|listener| {
+        let app = api::internal::router(state.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { listener::serve(listener, app, &config, &shutdown).await })
     });
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let local_agent = if config.local_agent {
@@ -132,7 +172,19 @@ pub async fn run(
         db = %config.db,
         "tracevisor listening"
     );
-    listener::serve(listener, app, &config, &shutdown).await?;
+    let served = listener::serve(listener, app, &config, &shutdown).await;
+    if let Some(server) = internal_server {
+        // Stopped by the same shutdown (or the REST server's failure ends the process).
+        shutdown.cancel();
+        match server.await {
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the cluster's internal API stopped with an error")
+            }
+            Err(error) => tracing::warn!(%error, "the cluster's internal API task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    served?;
     // Everything the coordinator started ends before `run` returns: jobs (SSH sessions are
     // destroyed, agent jobs are left to their agents), the event loop, the pruner, agent links
     // and the local agent.
@@ -149,6 +201,10 @@ pub async fn run(
         tracing::warn!(links = open, "agent links still open at exit");
     }
     hub.flush_last_seen().await;
+    if let Some(cluster) = &cluster {
+        // The others see this member gone at once, not after the dead-after time.
+        cluster.leave().await;
+    }
     if let Some(agent) = local_agent {
         if tokio::time::timeout(LINK_DRAIN_TIMEOUT, agent)
             .await
@@ -158,7 +214,7 @@ pub async fn run(
         }
     }
     // Last, once nothing queries any more: every other handle on the store goes first.
-    drop((engine, hub));
+    drop((engine, hub, cluster));
     store.close().await;
     tracing::info!("tracevisor stopped");
     Ok(())

@@ -84,6 +84,12 @@ struct Registry {
     /// Job durations by type.
     durations: Mutex<BTreeMap<String, Histogram>>,
     db: Mutex<Histogram>,
+    /// Requests sent to other members of the cluster, by kind and result.
+    forwarded: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Internal API requests refused for a wrong or missing cluster token.
+    forwarded_refused: AtomicU64,
+    /// Live members of the cluster at the last heartbeat (0: not in a cluster).
+    cluster_members: AtomicU64,
 }
 
 fn registry() -> &'static Registry {
@@ -93,6 +99,9 @@ fn registry() -> &'static Registry {
         jobs: Mutex::new(BTreeMap::new()),
         durations: Mutex::new(BTreeMap::new()),
         db: Mutex::new(Histogram::new(&DB_BUCKETS)),
+        forwarded: Mutex::new(BTreeMap::new()),
+        forwarded_refused: AtomicU64::new(0),
+        cluster_members: AtomicU64::new(0),
     })
 }
 
@@ -103,6 +112,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// An agent registered (its `HelloAck` is on its way).
 pub fn agent_registered() {
     registry().registrations.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A request was sent to another member of the cluster (`kind`: job, cancel, fleet-share,
+/// acks, evict), which took it or not.
+pub fn forwarded(kind: &'static str, ok: bool) {
+    *lock(&registry().forwarded)
+        .entry((kind, if ok { "ok" } else { "failed" }))
+        .or_default() += 1;
+}
+
+/// The internal API refused a request without the cluster token.
+pub fn forwarded_refused() {
+    registry().forwarded_refused.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The cluster's live members at the last heartbeat.
+pub fn cluster_members(n: usize) {
+    registry()
+        .cluster_members
+        .store(n as u64, Ordering::Relaxed);
 }
 
 /// One database query answered (or failed) after `elapsed`.
@@ -258,6 +287,35 @@ pub fn render(g: &Gauges) -> String {
         "tracevisor_database_up",
         "1 when the database answered this scrape's health query.",
         if g.database_up { 1.0 } else { 0.0 },
+    );
+    metric(
+        &mut out,
+        "tracevisor_forwarded_requests_total",
+        "counter",
+        "Requests sent to other coordinators of the cluster, by kind and result.",
+    );
+    for ((kind, result), n) in lock(&r.forwarded).iter() {
+        let _ = writeln!(
+            out,
+            "tracevisor_forwarded_requests_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
+        );
+    }
+    metric(
+        &mut out,
+        "tracevisor_internal_requests_refused_total",
+        "counter",
+        "Internal API requests refused for a wrong or missing cluster token.",
+    );
+    let _ = writeln!(
+        out,
+        "tracevisor_internal_requests_refused_total {}",
+        r.forwarded_refused.load(Ordering::Relaxed)
+    );
+    gauge(
+        &mut out,
+        "tracevisor_cluster_members",
+        "Live coordinators of the cluster at the last heartbeat (0: not in a cluster).",
+        r.cluster_members.load(Ordering::Relaxed) as f64,
     );
     gauge(
         &mut out,

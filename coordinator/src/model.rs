@@ -143,6 +143,9 @@ pub enum Step {
     CoordinatorRestart,
     /// The coordinator shut down while the job ran (its SSH session was destroyed).
     CoordinatorShutdown,
+    /// The coordinator of the cluster that ran the job stopped heartbeating; another one
+    /// adopted the job and ended it.
+    CoordinatorLost,
     /// The job's end could not be stored.
     Store,
     /// Some hosts of a fleet did not complete.
@@ -154,7 +157,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, for tests and documentation.
-    pub const ALL: [Step; 27] = [
+    pub const ALL: [Step; 28] = [
         Step::Validate,
         Step::Resolve,
         Step::Dispatch,
@@ -179,6 +182,7 @@ impl Step {
         Step::AgentRestart,
         Step::CoordinatorRestart,
         Step::CoordinatorShutdown,
+        Step::CoordinatorLost,
         Step::Store,
         Step::Fleet,
         Step::Unknown,
@@ -192,6 +196,7 @@ impl Step {
             | Step::AgentRestart
             | Step::CoordinatorRestart
             | Step::CoordinatorShutdown
+            | Step::CoordinatorLost
             | Step::Store => 503,
             Step::Kernel | Step::Preflight | Step::Validate | Step::Capability => 422,
             Step::Cancelled => 409,
@@ -242,6 +247,7 @@ impl Step {
             Step::AgentRestart => "agent-restart",
             Step::CoordinatorRestart => "coordinator-restart",
             Step::CoordinatorShutdown => "coordinator-shutdown",
+            Step::CoordinatorLost => "coordinator-lost",
             Step::Store => "store",
             Step::Fleet => "fleet",
             Step::Unknown => "unknown",
@@ -589,6 +595,9 @@ pub struct JobRecord {
     /// A fleet child's fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<u64>,
+    /// In a cluster: the coordinator (member id) that runs the job, or ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
 }
 
 impl JobRecord {
@@ -627,6 +636,7 @@ impl JobRecord {
             outcomes: None,
             ssh_session: None,
             parent: None,
+            runner: None,
         }
     }
 
@@ -719,6 +729,7 @@ mod tests {
             outcomes: None,
             ssh_session: None,
             parent: None,
+            runner: None,
         };
         let wire = serde_json::to_value(&job).unwrap();
         assert_eq!(wire["status"], -1);

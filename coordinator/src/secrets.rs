@@ -92,6 +92,17 @@ pub fn read_token(data_dir: &Path, name: &str) -> Result<String, SecretError> {
         .map_err(|e| secret_err(&path, e))
 }
 
+/// Reads a secret from a file that only its owner may read (mode 0600 or stricter), trimmed.
+pub fn read_private_file(path: &Path) -> Result<String, SecretError> {
+    check_private(path)?;
+    let text = fs::read_to_string(path).map_err(|e| secret_err(path, e))?;
+    let secret = text.trim().to_owned();
+    if secret.is_empty() {
+        return Err(secret_err(path, "the file is empty"));
+    }
+    Ok(secret)
+}
+
 /// Refuses a secret file that others can read.
 fn check_private(path: &Path) -> Result<(), SecretError> {
     let mode = fs::metadata(path)

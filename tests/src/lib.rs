@@ -1,5 +1,6 @@
 //! Test harness: launches real coordinators, agents, LTTng daemons and sshd for the integration tests.
 pub mod agents;
+pub mod cluster;
 pub mod coordinator;
 pub mod jobs_support;
 pub mod lttng;

@@ -41,7 +41,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let identity = match state.hub.admit(peer, &headers) {
+    let identity = match state.hub.admit(peer, &headers).await {
         Ok(identity) => identity,
         Err(refusal) => return refused(refusal),
     };

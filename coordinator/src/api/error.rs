@@ -93,6 +93,11 @@ impl From<crate::jobs::SubmitError> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, why)
                     .retry_after(crate::jobs::BUSY_RETRY_AFTER_SECS)
             }
+            crate::jobs::SubmitError::Unavailable(why) => {
+                tracing::warn!(%why, "trace request refused during a fail-over");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)
+                    .retry_after(crate::cluster::RETRY_AFTER_SECS)
+            }
         }
     }
 }

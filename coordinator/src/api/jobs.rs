@@ -183,7 +183,7 @@ pub async fn cancel(
         .get(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
-    if state.engine.cancel(id) {
+    if state.engine.cancel(id) || (!job.status.is_ended() && state.engine.cancel_remote(id).await) {
         tracing::info!(job_id = id, "job cancellation requested");
         Ok((
             StatusCode::ACCEPTED,

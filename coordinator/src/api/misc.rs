@@ -45,6 +45,26 @@ pub struct Status {
     pub resident_memory_bytes: Option<u64>,
     /// Open file descriptors of the coordinator process (Linux `/proc`).
     pub open_fds: Option<usize>,
+    /// In a cluster: this coordinator's member id and every member the database knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// The cluster as `GET /status` shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ClusterStatus {
+    /// This coordinator's member id.
+    pub member: String,
+    /// Every member row: `alive` when its heartbeat (by the database server's clock) is
+    /// younger than the dead-after time.
+    pub members: Vec<ClusterMember>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ClusterMember {
+    #[serde(flatten)]
+    pub row: crate::store::MemberRow,
+    pub alive: bool,
 }
 
 #[utoipa::path(get, path = "/trace/api/v1.0/status", tag = "server",
@@ -61,6 +81,22 @@ pub async fn status(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Sta
         StatusCode::SERVICE_UNAVAILABLE
     };
     let (resident_memory_bytes, open_fds) = process_figures();
+    let cluster = match state.engine.cluster() {
+        None => None,
+        Some(cluster) => Some(ClusterStatus {
+            member: cluster.id.clone(),
+            members: cluster
+                .members()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|row| ClusterMember {
+                    alive: row.age_ms <= crate::cluster::DEAD_AFTER.as_millis() as i64,
+                    row,
+                })
+                .collect(),
+        }),
+    };
     let body = Status {
         database,
         schema_version,
@@ -71,6 +107,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Sta
         jobs_running: state.engine.running(),
         resident_memory_bytes,
         open_fds,
+        cluster,
     };
     (code, Json(body))
 }

@@ -4,6 +4,7 @@ pub mod agents;
 pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod internal;
 pub mod jobs;
 pub mod misc;
 pub mod recorders;

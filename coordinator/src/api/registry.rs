@@ -46,7 +46,7 @@ async fn views(
             })
             .collect());
     }
-    let mut statuses = state.hub.statuses();
+    let mut statuses = state.engine.agent_statuses().await?;
     Ok(records
         .into_iter()
         .map(|record| {

@@ -305,6 +305,40 @@ impl Hub {
         Ok(Some(row))
     }
 
+    /// Loads credential `id` from the store: one another coordinator of the cluster issued
+    /// after this one loaded them. Whether it was found.
+    pub(super) async fn fetch_credential(&self, id: &str) -> Result<bool, StoreError> {
+        let Some(row) = self.store.credential(id).await? else {
+            return Ok(false);
+        };
+        self.credentials().insert_row(&row);
+        Ok(true)
+    }
+
+    /// Applies the revocations recorded (by any coordinator of the cluster) at or after
+    /// `since`, RFC 3339: the links using a newly revoked credential close. How many closed.
+    pub async fn refresh_revoked(&self, since: &str) -> Result<usize, StoreError> {
+        let rows = self.store.credentials_revoked_since(since).await?;
+        let mut closed = 0;
+        for row in rows {
+            let known = self
+                .credentials()
+                .by_id
+                .get(&row.id)
+                .is_some_and(|c| c.revoked.is_some());
+            self.credentials().insert_row(&row);
+            if !known {
+                let why = row.revoked_why.clone().unwrap_or_default();
+                let n = self.disconnect_credential(&row.id, &why);
+                if n > 0 {
+                    tracing::warn!(credential = %row.id, hostname = %row.hostname, links_closed = n, why = %why, "agent credential revoked by another coordinator of the cluster");
+                }
+                closed += n;
+            }
+        }
+        Ok(closed)
+    }
+
     /// Closes the links authenticated with credential `id`; how many.
     fn disconnect_credential(&self, id: &str, why: &str) -> usize {
         let links = self.links();

@@ -111,9 +111,11 @@ pub async fn serve_link<S: Socket>(
         // The semaphore is never closed, so acquiring only waits.
         let _turn = hub.registrations.acquire().await.ok();
         let now = OffsetDateTime::now_utc();
-        hub.register(&hello, peer, now).await.map(|id| (id, now))
+        hub.register(&hello, peer, now)
+            .await
+            .map(|(id, epoch)| (id, epoch, now))
     };
-    let (client_id, now) = match registered.await {
+    let (client_id, epoch, now) = match registered.await {
         Ok(id) => id,
         Err(RegisterError::Refused(why)) => {
             tracing::warn!(hostname = %hello.hostname, %peer, why = %why, "agent refused: hostname belongs to another host");
@@ -154,6 +156,7 @@ pub async fn serve_link<S: Socket>(
             capabilities: hello.capabilities.clone(),
             peer: canonical(peer.ip()),
             credential: credential.clone(),
+            epoch,
             revoked: revoked.clone(),
             revoked_why: revoked_why.clone(),
         },
@@ -267,6 +270,7 @@ pub async fn serve_link<S: Socket>(
         hub.end_fetches_of(&hello.hostname);
         hub.record_disconnect(
             client_id,
+            epoch,
             &hello.hostname,
             last_seen.load(Ordering::Relaxed),
         )

@@ -77,6 +77,9 @@ pub struct AgentStatus {
     pub last_seen: String,
     #[schema(value_type = Object)]
     pub capabilities: Json,
+    /// In a cluster: the coordinator (member id) holding its link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<String>,
 }
 
 struct LiveLink {
@@ -92,6 +95,9 @@ struct LiveLink {
     peer: IpAddr,
     /// The id of the credential the link authenticated with.
     credential: String,
+    /// The registration's epoch in the agent's row (in a cluster): a newer link elsewhere has
+    /// a higher one.
+    epoch: u64,
     /// Cancelled when that credential is revoked; the link then closes, giving
     /// `revoked_why`.
     revoked: CancellationToken,
@@ -115,6 +121,7 @@ impl LiveLink {
             connected_since: rfc3339(self.connected_since),
             last_seen: rfc3339_ms(self.last_seen.load(Ordering::Relaxed)),
             capabilities: capabilities_json(&self.capabilities),
+            coordinator: None,
         }
     }
 }
@@ -156,7 +163,25 @@ pub struct Hub {
     /// Hostnames whose agent connected or disconnected, for live views ([`Hub::changes`]).
     /// Bounded: a subscriber that falls behind is told it lagged and reads the whole state.
     changes: tokio::sync::broadcast::Sender<String>,
+    /// In a cluster: this member's id (written as the owner of the links it holds) and where
+    /// to say that a registration took a link from another member.
+    member: std::sync::OnceLock<(String, mpsc::Sender<Eviction>)>,
+    /// Links closed by shutdown in a cluster: client id, epoch, last contact.
+    released_at_exit: Mutex<Vec<(u64, u64, String)>>,
 }
+
+/// A registration took a host's link from another member of the cluster, which must close
+/// its older link (`POST /internal/v1/agents/evict`).
+#[derive(Debug, Clone)]
+pub struct Eviction {
+    pub member: String,
+    pub hostname: String,
+    pub epoch: u64,
+}
+
+/// Evictions queued towards the other members before new ones are dropped (a link left
+/// behind then ends with its heartbeats; routing already follows the newer one).
+pub const EVICTION_QUEUE: usize = 1024;
 
 /// How many agent changes a live view may fall behind before it must read the whole fleet.
 const CHANGES_QUEUE: usize = 4096;
@@ -203,8 +228,47 @@ impl Hub {
             fetches: Mutex::new(HashMap::new()),
             next_fetch: AtomicU64::new(1),
             changes: tokio::sync::broadcast::channel(CHANGES_QUEUE).0,
+            member: std::sync::OnceLock::new(),
+            released_at_exit: Mutex::new(Vec::new()),
         };
         (Arc::new(hub), rx)
+    }
+
+    /// Makes this hub a member of a cluster: registrations record `member` as the owner of
+    /// each link (with an epoch), and closes clear it; evictions of other members' older
+    /// links are returned to be sent.
+    pub fn join_cluster(&self, member: String) -> mpsc::Receiver<Eviction> {
+        let (tx, rx) = mpsc::channel(EVICTION_QUEUE);
+        let _ = self.member.set((member, tx));
+        rx
+    }
+
+    /// This member's id in a cluster.
+    pub fn member(&self) -> Option<&str> {
+        self.member.get().map(|(id, _)| id.as_str())
+    }
+
+    /// Closes the local link of `hostname` if its epoch is older than `epoch` (a newer link
+    /// registered on another member); whether one was closed.
+    pub fn evict(&self, hostname: &str, epoch: u64) -> bool {
+        let links = self.links();
+        match links.get(hostname) {
+            Some(link) if link.epoch < epoch => {
+                tracing::warn!(%hostname, old = link.epoch, new = epoch, "agent link replaced by a newer one on another coordinator of the cluster");
+                let _ = link.tx.try_send(Outgoing::Close(
+                    CloseReason::Replaced,
+                    "a newer link for this hostname on another coordinator replaced this one"
+                        .into(),
+                ));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The epoch of the local link of `hostname`.
+    pub fn epoch(&self, hostname: &str) -> Option<u64> {
+        self.links().get(hostname).map(|l| l.epoch)
     }
 
     fn links(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveLink>> {
@@ -292,8 +356,11 @@ impl Hub {
     /// The agent status of every host that ever had an agent, by hostname.
     pub fn statuses(&self) -> HashMap<String, AgentStatus> {
         let mut map = self.known().clone();
+        let member = self.member().map(str::to_owned);
         for (hostname, link) in self.links().iter() {
-            map.insert(hostname.clone(), link.status());
+            let mut status = link.status();
+            status.coordinator = member.clone();
+            map.insert(hostname.clone(), status);
         }
         map
     }
@@ -301,7 +368,9 @@ impl Hub {
     /// The agent status of one host, as in [`Hub::statuses`].
     pub fn status_of(&self, hostname: &str) -> Option<AgentStatus> {
         if let Some(link) = self.links().get(hostname) {
-            return Some(link.status());
+            let mut status = link.status();
+            status.coordinator = self.member().map(str::to_owned);
+            return Some(status);
         }
         self.known().get(hostname).cloned()
     }
@@ -341,64 +410,84 @@ impl Hub {
                     connected_since: row.connected_since,
                     last_seen: row.last_seen,
                     capabilities: row.capabilities,
+                    coordinator: None,
                 },
             );
         }
         Ok(())
     }
 
-    /// Finds or creates the client record of an agent's host, and records the agent.
+    /// Finds or creates the client record of an agent's host, and records the agent; its
+    /// client id and (in a cluster) the epoch of this link.
     async fn register(
         &self,
         hello: &Hello,
         peer: SocketAddr,
         now: OffsetDateTime,
-    ) -> Result<u64, RegisterError> {
+    ) -> Result<(u64, u64), RegisterError> {
         let peer_ip = canonical(peer.ip());
-        let (client, pinned) = match self
-            .store
-            .find_by_hostname(Kind::Clients, &hello.hostname)
-            .await?
-        {
-            Some(existing) => {
-                let pinned = self.store.agent_pinned_peers(existing.id).await?;
-                self.check_takeover(&existing, &pinned, &hello.hostname, peer_ip)?;
-                (existing, pinned)
-            }
-            None => {
-                self.may_claim(&hello.hostname, peer_ip).await?;
-                let (ipv4, ipv6) = addresses(&hello.addresses, peer_ip);
-                let record = HostRecord::new(Kind::Clients, hello.hostname.clone(), ipv4, ipv6);
-                match self.store.create(Kind::Clients, &record).await {
-                    Ok(created) => {
-                        tracing::info!(hostname = %hello.hostname, id = created.id, "agent host registered");
-                        (created, vec![peer_ip.to_string()])
+        // Twice at most: a link for the same hostname (here, or on another coordinator of a
+        // cluster) may create the client record between the lookup and the create.
+        let mut attempts = 0;
+        let (client, pinned) = loop {
+            attempts += 1;
+            match self
+                .store
+                .find_by_hostname(Kind::Clients, &hello.hostname)
+                .await?
+            {
+                Some(existing) => {
+                    let pinned = self.store.agent_pinned_peers(existing.id).await?;
+                    self.check_takeover(&existing, &pinned, &hello.hostname, peer_ip)?;
+                    break (existing, pinned);
+                }
+                None => {
+                    self.may_claim(&hello.hostname, peer_ip).await?;
+                    let (ipv4, ipv6) = addresses(&hello.addresses, peer_ip);
+                    let record = HostRecord::new(Kind::Clients, hello.hostname.clone(), ipv4, ipv6);
+                    match self.store.create(Kind::Clients, &record).await {
+                        Ok(created) => {
+                            tracing::info!(hostname = %hello.hostname, id = created.id, "agent host registered");
+                            break (created, vec![peer_ip.to_string()]);
+                        }
+                        // Another link for the same hostname registered it first: read it.
+                        Err(StoreError::Duplicate { .. }) if attempts < 2 => continue,
+                        Err(StoreError::Duplicate { .. }) => {
+                            return Err(RegisterError::Store(StoreError::Db(
+                                "concurrent registration of the same hostname; retry".into(),
+                            )))
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    // Another link for the same hostname registered it first: try again.
-                    Err(StoreError::Duplicate { .. }) => {
-                        return Err(RegisterError::Store(StoreError::Db(
-                            "concurrent registration of the same hostname; retry".into(),
-                        )))
-                    }
-                    Err(e) => return Err(e.into()),
                 }
             }
         };
-        self.store
-            .upsert_agent(
-                client.id,
-                &AgentRow {
-                    hostname: hello.hostname.clone(),
-                    version: hello.agent_version.clone(),
-                    connected_since: rfc3339(now),
-                    last_seen: rfc3339(now),
-                    addresses: hello.addresses.iter().map(ToString::to_string).collect(),
-                    peer: peer_ip.to_string(),
-                    peers: pinned,
-                    capabilities: capabilities_json(&hello.capabilities),
-                },
-            )
-            .await?;
+        let row = AgentRow {
+            hostname: hello.hostname.clone(),
+            version: hello.agent_version.clone(),
+            connected_since: rfc3339(now),
+            last_seen: rfc3339(now),
+            addresses: hello.addresses.iter().map(ToString::to_string).collect(),
+            peer: peer_ip.to_string(),
+            peers: pinned,
+            capabilities: capabilities_json(&hello.capabilities),
+        };
+        let mut epoch = 0;
+        match self.member.get() {
+            None => self.store.upsert_agent(client.id, &row).await?,
+            Some((member, evictions)) => {
+                // Ownership is written in the registration's own transaction.
+                let owned = self.store.claim_agent(client.id, &row, member).await?;
+                epoch = owned.epoch;
+                if let Some(previous) = owned.previous.filter(|p| p != member) {
+                    let _ = evictions.try_send(Eviction {
+                        member: previous,
+                        hostname: hello.hostname.clone(),
+                        epoch,
+                    });
+                }
+            }
+        }
         self.known().insert(
             hello.hostname.clone(),
             AgentStatus {
@@ -407,9 +496,10 @@ impl Hub {
                 connected_since: rfc3339(now),
                 last_seen: rfc3339(now),
                 capabilities: capabilities_json(&hello.capabilities),
+                coordinator: None,
             },
         );
-        Ok(client.id)
+        Ok((client.id, epoch))
     }
 
     /// Whether a link from `peer` may speak for `hostname`, already a client: under
@@ -462,11 +552,35 @@ impl Hub {
         Ok(())
     }
 
-    async fn record_disconnect(&self, client_id: u64, hostname: &str, last_seen_ms: i64) {
+    async fn record_disconnect(
+        &self,
+        client_id: u64,
+        epoch: u64,
+        hostname: &str,
+        last_seen_ms: i64,
+    ) {
         if let Some(status) = self.known().get_mut(hostname) {
             status.last_seen = rfc3339_ms(last_seen_ms);
         }
         self.changed(hostname);
+        if let Some(member) = self.member() {
+            if self.shutdown.is_cancelled() {
+                self.released_at_exit
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((client_id, epoch, rfc3339_ms(last_seen_ms)));
+                return;
+            }
+            // Only this link's hold ends: a newer link's (a higher epoch) stays.
+            let released = self
+                .store
+                .release_agent(client_id, member, epoch, &rfc3339_ms(last_seen_ms))
+                .await;
+            if let Err(error) = released {
+                tracing::warn!(client_id, %error, "could not record the agent's disconnection");
+            }
+            return;
+        }
         if self.shutdown.is_cancelled() {
             // Every link closes at once at shutdown: one write for all of them
             // ([`Hub::flush_last_seen`]) instead of one each, which kept a 10,000-agent
@@ -488,6 +602,19 @@ impl Hub {
 
     /// Writes the last contact of the links closed by shutdown, in one transaction per 5,000.
     pub async fn flush_last_seen(&self) {
+        if let Some(member) = self.member() {
+            let rows = std::mem::take(
+                &mut *self
+                    .released_at_exit
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            for chunk in rows.chunks(5_000) {
+                if let Err(error) = self.store.release_agents(member, chunk).await {
+                    tracing::warn!(agents = chunk.len(), %error, "could not release the agents' links");
+                }
+            }
+        }
         let rows = std::mem::take(
             &mut *self
                 .last_seen_at_exit
@@ -541,7 +668,9 @@ impl Hub {
     /// Checks an upgrade request before the upgrade: not throttled, who it is (a host's
     /// credential, or the enrollment token), the protocol version. Failed checks count
     /// towards the source address's throttle.
-    pub fn admit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<Identity, Refusal> {
+    /// In a cluster, a credential this hub does not know may have been issued by another
+    /// member since start-up: it is looked up in the store once before being refused.
+    pub async fn admit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<Identity, Refusal> {
         if self.auth_failures.blocked(peer.ip()) {
             return Err(Refusal::Throttled);
         }
@@ -552,7 +681,20 @@ impl Hub {
             .map(str::trim);
         let identity = match token.map(|t| (t, tracevisor_protocol::split_credential(t))) {
             Some((_, Some((id, secret)))) => {
-                match self.check_credential(id, secret) {
+                let mut checked = self.check_credential(id, secret);
+                if checked == Err(CheckError::Unknown)
+                    && self.member().is_some()
+                    && !self.credentials().by_id.contains_key(id)
+                {
+                    match self.fetch_credential(id).await {
+                        Ok(true) => checked = self.check_credential(id, secret),
+                        Ok(false) => {}
+                        Err(error) => {
+                            tracing::warn!(%peer, credential = %id, %error, "cannot look the agent's credential up in the cluster's store");
+                        }
+                    }
+                }
+                match checked {
                     Ok(hostname) => Identity::Host {
                         credential: id.to_owned(),
                         hostname,
@@ -876,11 +1018,15 @@ mod tests {
         let (id, secret) = enrolled(&hub, "web-1", REMOTE).await;
         let credential = format!("{}{id}_{secret}", tracevisor_protocol::CREDENTIAL_PREFIX);
         assert_eq!(
-            hub.admit(REMOTE.into(), &bearer(&credential)).unwrap(),
+            hub.admit(REMOTE.into(), &bearer(&credential))
+                .await
+                .unwrap(),
             host(&id, "web-1")
         );
         assert_eq!(
-            hub.admit(REMOTE.into(), &bearer("agent-token")).unwrap(),
+            hub.admit(REMOTE.into(), &bearer("agent-token"))
+                .await
+                .unwrap(),
             Identity::Enrollment
         );
         let forged = format!(
@@ -889,7 +1035,7 @@ mod tests {
             "0".repeat(64)
         );
         assert!(matches!(
-            hub.admit(REMOTE.into(), &bearer(&forged)),
+            hub.admit(REMOTE.into(), &bearer(&forged)).await,
             Err(Refusal::UnknownCredential(_))
         ));
         // The credential cannot register another hostname.
@@ -977,7 +1123,7 @@ mod tests {
             other => panic!("the link was not closed within a second: {other:?}"),
         }
         let credential = format!("{}{id}_{secret}", tracevisor_protocol::CREDENTIAL_PREFIX);
-        match hub.admit(REMOTE.into(), &bearer(&credential)) {
+        match hub.admit(REMOTE.into(), &bearer(&credential)).await {
             Err(refusal @ Refusal::Revoked { .. }) => {
                 let text = refusal.to_string();
                 assert!(

@@ -243,6 +243,12 @@ impl Engine {
                         if engine.hub.find(&hostname).is_some() {
                             return; // back in time; the Hello handling covers a lost job
                         }
+                        if engine.agent_held_elsewhere(&hostname).await {
+                            // It reconnected to another member of the cluster, which stores
+                            // its result: wait for the stored end.
+                            engine.await_stored_end(job_id).await;
+                            return;
+                        }
                         engine.fail_pending(job_id, Step::AgentLost, format!(
                             "host {hostname}: the agent's link closed during the job ({why}) and it did not reconnect within {} s",
                             grace.as_secs()
@@ -268,6 +274,42 @@ impl Engine {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Whether another live member of the cluster holds the link of `hostname`'s agent.
+    async fn agent_held_elsewhere(&self, hostname: &str) -> bool {
+        let Some(cluster) = self.cluster() else {
+            return false;
+        };
+        match self.store.agent_locations(hostname, None).await {
+            Ok(found) => found.iter().any(|l| {
+                l.owner
+                    .as_deref()
+                    .is_some_and(|o| o != cluster.id && cluster.is_live(o))
+            }),
+            Err(_) => false,
+        }
+    }
+
+    /// Waits (until the phase's own deadline or shutdown) for the end another member stores
+    /// for a pending job, then ends the phase here with it.
+    async fn await_stored_end(&self, job_id: u64) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            if !lock(&self.pending).contains_key(&job_id) {
+                return; // ended here after all (a result, or its deadline)
+            }
+            if let Ok(Some(job)) = self.store.job(job_id).await {
+                if job.status.is_ended() {
+                    // The phase's task reads the stored end (`finish` finds it ended).
+                    lock(&self.pending).remove(&job_id);
+                    return;
+                }
+            }
         }
     }
 

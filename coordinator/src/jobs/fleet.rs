@@ -11,10 +11,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracevisor_protocol::Message;
 
+use std::collections::HashMap;
+
+use tracevisor_protocol::Capabilities;
+
 use super::agent::Ack;
+use super::cluster::{FleetShare as ShareFor, ShareChild};
 use super::request::capability;
 use super::single::Stop;
-use super::{child_id, lock, now, Engine, FleetRequest, HostSelection, JobView, SubmitError};
+use super::{
+    child_id, lock, now, Engine, FleetRequest, HostSelection, JobRequest, JobView, SubmitError,
+};
 use crate::model::{
     FleetEntry, JobError, JobKind, JobRecord, JobStatus, Outcome, SshSession, Step,
 };
@@ -120,11 +127,14 @@ pub(super) fn fleet_end(entries: &[FleetEntry]) -> (JobStatus, Option<JobError>)
 }
 
 /// What a fleet's children tell the fleet.
-enum ChildEvent {
+pub(super) enum ChildEvent {
     /// The child is about to create this SSH session.
     Session(usize, SshSession),
     /// The child ended; `ack` tells its agent once the entry is committed.
     Done(usize, FleetEntry, Option<Ack>),
+    /// A child another member of the cluster ran ended; that member acknowledges its agent's
+    /// result once the entry is committed.
+    Remote(usize, FleetEntry, String),
 }
 
 /// A fleet child as `GET /jobs/{id}` shows it: its entry in the fleet's record.
@@ -170,11 +180,20 @@ impl Engine {
         self.check_relay(req.template.relay.as_deref()).await?;
         let profile = self.config.profiles[&req.template.analysis_type].clone();
         let statuses = self.hub.statuses();
+        // In a cluster: the agents the other members hold, by hostname.
+        let remote = self.remote_agents().await?;
         let hosts: Vec<String> = match &req.hosts {
             HostSelection::List(hosts) => hosts.clone(),
             HostSelection::Agents { .. } => {
                 let mut names = self.hub.hostnames();
+                names.extend(
+                    remote
+                        .keys()
+                        .filter(|h| self.hub.find(h).is_none())
+                        .cloned(),
+                );
                 names.sort();
+                names.dedup();
                 names
             }
         };
@@ -183,30 +202,45 @@ impl Engine {
             HostSelection::List(_) => Vec::new(),
         };
         if let HostSelection::List(listed) = &req.hosts {
-            self.check_unregistered(listed, &statuses).await?;
+            self.check_unregistered(listed, &statuses, &remote).await?;
         }
         // Outcomes known before anything runs: offline agents and missing capabilities.
         let mut entries: Vec<FleetEntry> = Vec::with_capacity(hosts.len());
         let mut to_run: Vec<(usize, String)> = Vec::new();
+        let mut shares: HashMap<String, Vec<ShareChild>> = HashMap::new();
         for (index, host) in hosts.iter().enumerate() {
             let agent = self.hub.find(host);
+            let elsewhere = agent.is_none().then(|| remote.get(host.as_str())).flatten();
             let known_agent = statuses.get(host.as_str());
-            let skip_reason = agent.as_ref().and_then(|name| {
-                let caps = self.hub.capabilities(name)?;
-                let mut missing: Vec<String> = required
-                    .iter()
-                    .filter(|r| !capability(&caps, r))
-                    .cloned()
-                    .collect();
-                if profile.needs_kernel()
-                    && !caps.kernel_tracer
-                    && !missing.iter().any(|m| m == "kernel_tracer")
-                {
-                    missing.push("kernel_tracer".into());
+            let caps_of = |name: &String| match elsewhere {
+                Some(location) => {
+                    serde_json::from_value::<Capabilities>(location.capabilities.clone()).ok()
                 }
-                (!missing.is_empty()).then(|| format!("missing capability: {}", missing.join(", ")))
-            });
-            let entry = if agent.is_none() && known_agent.is_some_and(|a| !a.connected) {
+                None => self.hub.capabilities(name),
+            };
+            let skip_reason = agent
+                .as_ref()
+                .or(elsewhere.map(|l| &l.hostname))
+                .and_then(|name| {
+                    let caps = caps_of(name)?;
+                    let mut missing: Vec<String> = required
+                        .iter()
+                        .filter(|r| !capability(&caps, r))
+                        .cloned()
+                        .collect();
+                    if profile.needs_kernel()
+                        && !caps.kernel_tracer
+                        && !missing.iter().any(|m| m == "kernel_tracer")
+                    {
+                        missing.push("kernel_tracer".into());
+                    }
+                    (!missing.is_empty())
+                        .then(|| format!("missing capability: {}", missing.join(", ")))
+                });
+            let entry = if agent.is_none()
+                && elsewhere.is_none()
+                && known_agent.is_some_and(|a| !a.connected)
+            {
                 let last_seen = known_agent.map_or("never", |a| a.last_seen.as_str());
                 FleetEntry::failed(
                     host,
@@ -223,6 +257,17 @@ impl Engine {
                     Outcome::Skipped,
                     JobError::new(Step::Capability, host, format!("host {host}: {reason}")),
                 )
+            } else if let (Some(location), Some(owner)) =
+                (elsewhere, elsewhere.and_then(|l| l.owner.clone()))
+            {
+                shares.entry(owner).or_default().push(ShareChild {
+                    index,
+                    job_id: 0,
+                    host: host.clone(),
+                    hostname: location.hostname.clone(),
+                    epoch: location.epoch,
+                });
+                FleetEntry::pending(host)
             } else {
                 to_run.push((index, host.clone()));
                 FleetEntry::pending(host)
@@ -248,11 +293,92 @@ impl Engine {
         let engine = self.clone();
         self.spawn(async move {
             engine
-                .run_fleet(fleet_id, req, entries, to_run, cancel)
+                .run_fleet(fleet_id, req, entries, to_run, shares, cancel)
                 .await;
             drop(admission);
         });
         Ok((fleet_id, rx))
+    }
+
+    /// Runs one fleet child here (plan, then the job), bounded by `limit`; its entry and the
+    /// agent's acknowledgement to send once the entry is committed. `sessions` hears of the
+    /// SSH session the child is about to create.
+    pub(super) async fn run_child(
+        self: &Arc<Self>,
+        job_id: u64,
+        host: &str,
+        child: &JobRequest,
+        limit: Duration,
+        cancel: &CancellationToken,
+        sessions: Option<(&mpsc::Sender<ChildEvent>, usize)>,
+    ) -> (FleetEntry, Option<Ack>) {
+        let run = async {
+            let plan = self
+                .plan(child)
+                .await
+                .map_err(|e| Stop::from(JobError::new(Step::Resolve, host, e.to_string())))?;
+            if let (Some(session), Some((events, index))) =
+                (plan.ssh_session(&self.instance, job_id), sessions)
+            {
+                let _ = events.send(ChildEvent::Session(index, session)).await;
+            }
+            let via = plan.route.via();
+            self.execute(job_id, child, &plan, cancel)
+                .await
+                .map(|(result, ack)| (result, ack, via))
+        };
+        match tokio::time::timeout(limit, run).await {
+            Ok(Ok((result, ack, via))) => (
+                FleetEntry {
+                    jobid: Some(job_id),
+                    outcome: Outcome::Complete,
+                    status: Some(JobStatus::Complete),
+                    via: Some(via),
+                    result: Some(result),
+                    ..FleetEntry::pending(host)
+                },
+                ack,
+            ),
+            Ok(Err(Stop::Failed(error, ack))) => (
+                FleetEntry {
+                    jobid: Some(job_id),
+                    ..FleetEntry::failed(host, Outcome::Error, error)
+                },
+                ack,
+            ),
+            Ok(Err(Stop::LeftToAgent)) => (
+                FleetEntry {
+                    jobid: Some(job_id),
+                    ..FleetEntry::failed(host, Outcome::Error, JobError::new(
+                        Step::CoordinatorShutdown,
+                        host,
+                        format!("host {host}: the coordinator shut down during the fleet; the agent finishes its trace but this fleet no longer waits for it"),
+                    ))
+                },
+                None,
+            ),
+            Err(_) => {
+                // Stop the agent's session too (without waiting on its link).
+                let pending = lock(&self.pending).remove(&job_id);
+                if let Some(p) = pending {
+                    let hub = self.hub.clone();
+                    self.spawn(async move {
+                        let _ = hub.send(&p.hostname, Message::CancelJob { job_id }).await;
+                    });
+                }
+                (
+                    FleetEntry {
+                        jobid: Some(job_id),
+                        ..FleetEntry::failed(host, Outcome::Timeout, JobError::new(
+                            Step::Timeout,
+                            host,
+                            format!("host {host}: no outcome within the duration plus host_timeout ({:.0} s)", limit.as_secs_f64()),
+                        ))
+                    },
+                    None,
+                )
+            }
+        }
     }
 
     async fn run_fleet(
@@ -261,12 +387,15 @@ impl Engine {
         req: FleetRequest,
         mut entries: Vec<FleetEntry>,
         to_run: Vec<(usize, String)>,
+        shares: HashMap<String, Vec<ShareChild>>,
         cancel: CancellationToken,
     ) {
         let began = std::time::Instant::now();
         let limit = Duration::from_secs_f64(req.template.duration + req.host_timeout);
+        let remote_children: usize = shares.values().map(Vec::len).sum();
         // Each child sends at most a session and its end.
-        let (events_tx, mut events) = mpsc::channel::<ChildEvent>(2 * to_run.len().max(1));
+        let (events_tx, mut events) =
+            mpsc::channel::<ChildEvent>(2 * (to_run.len() + remote_children).max(1));
         // Every child starts at once, so the traces cover the same window.
         for (index, host) in to_run {
             let job_id = child_id(fleet_id, index);
@@ -277,72 +406,44 @@ impl Engine {
             let events = events_tx.clone();
             let cancel = cancel.child_token();
             self.spawn(async move {
-                let run = async {
-                    let plan = engine.plan(&child).await.map_err(|e| {
-                        Stop::from(JobError::new(Step::Resolve, &host, e.to_string()))
-                    })?;
-                    if let Some(session) = plan.ssh_session(&engine.instance, job_id) {
-                        let _ = events.send(ChildEvent::Session(index, session)).await;
-                    }
-                    let via = plan.route.via();
-                    engine
-                        .execute(job_id, &child, &plan, &cancel)
-                        .await
-                        .map(|(result, ack)| (result, ack, via))
-                };
-                let mut ack = None;
-                let entry = match tokio::time::timeout(limit, run).await {
-                    Ok(Ok((result, child_ack, via))) => {
-                        ack = child_ack;
-                        FleetEntry {
-                            jobid: Some(job_id),
-                            outcome: Outcome::Complete,
-                            status: Some(JobStatus::Complete),
-                            via: Some(via),
-                            result: Some(result),
-                            ..FleetEntry::pending(&host)
-                        }
-                    }
-                    Ok(Err(Stop::Failed(error, child_ack))) => {
-                        ack = child_ack;
-                        FleetEntry {
-                            jobid: Some(job_id),
-                            ..FleetEntry::failed(&host, Outcome::Error, error)
-                        }
-                    }
-                    Ok(Err(Stop::LeftToAgent)) => FleetEntry {
-                        jobid: Some(job_id),
-                        ..FleetEntry::failed(&host, Outcome::Error, JobError::new(
-                            Step::CoordinatorShutdown,
-                            &host,
-                            format!("host {host}: the coordinator shut down during the fleet; the agent finishes its trace but this fleet no longer waits for it"),
-                        ))
-                    },
-                    Err(_) => {
-                        // Stop the agent's session too (without waiting on its link).
-                        let pending = lock(&engine.pending).remove(&job_id);
-                        if let Some(p) = pending {
-                            let hub = engine.hub.clone();
-                            engine.spawn(async move {
-                                let _ = hub.send(&p.hostname, Message::CancelJob { job_id }).await;
-                            });
-                        }
-                        FleetEntry {
-                            jobid: Some(job_id),
-                            ..FleetEntry::failed(&host, Outcome::Timeout, JobError::new(
-                                Step::Timeout,
-                                &host,
-                                format!("host {host}: no outcome within the duration plus host_timeout ({:.0} s)", limit.as_secs_f64()),
-                            ))
-                        }
-                    }
-                };
+                let (entry, ack) = engine
+                    .run_child(
+                        job_id,
+                        &host,
+                        &child,
+                        limit,
+                        &cancel,
+                        Some((&events, index)),
+                    )
+                    .await;
                 let _ = events.send(ChildEvent::Done(index, entry, ack)).await;
             });
+        }
+        // The hosts whose agents other members hold: one share per member.
+        for (member, mut children) in shares {
+            for child in &mut children {
+                child.job_id = child_id(fleet_id, child.index);
+                entries[child.index].jobid = Some(child.job_id);
+            }
+            let share = ShareFor {
+                request: req.template.to_body(),
+                limit_secs: limit.as_secs_f64(),
+                children,
+                snapshot_of: req.template.snapshot_of,
+            };
+            self.spawn_share(
+                member,
+                share,
+                fleet_id,
+                limit,
+                events_tx.clone(),
+                cancel.child_token(),
+            );
         }
         drop(events_tx);
         let mut sizes = vec![0; entries.len()];
         let mut unacked: Vec<Ack> = Vec::new();
+        let mut unacked_remote: HashMap<String, Vec<u64>> = HashMap::new();
         let mut dirty = true;
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         // Outcomes are written in batches: a 10,000-host fleet must not rewrite its record
@@ -360,6 +461,17 @@ impl Engine {
                         unacked.extend(ack);
                         dirty = true;
                     }
+                    Some(ChildEvent::Remote(index, mut entry, member)) => {
+                        // Only its own host's outcome, under the id this fleet gave it.
+                        entry.host = entries[index].host.clone();
+                        entry.jobid = entries[index].jobid;
+                        if let Some(job_id) = entry.jobid {
+                            unacked_remote.entry(member).or_default().push(job_id);
+                        }
+                        sizes[index] = result_size(&entry);
+                        entries[index] = entry;
+                        dirty = true;
+                    }
                     None => break,
                 },
                 _ = flush.tick(), if dirty => {
@@ -367,6 +479,7 @@ impl Engine {
                         Ok(()) => {
                             dirty = false;
                             self.send_acks(std::mem::take(&mut unacked));
+                            self.ack_remote(std::mem::take(&mut unacked_remote));
                         }
                         Err(error) => tracing::warn!(job_id = fleet_id, %error, "could not store a fleet's progress; retrying"),
                     }
@@ -391,6 +504,7 @@ impl Engine {
         match stored {
             Ok(()) => {
                 self.send_acks(unacked);
+                self.ack_remote(unacked_remote);
                 crate::metrics::fleet_ended(&req.template.analysis_type, status, began.elapsed());
             }
             Err(error) => {
@@ -408,7 +522,8 @@ impl Engine {
     async fn check_unregistered(
         &self,
         hosts: &[String],
-        statuses: &std::collections::HashMap<String, crate::hub::AgentStatus>,
+        statuses: &HashMap<String, crate::hub::AgentStatus>,
+        remote: &HashMap<String, crate::store::AgentLocation>,
     ) -> Result<(), SubmitError> {
         // Every name clients answer to, once: a fleet may list 10,000 hosts.
         let clients = self.store.list(crate::registry::Kind::Clients).await?;
@@ -416,7 +531,11 @@ impl Engine {
             clients.iter().flat_map(HostRecord::names).collect();
         let unregistered: Vec<&String> = hosts
             .iter()
-            .filter(|h| self.hub.find(h).is_none() && !statuses.contains_key(h.as_str()))
+            .filter(|h| {
+                self.hub.find(h).is_none()
+                    && !statuses.contains_key(h.as_str())
+                    && !remote.contains_key(h.as_str())
+            })
             .filter(|h| !registered.contains(h.as_str()))
             .collect();
         let max = self.config.max_unregistered_fleet_hosts;
@@ -437,7 +556,7 @@ impl Engine {
     }
 
     /// Acknowledges committed results without waiting on any agent's link.
-    fn send_acks(&self, acks: Vec<Ack>) {
+    pub(super) fn send_acks(&self, acks: Vec<Ack>) {
         if acks.is_empty() {
             return;
         }

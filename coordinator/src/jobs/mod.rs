@@ -16,6 +16,7 @@
 //! them all.
 
 mod agent;
+pub mod cluster;
 mod fleet;
 mod recorders;
 mod recovery;
@@ -60,6 +61,11 @@ fn child_id(fleet_id: u64, index: usize) -> u64 {
     CHILD_ID_BASE + (fleet_id << 20) + index as u64
 }
 
+/// The fleet and index of a child job id (for the internal API's checks).
+pub fn child_of_fleet(job_id: u64) -> Option<(u64, usize)> {
+    child_of(job_id)
+}
+
 /// The fleet and index of a child job id.
 fn child_of(job_id: u64) -> Option<(u64, usize)> {
     let rest = job_id.checked_sub(CHILD_ID_BASE)?;
@@ -78,6 +84,10 @@ pub enum SubmitError {
     /// A limit on running jobs is reached (429, retry later); the message names it.
     #[error("{0}")]
     Busy(String),
+    /// The host's agent is between two coordinators of the cluster, or the coordinator that
+    /// holds it did not take the job (503, retry later).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -143,6 +153,11 @@ pub struct Engine {
     downloads: Arc<tokio::sync::Semaphore>,
     /// Flight recorders and their states on the hosts.
     recorders: recorders::Recorders,
+    /// This coordinator's membership of a cluster, when it is in one.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Acknowledgements of fleet hosts' results this coordinator ran for another member's
+    /// fleet, sent when that member has committed them ([`cluster`]).
+    held_acks: Mutex<HashMap<u64, (agent::Ack, std::time::Instant)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -176,6 +191,8 @@ impl Engine {
             load: Arc::default(),
             downloads: Arc::new(tokio::sync::Semaphore::new(MAX_TRACE_DOWNLOADS)),
             recorders: recorders::Recorders::new(),
+            cluster: std::sync::OnceLock::new(),
+            held_acks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -242,12 +259,27 @@ impl Engine {
         &self,
         job: &JobRecord,
     ) -> Result<(JobRecord, JobView, CancellationToken), StoreError> {
-        let stored = self.store.create_job(job).await?;
-        let (tx, rx) = watch::channel(Some(stored.clone()));
-        lock(&self.watchers).insert(stored.id, tx);
-        let cancel = self.shutdown.child_token();
-        lock(&self.cancels).insert(stored.id, cancel.clone());
+        let stored = match (self.cluster.get(), &job.runner) {
+            // In a cluster every job names the member that runs it (this one by default).
+            (Some(cluster), None) => {
+                let mut job = job.clone();
+                job.runner = Some(cluster.id.clone());
+                self.store.create_job(&job).await?
+            }
+            _ => self.store.create_job(job).await?,
+        };
+        let (rx, cancel) = self.track(&stored);
         Ok((stored, rx, cancel))
+    }
+
+    /// Registers the live view and the cancellation (a child of the coordinator's shutdown)
+    /// of a stored job that runs, or is followed, here.
+    fn track(&self, job: &JobRecord) -> (JobView, CancellationToken) {
+        let (tx, rx) = watch::channel(Some(job.clone()));
+        lock(&self.watchers).insert(job.id, tx);
+        let cancel = self.shutdown.child_token();
+        lock(&self.cancels).insert(job.id, cancel.clone());
+        (rx, cancel)
     }
 
     /// Publishes a job's latest record to its waiters.

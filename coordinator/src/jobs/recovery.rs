@@ -21,12 +21,36 @@ use crate::store::{FleetUpdate, StoreError};
 
 impl Engine {
     /// Ends or resumes the jobs a previous run of the coordinator left unfinished.
+    /// In a cluster, only those of members that are not alive (this run has a new id), which
+    /// it adopts first: the other members' jobs are theirs.
     pub async fn recover(self: &Arc<Self>) -> Result<(), StoreError> {
+        if self.cluster().is_some() {
+            self.adopt().await?;
+            return Ok(());
+        }
         let jobs = self.store.unfinished_jobs().await?;
+        self.recover_jobs(jobs, false).await
+    }
+
+    /// Ends or resumes unfinished jobs of a previous run, or (`adopted`) of a member of the
+    /// cluster that stopped heartbeating.
+    pub(super) async fn recover_jobs(
+        self: &Arc<Self>,
+        jobs: Vec<JobRecord>,
+        adopted: bool,
+    ) -> Result<(), StoreError> {
         let (mut failed, mut fleets, mut watched) = (0, 0, 0);
+        let (step, who) = if adopted {
+            (
+                Step::CoordinatorLost,
+                "the coordinator of the cluster running the job stopped heartbeating",
+            )
+        } else {
+            (Step::CoordinatorRestart, "coordinator restarted")
+        };
         for job in jobs {
             if job.is_fleet() {
-                self.recover_fleet(job).await?;
+                self.recover_fleet(job, step, who).await?;
                 fleets += 1;
             } else if job.via == Some(Via::Agent) && job.phases == Some(1) {
                 self.watch_agent_job(&job);
@@ -34,10 +58,10 @@ impl Engine {
             } else {
                 let host = job.host.clone().unwrap_or_default();
                 let message = match job.via {
-                    Some(Via::Ssh) => "coordinator restarted".to_owned(),
-                    _ => "coordinator restarted between the trace and the analysis".to_owned(),
+                    Some(Via::Ssh) => who.to_owned(),
+                    _ => format!("{who} between the trace and the analysis"),
                 };
-                let error = JobError::new(Step::CoordinatorRestart, host, message);
+                let error = JobError::new(step, host, message);
                 self.store.finish_job(job.id, Err(&error), &now()).await?;
                 if let Some(session) = job.ssh_session {
                     self.spawn_destroy(session);
@@ -50,7 +74,8 @@ impl Engine {
                 failed,
                 fleets,
                 agent_jobs_awaited = watched,
-                "recovered the unfinished jobs of the previous run (coordinator restarted)"
+                adopted,
+                "recovered unfinished jobs (of the previous run, or adopted from a stopped member of the cluster)"
             );
         }
         Ok(())
@@ -58,7 +83,12 @@ impl Engine {
 
     /// Ends a fleet of the previous run: hosts without an outcome get one, their SSH
     /// sessions are destroyed.
-    async fn recover_fleet(&self, fleet: JobRecord) -> Result<(), StoreError> {
+    async fn recover_fleet(
+        &self,
+        fleet: JobRecord,
+        step: Step,
+        who: &str,
+    ) -> Result<(), StoreError> {
         let mut entries = fleet.hosts.unwrap_or_default();
         for entry in &mut entries {
             if let Some(session) = entry.ssh_session.take() {
@@ -71,10 +101,10 @@ impl Engine {
                         &entry.host,
                         Outcome::Error,
                         JobError::new(
-                            Step::CoordinatorRestart,
+                            step,
                             &entry.host,
                             format!(
-                                "host {}: the coordinator restarted during the fleet; this host's outcome was lost",
+                                "host {}: {who} during the fleet; this host's outcome was lost",
                                 entry.host
                             ),
                         ),

@@ -136,6 +136,30 @@ impl JobRequest {
             snapshot_of: None,
         })
     }
+
+    /// The request as a body [`JobRequest::parse`] takes again (for the coordinator that
+    /// holds the host's agent, which validates it once more); `wait` is not carried.
+    pub fn to_body(&self) -> Map<String, Json> {
+        let mut body = Map::new();
+        body.insert("host".into(), json!(self.host));
+        body.insert("duration".into(), json!(self.duration));
+        body.insert("type".into(), json!(self.analysis_type));
+        body.insert("username".into(), json!(self.username));
+        body.insert("keep_trace".into(), json!(self.keep_trace));
+        for (field, value) in [
+            ("relay", &self.relay),
+            ("analysis", &self.analysis_host),
+            ("mongohost", &self.mongohost),
+        ] {
+            if let Some(v) = value {
+                body.insert(field.into(), json!(v));
+            }
+        }
+        if let Some(port) = self.mongoport {
+            body.insert("mongoport".into(), json!(port));
+        }
+        body
+    }
 }
 
 /// Which hosts a fleet job runs on.

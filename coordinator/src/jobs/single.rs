@@ -43,6 +43,10 @@ impl Engine {
     /// Creates a job from a validated request and starts it; returns its id and live view.
     pub async fn submit(self: &Arc<Self>, req: JobRequest) -> Result<(u64, JobView), SubmitError> {
         self.check_relay(req.relay.as_deref()).await?;
+        // In a cluster, the member holding the host's agent link runs the job.
+        if let Some(remote) = self.remote_agent(&req.host).await? {
+            return self.submit_forwarded(req, remote).await;
+        }
         let plan = self.plan(&req).await?;
         let admission = self.admit(vec![plan.route.name()])?;
         let record = JobRecord {

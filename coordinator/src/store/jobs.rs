@@ -26,7 +26,7 @@ pub struct FleetUpdate<'a> {
 }
 
 /// A stored row as a record: the record id becomes `id` and `jobid`.
-fn job_from_row(mut row: Json) -> Result<JobRecord, StoreError> {
+pub(super) fn job_from_row(mut row: Json) -> Result<JobRecord, StoreError> {
     let id = record_key(&row["id"])?;
     row["id"] = json!(id);
     row["jobid"] = json!(id);
@@ -37,7 +37,7 @@ fn first_job(rows: Vec<Json>) -> Result<Option<JobRecord>, StoreError> {
     rows.into_iter().next().map(job_from_row).transpose()
 }
 
-fn running() -> Vec<i64> {
+pub(super) fn running() -> Vec<i64> {
     JobStatus::codes(&JobStatus::RUNNING)
 }
 

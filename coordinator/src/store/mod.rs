@@ -17,12 +17,14 @@ use surrealdb::Surreal;
 use crate::registry::Kind;
 
 mod agents;
+mod cluster;
 mod credentials;
 mod jobs;
 mod recorders;
 mod registry;
 
 pub use agents::AgentRow;
+pub use cluster::{AgentLocation, MemberRow, Ownership};
 pub use credentials::CredentialRow;
 pub use jobs::{FleetUpdate, ListView};
 use registry::RegistryCache;
@@ -105,10 +107,36 @@ pub const MIGRATIONS: &[&str] = &[
     DEFINE TABLE recorder SCHEMALESS;
     DEFINE SEQUENCE recorder_id BATCH 1 START 1;
     "#,
+    // 7: several coordinators on one server (`store/cluster.rs`): their membership, which one
+    // holds each agent's link (`agent.owner`, `agent.epoch`) and runs each job (`job.runner`).
+    r#"
+    DEFINE TABLE member SCHEMALESS;
+    DEFINE INDEX agent_owner ON agent FIELDS owner;
+    DEFINE INDEX job_runner ON job FIELDS runner;
+    "#,
 ];
 
 /// The id sequences; a migration may start one again at `$next_<name>`, its next unused value.
 const SEQUENCES: [&str; 4] = ["relay_id", "client_id", "analyses_server_id", "job_id"];
+
+/// User and password the coordinator signs in with to a SurrealDB server (root level).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbCredentials {
+    pub user: String,
+    pub pass: String,
+}
+
+impl std::fmt::Debug for DbCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbCredentials")
+            .field("user", &self.user)
+            .field("pass", &"<hidden>")
+            .finish()
+    }
+}
+
+/// How long a coordinator waits for another one's migration (its lease) before giving up.
+const MIGRATION_WAIT: Duration = Duration::from_secs(120);
 
 /// Longest wait for one query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -226,8 +254,23 @@ async fn select_database<C: surrealdb::Connection>(db: &Surreal<C>) -> surrealdb
 impl Store {
     /// Connects (creating the embedded database if needed) and migrates the schema.
     pub async fn open(url: &str, limits: StorageLimits) -> Result<Store, StoreError> {
-        let mut store = Store::connect(url, limits).await?;
-        store.migrate().await?;
+        Store::open_as(url, limits, None).await
+    }
+
+    /// Like [`Store::open`], signing in to a server with `credentials`. On a server, the
+    /// migrations run under a lease (`meta:migration_lease`), so coordinators started together
+    /// migrate one at a time and the others find the schema current.
+    pub async fn open_as(
+        url: &str,
+        limits: StorageLimits,
+        credentials: Option<&DbCredentials>,
+    ) -> Result<Store, StoreError> {
+        let mut store = Store::connect(url, limits, credentials).await?;
+        if matches!(store.db, Conn::Remote(_)) {
+            store.migrate_under_lease().await?;
+        } else {
+            store.migrate().await?;
+        }
         if matches!(store.db, Conn::Embedded(..)) {
             let cache = RegistryCache::new();
             for kind in [Kind::Relays, Kind::Clients, Kind::AnalysesServers] {
@@ -241,7 +284,11 @@ impl Store {
     }
 
     /// Connects without migrating or loading the cache.
-    async fn connect(url: &str, limits: StorageLimits) -> Result<Store, StoreError> {
+    async fn connect(
+        url: &str,
+        limits: StorageLimits,
+        credentials: Option<&DbCredentials>,
+    ) -> Result<Store, StoreError> {
         let open_error = |e: &dyn std::fmt::Display| StoreError::Open {
             url: url.to_owned(),
             message: e.to_string(),
@@ -264,6 +311,37 @@ impl Store {
             let db = surrealdb::engine::any::connect(url)
                 .await
                 .map_err(|e| open_error(&e))?;
+            if let Some(c) = credentials {
+                db.signin(surrealdb::opt::auth::Root {
+                    username: c.user.clone(),
+                    password: c.pass.clone(),
+                })
+                .await
+                .map_err(|e| open_error(&format!("sign-in as {}: {e}", c.user)))?;
+            }
+            // A server has no namespace or database until one is defined; coordinators
+            // starting together define them at once, and all but one are retried.
+            let mut attempt = 0;
+            loop {
+                let defined = tokio::time::timeout(
+                    QUERY_TIMEOUT,
+                    db.query(format!(
+                        "DEFINE NAMESPACE IF NOT EXISTS {NAMESPACE}; USE NS {NAMESPACE}; DEFINE DATABASE IF NOT EXISTS {DATABASE};"
+                    )),
+                )
+                .await
+                .map_err(|_| open_error(&"no answer within 15 s"))?
+                .and_then(|r| r.check());
+                match defined {
+                    Ok(_) => break,
+                    Err(e) if is_conflict(&e.to_string()) && attempt < CONFLICT_RETRIES => {
+                        attempt += 1;
+                        let jitter = rand::random::<u64>() % (1 << attempt.min(6));
+                        tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    }
+                    Err(e) => return Err(open_error(&e)),
+                }
+            }
             select_database(&db).await.map_err(|e| open_error(&e))?;
             Conn::Remote(db)
         };
@@ -304,6 +382,32 @@ impl Store {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         self.migrate_to(MIGRATIONS.len()).await
+    }
+
+    /// Migrates while holding the migration lease: one coordinator migrates, the others wait
+    /// for it (a lease of a coordinator that died runs out after 60 s) and then find nothing
+    /// to do.
+    async fn migrate_under_lease(&self) -> Result<(), StoreError> {
+        let holder = format!("{:016x}", rand::random::<u64>());
+        let deadline = tokio::time::Instant::now() + MIGRATION_WAIT;
+        loop {
+            if self.take_migration_lease(&holder).await? {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Db(format!(
+                    "another coordinator held the schema migration lease for {} s; retry, or delete meta:migration_lease if its holder is gone",
+                    MIGRATION_WAIT.as_secs()
+                )));
+            }
+            tracing::info!("another coordinator is migrating the schema; waiting for its lease");
+            tokio::time::sleep(Duration::from_millis(250 + rand::random::<u64>() % 250)).await;
+        }
+        let migrated = self.migrate().await;
+        if let Err(error) = self.release_migration_lease(&holder).await {
+            tracing::warn!(%error, "could not give the migration lease back (it runs out in 60 s)");
+        }
+        migrated
     }
 
     /// Applies the migrations up to schema version `target`.
@@ -516,7 +620,7 @@ mod tests {
     /// reused, and one run hands out consecutive ids. (Restarts: `registry_api`.)
     #[tokio::test]
     async fn ids_in_blocks_never_reuse_an_id() {
-        let store = Store::connect("mem://", StorageLimits::default())
+        let store = Store::connect("mem://", StorageLimits::default(), None)
             .await
             .unwrap();
         store.migrate_to(3).await.unwrap();
