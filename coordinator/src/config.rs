@@ -440,7 +440,15 @@ impl Config {
                     .cluster_url
                     .clone()
                     .or(file.cluster_url)
-                    .unwrap_or_else(|| format!("http://{listen}"));
+                    .unwrap_or_else(|| {
+                        // The internal API is served like the REST API: TLS when it is set.
+                        let scheme = if config.tls.is_some() {
+                            "https"
+                        } else {
+                            "http"
+                        };
+                        format!("{scheme}://{listen}")
+                    });
                 Some(ClusterSettings { listen, url, token })
             }
         };
@@ -771,6 +779,48 @@ mod tests {
         );
         assert_eq!(c.profiles["net"].kernel_events, ["net_dev_xmit"]);
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn a_cluster_needs_a_shared_database_a_private_token_and_named_local_agents() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tv-config-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("cluster-token");
+        std::fs::write(&token, format!("{}\n", "t".repeat(40))).unwrap();
+        let with = |extra: &str| {
+            format!(
+                "cluster_listen = \"127.0.0.1:5001\"\ncluster_token_file = \"{}\"\n{extra}",
+                token.display()
+            )
+        };
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let open = load_toml(&with("db = \"ws://db:8000\"\nlocal_agent = false\n")).unwrap_err();
+        assert!(
+            open.0.contains("cluster_token_file") && open.0.contains("chmod 600"),
+            "{open}"
+        );
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let own_db = load_toml(&with("local_agent = false\n")).unwrap_err();
+        assert!(own_db.0.starts_with("cluster_listen"), "{own_db}");
+        let localhost = load_toml(&with("db = \"ws://db:8000\"\n")).unwrap_err();
+        assert!(
+            localhost.0.starts_with("local_agent_hostname"),
+            "{localhost}"
+        );
+        let c = load_toml(&with(
+            "db = \"ws://db:8000\"\nlocal_agent_hostname = \"coord-1\"\n",
+        ))
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.url, "http://127.0.0.1:5001");
+        assert_eq!(cluster.token, "t".repeat(40));
+        assert!(
+            !format!("{cluster:?}").contains("tttt"),
+            "the token is not printed"
+        );
+        let missing = load_toml("db_user = \"tv\"\ndb_pass_file = \"/nonexistent\"\n").unwrap_err();
+        assert!(missing.0.starts_with("db_pass_file"), "{missing}");
     }
 
     #[test]

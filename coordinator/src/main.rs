@@ -12,7 +12,9 @@ use tracevisor::config::{Config, ServeArgs};
     name = "tracevisor",
     version,
     about = "Control plane for LTTng tracing across a fleet of Linux hosts",
-    after_help = tracevisor::cli::EXIT_CODES_HELP
+    after_help = tracevisor::cli::EXIT_CODES_HELP,
+    // Help is printed as written, never wrapped to the terminal (the man page tests read it).
+    term_width = 0
 )]
 struct Cli {
     #[command(flatten)]

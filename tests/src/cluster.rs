@@ -143,6 +143,11 @@ impl ClusterSetup {
     /// Starts a coordinator on the shared database with its own data directory and internal
     /// port, no built-in agent; `extra` flags are passed on.
     pub fn member(&self, extra: &[&str]) -> Result<Member> {
+        self.member_with(extra, &[])
+    }
+
+    /// Like [`ClusterSetup::member`], with extra environment (e.g. `RUST_LOG`).
+    pub fn member_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Result<Member> {
         let data = crate::temp_dir("tv-member-");
         let internal: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let (db, internal_text) = (self.server.url(), internal.to_string());
@@ -160,12 +165,9 @@ impl ClusterSetup {
             self.agent_token.as_str(),
         ];
         args.extend_from_slice(extra);
-        let coordinator = Coordinator::start_with(
-            data.path(),
-            "127.0.0.1:0",
-            &args,
-            &[("TRACEVISOR_DB_PASS", self.server.pass.as_str())],
-        )?;
+        let mut vars = vec![("TRACEVISOR_DB_PASS", self.server.pass.as_str())];
+        vars.extend_from_slice(env);
+        let coordinator = Coordinator::start_with(data.path(), "127.0.0.1:0", &args, &vars)?;
         Ok(Member {
             coordinator,
             internal,

@@ -34,7 +34,9 @@ use tracevisor_protocol::HUB_PATH;
 #[command(
     name = "tracesd",
     version,
-    about = "Tracevisor agent: keeps an outbound link to the coordinator and runs LTTng on this host"
+    about = "Tracevisor agent: keeps an outbound link to the coordinator and runs LTTng on this host",
+    // Help is printed as written, never wrapped to the terminal (the man page tests read it).
+    term_width = 0
 )]
 pub struct Cli {
     /// Coordinator URL: ws(s)://host:port[/path]; http(s):// is accepted, and with no path the

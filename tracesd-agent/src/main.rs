@@ -16,7 +16,9 @@ use tracing_subscriber::EnvFilter;
     name = "tracesd",
     version,
     about = "Tracevisor agent: keeps an outbound link to the coordinator and runs LTTng on this host",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    // Help is printed as written, never wrapped to the terminal (the man page tests read it).
+    term_width = 0
 )]
 struct Invocation {
     #[command(flatten)]

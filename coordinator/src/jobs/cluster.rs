@@ -232,6 +232,11 @@ impl Engine {
                         return;
                     }
                     _ = cancel.cancelled(), if !cancel_sent => {
+                        if engine.shutdown.is_cancelled() {
+                            // Shutdown, not a user's cancellation: the runner goes on.
+                            engine.forget(job_id, None);
+                            return;
+                        }
                         cancel_sent = true;
                         engine.cancel_remote(job_id).await;
                         continue;
@@ -294,9 +299,11 @@ impl Engine {
         let me = self.cluster.get().map(|c| c.id.clone()).unwrap_or_default();
         match self.hub.epoch(hostname) {
             Some(held) if held == epoch => {}
-            Some(held) => return Err(ForwardRefusal::Stale(format!(
+            Some(held) => {
+                return Err(ForwardRefusal::Stale(format!(
                 "the link of {hostname} here is at epoch {held}, not {epoch}: it registered again"
-            ))),
+            )))
+            }
             None => {
                 return Err(ForwardRefusal::Stale(format!(
                     "no agent link of {hostname} here"

@@ -78,6 +78,14 @@ struct Args {
     /// Also loads the dashboard's fleet page in headless Chromium (`--dashboard`): bytes on
     /// the wire and time until the table is interactive.
     dashboard: bool,
+    /// `--cluster M`: M coordinators on one SurrealDB server (this crate's
+    /// `surrealdb-server`), the agents spread over them by simulator processes.
+    cluster: Option<usize>,
+    /// `--simulators S`: processes simulating the agents in cluster mode (each under its own
+    /// descriptor limit).
+    simulators: usize,
+    /// `--kill`: in cluster mode, also kill -9 one coordinator and time its agents' move.
+    kill: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -93,6 +101,9 @@ fn parse_args() -> Result<Args> {
         restart: false,
         recorder: false,
         dashboard: false,
+        cluster: None,
+        simulators: 3,
+        kill: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -123,6 +134,9 @@ fn parse_args() -> Result<Args> {
             "--restart" => args.restart = true,
             "--recorder" => args.recorder = true,
             "--dashboard" => args.dashboard = true,
+            "--cluster" => args.cluster = Some(value()?.parse().context("--cluster")?),
+            "--simulators" => args.simulators = value()?.parse().context("--simulators")?,
+            "--kill" => args.kill = true,
             "--start-rate" => {
                 let rate: u64 = value()?.parse().context("--start-rate")?;
                 args.start_rate = Some(rate.max(1));
@@ -131,7 +145,8 @@ fn parse_args() -> Result<Args> {
                 println!(
                     "usage: bench-agents [--agents N[,N...]] [--addresses K] [--heartbeat-secs S] \
                      [--idle-secs S] [--register-timeout-secs S] [--hello-timeout-secs S] \
-                     [--start-rate AGENTS_PER_S] [--fleet] [--recorder] [--dashboard] [--restart]"
+                     [--start-rate AGENTS_PER_S] [--fleet] [--recorder] [--dashboard] [--restart] \
+                     [--cluster M [--simulators S] [--kill]]"
                 );
                 std::process::exit(0);
             }
@@ -214,15 +229,21 @@ async fn dial(
 
 /// Enrolls `sim-000000` .. for `n` hosts, 32 at a time; their credentials in order.
 async fn enroll_all(url: &str, n: usize) -> Result<Vec<String>> {
+    enroll_range(&[url.to_owned()], TOKEN, 0, n).await
+}
+
+/// Enrolls `sim-{first}` .. `sim-{first + n - 1}` with `token`, spread over `urls`, 32 at a
+/// time on each; their credentials in order.
+async fn enroll_range(urls: &[String], token: &str, first: usize, n: usize) -> Result<Vec<String>> {
     let started = Instant::now();
-    let gate = Arc::new(tokio::sync::Semaphore::new(32));
+    let gate = Arc::new(tokio::sync::Semaphore::new(32 * urls.len()));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (gate, url) = (gate.clone(), url.to_owned());
+        let (gate, url, token) = (gate.clone(), urls[i % urls.len()].clone(), token.to_owned());
         tasks.spawn(async move {
             let _permit = gate.acquire().await?;
-            let hostname = format!("sim-{i:06}");
-            match tracevisor_tests::agents::RawLink::enroll(&url, TOKEN, &hostname).await? {
+            let hostname = format!("sim-{:06}", first + i);
+            match tracevisor_tests::agents::RawLink::enroll(&url, &token, &hostname).await? {
                 Message::Enrolled { credential, .. } => Ok::<_, anyhow::Error>((i, credential)),
                 other => anyhow::bail!("enrolling {hostname}: {other:?}"),
             }
@@ -240,11 +261,13 @@ async fn enroll_all(url: &str, n: usize) -> Result<Vec<String>> {
     Ok(credentials)
 }
 
-/// One simulated agent: connect, run a session, reconnect with the agent's backoff.
+/// One simulated agent: connect, run a session, reconnect with the agent's backoff. Given
+/// several coordinators, it starts with `coordinators[index % len]` and moves to the next one
+/// whenever an attempt fails or a link ends, as `tracesd` does.
 async fn simulated_agent(
     index: usize,
     source: Ipv4Addr,
-    coordinator: SocketAddr,
+    coordinators: Arc<Vec<SocketAddr>>,
     config: Arc<AgentConfig>,
     stats: Arc<Stats>,
     sockets: Arc<tokio::sync::Semaphore>,
@@ -254,7 +277,10 @@ async fn simulated_agent(
     let settings = &config.link;
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
     let mut ever_registered = false;
+    let mut target = index % coordinators.len().max(1);
     loop {
+        let coordinator = coordinators[target];
+        target = (target + 1) % coordinators.len();
         // One descriptor of the simulator's budget for as long as this attempt's socket lives.
         let _socket = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -295,6 +321,7 @@ async fn simulated_agent(
                     Ok(()) => return,
                     Err(cause) => stats.fail(cause),
                 }
+
                 if acked && started.elapsed() >= settings.stable_after {
                     backoff.reset();
                 }
@@ -514,7 +541,7 @@ async fn run_one(args: &Args, n: usize, fd_limit: u64, ticks: u64) -> Result<Row
         let agent = simulated_agent(
             i,
             source,
-            coordinator.addr,
+            Arc::new(vec![coordinator.addr]),
             agent_config.clone(),
             stats.clone(),
             sockets.clone(),
@@ -982,12 +1009,273 @@ fn print_table(args: &Args, rows: &[Row], fd_limit: u64) {
     }
 }
 
+/// `bench-agents --simulate FILE --targets ADDR,ADDR.. --first I --addresses K`: a simulator
+/// process of the cluster benchmark. It runs one simulated agent per credential line of FILE
+/// (hosts `sim-{I}`, `sim-{I+1}`, ...), each starting at `targets[index % len]` and moving to
+/// the next one when a link fails, until its standard input closes.
+async fn simulate(mut it: impl Iterator<Item = String>) -> Result<()> {
+    let (mut file, mut targets, mut first, mut addresses) = (None, Vec::new(), 0usize, 16u8);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--targets" => {
+                targets = value()?
+                    .split(',')
+                    .map(|a| a.parse::<SocketAddr>())
+                    .collect::<Result<_, _>>()
+                    .context("--targets")?
+            }
+            "--first" => first = value()?.parse().context("--first")?,
+            "--addresses" => addresses = value()?.parse().context("--addresses")?,
+            other if file.is_none() => file = Some(other.to_owned()),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    let file = file.context("--simulate FILE")?;
+    let credentials: Vec<String> = std::fs::read_to_string(&file)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let fd_limit = rlimit::increase_nofile_limit(u64::MAX)?;
+    let sockets = Arc::new(tokio::sync::Semaphore::new(
+        usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX),
+    ));
+    let targets = Arc::new(targets);
+    let mut base = AgentConfig::new(&hub_url(targets[0], false), TOKEN, "sim")?;
+    base.link = LinkSettings {
+        detect_capabilities: false,
+        ..LinkSettings::default()
+    };
+    let stats = Arc::new(Stats {
+        target: credentials.len(),
+        ..Stats::default()
+    });
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, credential) in credentials.into_iter().enumerate() {
+        let mut config = base.clone();
+        config.token = tracesd::Token::new(credential)?;
+        let index = first + i;
+        let source = Ipv4Addr::new(127, 0, 0, 2 + (index % usize::from(addresses.max(1))) as u8);
+        tasks.spawn(simulated_agent(
+            index,
+            source,
+            targets.clone(),
+            Arc::new(config),
+            stats.clone(),
+            sockets.clone(),
+            shutdown.clone(),
+        ));
+    }
+    // Runs until the benchmark closes this process's input.
+    let mut sink = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    eprintln!(
+        "simulator {first}: {} registered, {} registrations in all, failures {:?}",
+        stats.registered.load(Ordering::Relaxed),
+        stats.acks.load(Ordering::Relaxed),
+        stats.failures()
+    );
+    Ok(())
+}
+
+/// A simulator process of the cluster benchmark.
+struct Simulator {
+    child: std::process::Child,
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        // Closing its input stops it; it is killed if it does not go.
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Agents connected on each member (`GET /status`), `None` for one that does not answer.
+async fn connected_per_member(
+    members: &[Option<tracevisor_tests::cluster::Member>],
+) -> Vec<Option<u64>> {
+    let mut counts = Vec::new();
+    for m in members {
+        let count = match m {
+            Some(m) => m
+                .coordinator
+                .get("/status")
+                .await
+                .ok()
+                .and_then(|(_, s)| s["agents_connected"].as_u64()),
+            None => None,
+        };
+        counts.push(count);
+    }
+    counts
+}
+
+/// The cluster benchmark: `n` simulated agents over `m` coordinators sharing one SurrealDB
+/// server, the simulation split over `args.simulators` processes.
+async fn run_cluster(args: &Args, n: usize, m: usize) -> Result<()> {
+    use tracevisor_tests::cluster::ClusterSetup;
+    let setup = ClusterSetup::new()?;
+    let log = [(
+        "RUST_LOG",
+        "warn,tracevisor=info,tracevisor::hub=error,tracevisor::jobs::cluster=warn",
+    )];
+    let mut members = Vec::new();
+    for _ in 0..m {
+        members.push(Some(setup.member_with(&["--no-local-agent"], &log)?));
+    }
+    let urls: Vec<String> = members
+        .iter()
+        .flatten()
+        .map(|x| hub_url(x.coordinator.addr, false))
+        .collect();
+    let targets: Vec<String> = members
+        .iter()
+        .flatten()
+        .map(|x| x.coordinator.addr.to_string())
+        .collect();
+    eprintln!(
+        "== cluster: {m} coordinators on {}, {n} agents, {} simulators",
+        setup.server.url(),
+        args.simulators
+    );
+    let enrolled = Instant::now();
+    let credentials = enroll_range(&urls, &setup.agent_token, 0, n).await?;
+    eprintln!(
+        "   enrolled {n} hosts in {:.1} s (spread over the {m} coordinators)",
+        enrolled.elapsed().as_secs_f64()
+    );
+    let per = n.div_ceil(args.simulators.max(1));
+    let started = Instant::now();
+    let mut simulators = Vec::new();
+    for (s, chunk) in credentials.chunks(per).enumerate() {
+        let file = setup.dir().join(format!("credentials-{s}"));
+        std::fs::write(&file, chunk.join("\n"))?;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .arg("--simulate")
+            .arg(&file)
+            .args([
+                "--targets",
+                &targets.join(","),
+                "--first",
+                &(s * per).to_string(),
+            ])
+            .args(["--addresses", &args.addresses.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .context("spawning a simulator")?;
+        simulators.push(Simulator { child });
+    }
+    // Registration: until the members hold every agent between them.
+    let mut last = Vec::new();
+    let registered = loop {
+        let counts = connected_per_member(&members).await;
+        let sum: u64 = counts.iter().flatten().sum();
+        if sum as usize >= n {
+            break Some(started.elapsed());
+        }
+        if started.elapsed() > args.register_timeout {
+            break None;
+        }
+        if counts != last {
+            last = counts;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let counts = connected_per_member(&members).await;
+    let rss: Vec<u64> = members
+        .iter()
+        .flatten()
+        .map(|x| rss_kib(x.coordinator.pid()).unwrap_or(0) / 1024)
+        .collect();
+    println!(
+        "CLUSTER {n} agents on {m} coordinators: all registered after {}, agents per coordinator {:?}, RSS per coordinator {:?} MiB",
+        registered
+            .map(|d| format!("{:.1} s", d.as_secs_f64()))
+            .unwrap_or_else(|| format!("not all within {} s (last {last:?})", args.register_timeout.as_secs())),
+        counts,
+        rss
+    );
+    // One fleet job on every connected agent, asked on the first member.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let first = members[0].as_ref().context("no first member")?;
+    let body = serde_json::json!({"hosts": {"agents": "connected"}, "duration": 0.001, "type": "ust", "username": "root"});
+    let t = Instant::now();
+    let answer = http
+        .post(first.coordinator.api("/analyses"))
+        .json(&body)
+        .send()
+        .await?;
+    let status = answer.status();
+    let job: serde_json::Value = answer.json().await.unwrap_or_default();
+    println!(
+        "CLUSTER FLEET {n} agents: HTTP {status}, every outcome after {:.2} s, outcomes {}",
+        t.elapsed().as_secs_f64(),
+        job["outcomes"]
+    );
+    if args.kill && m > 1 {
+        let victim = members[1].as_mut().context("no second member")?;
+        let held = counts.get(1).copied().flatten().unwrap_or(0);
+        victim.coordinator.kill9()?;
+        let killed = Instant::now();
+        members[1] = None;
+        let recovered = loop {
+            let sum: u64 = connected_per_member(&members).await.iter().flatten().sum();
+            if sum as usize >= n {
+                break Some(killed.elapsed());
+            }
+            if killed.elapsed() > args.register_timeout {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        println!(
+            "CLUSTER KILL -9 of a coordinator holding {held} agents: all {n} on the others after {}, agents per coordinator {:?}",
+            recovered
+                .map(|d| format!("{:.1} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "not within the timeout".into()),
+            connected_per_member(&members).await
+        );
+    }
+    drop(simulators);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    let mut raw = std::env::args().skip(1).peekable();
+    if raw.peek().map(String::as_str) == Some("--simulate") {
+        raw.next();
+        return simulate(raw).await;
+    }
     let args = parse_args()?;
     let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
     let fd_limit = rlimit::increase_nofile_limit(u64::MAX)?;
     eprintln!("RLIMIT_NOFILE: soft {soft} -> {fd_limit} (hard {hard})");
+    if let Some(m) = args.cluster {
+        for &n in &args.agents {
+            if let Err(e) = run_cluster(&args, n, m.max(1)).await {
+                eprintln!("cluster run with {n} agents failed: {e:#}");
+            }
+        }
+        return Ok(());
+    }
     let ticks = clock_ticks_per_second();
     let mut rows = Vec::new();
     for &n in &args.agents {
