@@ -524,7 +524,13 @@ impl Store {
 
 fn is_conflict(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("conflict") || m.contains("can be retried") || m.contains("retry")
+    // In a BEGIN ... COMMIT block that lost a race, the statements before the failed commit
+    // report "not executed due to a failed transaction" (the first error the SDK returns),
+    // not the conflict itself.
+    m.contains("conflict")
+        || m.contains("can be retried")
+        || m.contains("retry")
+        || m.contains("due to a failed transaction")
 }
 
 /// Parses the integer key out of a record id rendered as JSON (`"relay:5"`).
