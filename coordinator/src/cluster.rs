@@ -162,15 +162,6 @@ impl Cluster {
         self.live().contains_key(member)
     }
 
-    /// Ids of the live members (this one included).
-    pub fn live_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.live().keys().cloned().collect();
-        if !ids.contains(&self.id) {
-            ids.push(self.id.clone());
-        }
-        ids
-    }
-
     /// Every member row, alive or not, as the database has them.
     pub async fn members(&self) -> Result<Vec<MemberRow>, StoreError> {
         self.store.members().await

@@ -436,19 +436,21 @@ impl Config {
                     })?;
                 let token = crate::secrets::read_private_file(&file_path)
                     .map_err(|e| err(format!("cluster_token_file: {e}")))?;
-                let url = args
-                    .cluster_url
-                    .clone()
-                    .or(file.cluster_url)
-                    .unwrap_or_else(|| {
-                        // The internal API is served like the REST API: TLS when it is set.
-                        let scheme = if config.tls.is_some() {
-                            "https"
-                        } else {
-                            "http"
-                        };
-                        format!("{scheme}://{listen}")
-                    });
+                let url = args.cluster_url.clone().or(file.cluster_url);
+                if url.is_none() && listen.ip().is_unspecified() {
+                    return Err(err(format!(
+                        "cluster_url: missing (cluster_listen {listen} listens on every address: give the address the other members reach this one at)"
+                    )));
+                }
+                let url = url.unwrap_or_else(|| {
+                    // The internal API is served like the REST API: TLS when it is set.
+                    let scheme = if config.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    format!("{scheme}://{listen}")
+                });
                 Some(ClusterSettings { listen, url, token })
             }
         };

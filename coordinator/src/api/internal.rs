@@ -90,7 +90,7 @@ async fn run_job(
     request.snapshot_of = forward.snapshot_of;
     match state
         .engine
-        .accept_forwarded(id, request, &forward.hostname, forward.epoch)
+        .accept_forwarded(id, request, &forward.from, &forward.hostname, forward.epoch)
         .await
     {
         Ok(started) => Ok((

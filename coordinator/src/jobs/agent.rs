@@ -295,6 +295,10 @@ impl Engine {
     /// Waits (until the phase's own deadline or shutdown) for the end another member stores
     /// for a pending job, then ends the phase here with it.
     async fn await_stored_end(&self, job_id: u64) {
+        if child_of(job_id).is_some() {
+            // A fleet child is never stored on its own: its fleet's host limit ends it.
+            return;
+        }
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -28,6 +28,8 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 /// How long a held acknowledgement waits for its fleet's commit before it is dropped (the
 /// agent then sends its result again, and it is acknowledged as a late one).
 const HELD_ACK_LIFETIME: Duration = Duration::from_secs(600);
+/// Evictions sent to other members at once.
+const EVICTIONS_AT_ONCE: usize = 16;
 /// How often revocations recorded by the other members are read.
 const REVOCATIONS_EVERY: Duration = Duration::from_secs(5);
 
@@ -39,10 +41,12 @@ pub struct RemoteAgent {
     pub epoch: u64,
 }
 
-/// What a member asks of the member holding a host's agent: run job `job_id` (stored by the
-/// sender, `runner` = the receiver).
+/// What a member asks of the member holding a host's agent: run job `job_id`, which the
+/// sender stored as its own (`runner` = the sender) until the receiver accepts it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ForwardedJob {
+    /// The sender's member id.
+    pub from: String,
     /// The request's body, validated again by the receiver.
     pub request: serde_json::Map<String, Json>,
     /// The agent's hostname and the epoch of the link the sender saw.
@@ -173,7 +177,9 @@ impl Engine {
             via: Some(Via::Agent),
             phases: Some(if req.relay.is_some() { 2 } else { 1 }),
             agent: Some(remote.hostname.clone()),
-            runner: Some(remote.member.clone()),
+            // Ours until the member holding the agent accepts it (`Store::accept_job`): a job
+            // this member never handed over is adopted with this member's other jobs.
+            runner: Some(cluster.id.clone()),
             ..JobRecord::started(
                 &req.analysis_type,
                 &req.username,
@@ -185,6 +191,7 @@ impl Engine {
         let (stored, rx, cancel) = self.store_new_job(&record).await?;
         let job_id = stored.id;
         let forward = ForwardedJob {
+            from: cluster.id.clone(),
             request: req.to_body(),
             hostname: remote.hostname.clone(),
             epoch: remote.epoch,
@@ -202,8 +209,25 @@ impl Engine {
                 req.host, remote.member
             );
             let failed = JobError::new(Step::Dispatch, &req.host, why.clone());
-            let end = self.store.finish_job(job_id, Err(&failed), &now()).await;
-            self.forget(job_id, end.ok().flatten());
+            // The other member may have taken it before the answer was lost: then it is
+            // followed like any forwarded job, never failed under it.
+            match self
+                .store
+                .fail_unaccepted_job(job_id, &failed, &now())
+                .await
+            {
+                Ok(None) => {
+                    tracing::info!(job_id, member = %remote.member, "the job was accepted although its hand-over failed; following it");
+                    self.follow(job_id, cancel);
+                    return Ok((job_id, rx));
+                }
+                Ok(Some(end)) => self.forget(job_id, Some(end)),
+                Err(store_error) => {
+                    tracing::warn!(job_id, %store_error, "could not record the failed hand-over; following the job");
+                    self.follow(job_id, cancel);
+                    return Ok((job_id, rx));
+                }
+            }
             return Err(match error {
                 ForwardError::Refused {
                     status: 429,
@@ -241,7 +265,7 @@ impl Engine {
                         engine.cancel_remote(job_id).await;
                         continue;
                     }
-                    _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                    _ = tokio::time::sleep(engine.follow_every(job_id)) => {}
                 }
                 match engine.store.job(job_id).await {
                     Ok(Some(job)) => {
@@ -263,6 +287,19 @@ impl Engine {
                 }
             }
         });
+    }
+
+    /// How often a followed job is read: often while someone waits for it here, else now and
+    /// then (only to forget it once it ended).
+    fn follow_every(&self, job_id: u64) -> Duration {
+        let waiting = lock(&self.watchers)
+            .get(&job_id)
+            .is_some_and(|tx| tx.receiver_count() > 0);
+        if waiting {
+            FOLLOW_EVERY
+        } else {
+            Duration::from_secs(5)
+        }
     }
 
     /// Asks the member running job `job_id` to cancel it; whether it took the request.
@@ -293,6 +330,7 @@ impl Engine {
         self: &Arc<Self>,
         job_id: u64,
         req: JobRequest,
+        from: &str,
         hostname: &str,
         epoch: u64,
     ) -> Result<bool, ForwardRefusal> {
@@ -313,21 +351,6 @@ impl Engine {
         if lock(&self.cancels).contains_key(&job_id) {
             return Ok(false);
         }
-        let job = self
-            .store
-            .job(job_id)
-            .await
-            .map_err(SubmitError::from)?
-            .ok_or(ForwardRefusal::NoSuchJob(job_id))?;
-        if job.status.is_ended() {
-            return Ok(false);
-        }
-        if job.runner.as_deref() != Some(me.as_str()) {
-            return Err(ForwardRefusal::Stale(format!(
-                "job {job_id} is run by {}, not this coordinator",
-                job.runner.as_deref().unwrap_or("no coordinator")
-            )));
-        }
         let plan = self.plan(&req).await.map_err(SubmitError::from)?;
         if !matches!(&plan.route, Route::Agent { hostname: h } if h == hostname) {
             return Err(ForwardRefusal::Stale(format!(
@@ -336,6 +359,27 @@ impl Engine {
             )));
         }
         let admission = self.admit(vec![plan.route.name()])?;
+        // Taken once, in the store: a repeated or concurrent request finds it taken.
+        let Some(job) = self
+            .store
+            .accept_job(job_id, from, &me)
+            .await
+            .map_err(SubmitError::from)?
+        else {
+            let job = self
+                .store
+                .job(job_id)
+                .await
+                .map_err(SubmitError::from)?
+                .ok_or(ForwardRefusal::NoSuchJob(job_id))?;
+            if job.status.is_ended() || job.runner.as_deref() == Some(me.as_str()) {
+                return Ok(false);
+            }
+            return Err(ForwardRefusal::Stale(format!(
+                "job {job_id} is run by {}, not offered by {from}",
+                job.runner.as_deref().unwrap_or("no coordinator")
+            )));
+        };
         let (_view, cancel) = self.track(&job);
         let engine = self.clone();
         self.spawn(async move {
@@ -423,7 +467,7 @@ impl Engine {
                         None,
                     )
                 } else {
-                    engine.run_child(child.job_id, &child.host, &req, limit, &cancel, None).await
+                    engine.run_child(child.job_id, &child.host, &req, limit, &cancel, super::fleet::ChildOrigin::Share(&child.hostname)).await
                 };
                 if let Some(ack) = ack {
                     lock(&engine.held_acks).insert(child.job_id, (ack, Instant::now()));
@@ -587,53 +631,102 @@ impl Engine {
         Ok(statuses)
     }
 
-    /// The cluster's duties, until shutdown: the heartbeat (and the members' liveness), the
-    /// adoption of dead members' jobs, other members' revocations, evictions of older links.
+    /// The cluster's duties, until shutdown, each in its own task of the engine: the heartbeat
+    /// (nothing else may delay it, or this member would look dead), the adoption of dead
+    /// members' jobs and links, other members' revocations, and evictions of older links
+    /// (at most [`EVICTIONS_AT_ONCE`] in flight).
     pub fn spawn_cluster_duties(self: &Arc<Self>, mut evictions: mpsc::Receiver<Eviction>) {
         let Some(cluster) = self.cluster.get().cloned() else {
             return;
         };
+        // Members seen gone by the heartbeat, for the duties below.
+        let (gone_tx, mut gone_rx) = tokio::sync::watch::channel(0u64);
+        {
+            let (engine, cluster) = (self.clone(), cluster.clone());
+            self.spawn(async move {
+                let mut tick = tokio::time::interval(HEARTBEAT);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last_beat = Instant::now();
+                loop {
+                    tokio::select! {
+                        _ = engine.shutdown.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    match cluster.beat(engine.hub.connected() as u64).await {
+                        Ok(gone) => {
+                            last_beat = Instant::now();
+                            if !gone.is_empty() {
+                                gone_tx.send_modify(|n| *n += 1);
+                            }
+                        }
+                        Err(error) if last_beat.elapsed() > DEAD_AFTER => {
+                            tracing::error!(%error, seconds = last_beat.elapsed().as_secs(), "this coordinator cannot write its heartbeat: the others will judge it dead and adopt its jobs");
+                        }
+                        Err(error) => tracing::warn!(%error, "cannot write this coordinator's heartbeat"),
+                    }
+                }
+            });
+        }
+        {
+            let engine = self.clone();
+            let cluster = cluster.clone();
+            self.spawn(async move {
+                let permits = Arc::new(tokio::sync::Semaphore::new(EVICTIONS_AT_ONCE));
+                loop {
+                    let eviction = tokio::select! {
+                        _ = engine.shutdown.cancelled() => return,
+                        e = evictions.recv() => match e { Some(e) => e, None => return },
+                    };
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let cluster = cluster.clone();
+                    engine.spawn(async move {
+                        let body =
+                            json!({ "hostname": eviction.hostname, "epoch": eviction.epoch });
+                        let sent = cluster
+                            .post(&eviction.member, "/agents/evict", &body, None)
+                            .await;
+                        crate::metrics::forwarded("evict", sent.is_ok());
+                        drop(permit);
+                    });
+                }
+            });
+        }
         let engine = self.clone();
         self.spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_beat = Instant::now();
             let mut revocations_read = Instant::now();
-            let mut revoked_since = crate::hub::rfc3339(time::OffsetDateTime::now_utc() - time::Duration::seconds(60));
-            let mut beats: u64 = 0;
+            // Revocations are stamped with the revoking member's clock: read with a minute of
+            // margin, so members' clocks may differ by that much.
+            let margin = time::Duration::seconds(60);
+            let mut revoked_since = crate::hub::rfc3339(time::OffsetDateTime::now_utc() - margin);
+            let mut ticks: u64 = 0;
             loop {
                 tokio::select! {
-                    _ = engine.shutdown.cancelled() => break,
-                    eviction = evictions.recv() => {
-                        if let Some(e) = eviction {
-                            let cluster = cluster.clone();
-                            engine.spawn(async move {
-                                let body = json!({ "hostname": e.hostname, "epoch": e.epoch });
-                                let sent = cluster.post(&e.member, "/agents/evict", &body, None).await;
-                                crate::metrics::forwarded("evict", sent.is_ok());
-                            });
-                        }
-                        continue;
-                    }
+                    _ = engine.shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                beats += 1;
-                match cluster.beat(engine.hub.connected() as u64).await {
-                    Ok(_) => last_beat = Instant::now(),
-                    Err(error) => {
-                        if last_beat.elapsed() > DEAD_AFTER {
-                            tracing::error!(%error, seconds = last_beat.elapsed().as_secs(), "this coordinator cannot write its heartbeat: the others will judge it dead and adopt its jobs");
-                        } else {
-                            tracing::warn!(%error, "cannot write this coordinator's heartbeat");
-                        }
-                        continue;
-                    }
+                ticks += 1;
+                let someone_gone = gone_rx.has_changed().unwrap_or(false);
+                if someone_gone {
+                    gone_rx.borrow_and_update();
                 }
                 if let Err(error) = engine.adopt().await {
                     tracing::warn!(%error, "cannot adopt the jobs of stopped coordinators");
                 }
+                // Links of dead members: cleared when one is seen gone, and every 30 s for
+                // those a member never saw alive.
+                if someone_gone || ticks % 15 == 1 {
+                    match engine.store.release_dead_owners(DEAD_AFTER.as_millis() as i64).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(agents = n, "released the agent links of stopped coordinators"),
+                        Err(error) => tracing::warn!(%error, "cannot release the links of stopped coordinators"),
+                    }
+                }
                 if revocations_read.elapsed() >= REVOCATIONS_EVERY {
-                    let started = crate::hub::rfc3339(time::OffsetDateTime::now_utc() - time::Duration::seconds(5));
+                    let started = crate::hub::rfc3339(time::OffsetDateTime::now_utc() - margin);
                     match engine.hub.refresh_revoked(&revoked_since).await {
                         Ok(_) => {
                             revoked_since = started;
@@ -643,7 +736,7 @@ impl Engine {
                     }
                 }
                 lock(&engine.held_acks).retain(|_, (_, at)| at.elapsed() < HELD_ACK_LIFETIME);
-                if beats % 900 == 1 {
+                if ticks % 900 == 1 {
                     cluster.forget_old_members().await;
                 }
             }
@@ -658,7 +751,7 @@ impl Engine {
         };
         let jobs = self
             .store
-            .adopt_jobs(&cluster.id, &cluster.live_ids())
+            .adopt_jobs(&cluster.id, DEAD_AFTER.as_millis() as i64)
             .await?;
         let n = jobs.len();
         if n > 0 {

@@ -137,6 +137,14 @@ pub(super) enum ChildEvent {
     Remote(usize, FleetEntry, String),
 }
 
+/// Whose child a fleet child run here is.
+pub(super) enum ChildOrigin<'a> {
+    /// This member's fleet: the child's SSH session goes to its events, at its index.
+    Fleet(&'a mpsc::Sender<ChildEvent>, usize),
+    /// Another member's share: it runs only on this agent link.
+    Share(&'a str),
+}
+
 /// A fleet child as `GET /jobs/{id}` shows it: its entry in the fleet's record.
 pub(super) fn child_view(fleet: &JobRecord, index: usize, job_id: u64) -> Option<JobRecord> {
     let entry = fleet
@@ -310,13 +318,27 @@ impl Engine {
         child: &JobRequest,
         limit: Duration,
         cancel: &CancellationToken,
-        sessions: Option<(&mpsc::Sender<ChildEvent>, usize)>,
+        origin: ChildOrigin<'_>,
     ) -> (FleetEntry, Option<Ack>) {
+        let (sessions, agent_only) = match origin {
+            ChildOrigin::Fleet(events, index) => (Some((events, index)), None),
+            ChildOrigin::Share(agent) => (None, Some(agent)),
+        };
         let run = async {
             let plan = self
                 .plan(child)
                 .await
                 .map_err(|e| Stop::from(JobError::new(Step::Resolve, host, e.to_string())))?;
+            // A share of another member's fleet runs only on the agent link it was sent for.
+            if let Some(agent) = agent_only {
+                if !matches!(&plan.route, super::Route::Agent { hostname } if hostname == agent) {
+                    return Err(Stop::from(JobError::new(
+                        Step::Dispatch,
+                        host,
+                        format!("host {host}: its agent's link is no longer on the coordinator the fleet sent it to; run the fleet again"),
+                    )));
+                }
+            }
             if let (Some(session), Some((events, index))) =
                 (plan.ssh_session(&self.instance, job_id), sessions)
             {
@@ -413,7 +435,7 @@ impl Engine {
                         &child,
                         limit,
                         &cancel,
-                        Some((&events, index)),
+                        ChildOrigin::Fleet(&events, index),
                     )
                     .await;
                 let _ = events.send(ChildEvent::Done(index, entry, ack)).await;
@@ -462,9 +484,32 @@ impl Engine {
                         dirty = true;
                     }
                     Some(ChildEvent::Remote(index, mut entry, member)) => {
-                        // Only its own host's outcome, under the id this fleet gave it.
+                        // Only its own host's outcome, under the id this fleet gave it, with
+                        // a status that follows it, no SSH session (recovery would reach
+                        // it) and a result within the limit: another member's entry is
+                        // checked like an agent's.
                         entry.host = entries[index].host.clone();
                         entry.jobid = entries[index].jobid;
+                        entry.ssh_session = None;
+                        entry.status = Some(match entry.outcome {
+                            Outcome::Complete => JobStatus::Complete,
+                            Outcome::Pending => {
+                                entry.outcome = Outcome::Error;
+                                JobStatus::Failed
+                            }
+                            _ => JobStatus::Failed,
+                        });
+                        if entry.result.as_ref().is_some_and(|r| json_size(r) > MAX_RESULT_BYTES) {
+                            let host = entry.host.clone();
+                            entry = FleetEntry {
+                                jobid: entry.jobid,
+                                ..FleetEntry::failed(&host, Outcome::Error, JobError::new(
+                                    Step::Result,
+                                    &host,
+                                    format!("host {host}: its result is over {} MiB", MAX_RESULT_BYTES >> 20),
+                                ))
+                            };
+                        }
                         if let Some(job_id) = entry.jobid {
                             unacked_remote.entry(member).or_default().push(job_id);
                         }

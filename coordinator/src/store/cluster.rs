@@ -268,22 +268,80 @@ impl Store {
         Ok(locations(rows))
     }
 
-    /// Hands `runner` the running jobs of the members not in `live`; returns them. Two
-    /// coordinators doing this at once write the same rows: one commits, the other is
-    /// retried and finds them taken.
+    /// Hands `runner` the running jobs of members that are not alive now (by the database
+    /// server's clock: a heartbeat within `dead_ms`, judged in the same statement, so a
+    /// member that joined a moment ago is alive); returns them. Two coordinators doing this
+    /// at once write the same rows: one commits, the other is retried and finds them taken.
     pub async fn adopt_jobs(
         &self,
         runner: &str,
-        live: &[String],
+        dead_ms: i64,
     ) -> Result<Vec<JobRecord>, StoreError> {
         let rows = self
             .write(
-                "UPDATE job SET adopted_from = runner, runner = $runner \
+                "LET $live = (SELECT VALUE record::id(id) FROM member WHERE duration::millis(time::now() - heartbeat) <= $dead); \
+                 UPDATE job SET adopted_from = runner, runner = $runner \
                      WHERE status IN $running AND (runner = NONE OR runner NOT IN $live) RETURN AFTER",
-                json!({ "runner": runner, "live": live, "running": super::jobs::running() }),
+                json!({ "runner": runner, "dead": dead_ms, "running": super::jobs::running() }),
             )
             .await?;
         rows.into_iter().map(super::jobs::job_from_row).collect()
+    }
+
+    /// Clears the owner of agents whose owner is not alive now (judged as in
+    /// [`Store::adopt_jobs`]): they show as disconnected and are planned as any disconnected
+    /// agent until they register again. How many.
+    pub async fn release_dead_owners(&self, dead_ms: i64) -> Result<usize, StoreError> {
+        let rows = self
+            .write(
+                "LET $live = (SELECT VALUE record::id(id) FROM member WHERE duration::millis(time::now() - heartbeat) <= $dead); \
+                 UPDATE agent SET owner = NONE WHERE owner != NONE AND owner NOT IN $live RETURN VALUE record::id(id)",
+                json!({ "dead": dead_ms }),
+            )
+            .await?;
+        Ok(rows.len())
+    }
+
+    /// Hands job `id`, stored by member `from` for a link `me` holds, to `me`: once, while it
+    /// runs and nobody took it. The job when this call took it.
+    pub async fn accept_job(
+        &self,
+        id: u64,
+        from: &str,
+        me: &str,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let rows = self
+            .write(
+                "UPDATE type::record('job', $id) SET runner = $me, accepted = true \
+                     WHERE runner = $from AND accepted != true AND status IN $running RETURN AFTER",
+                json!({ "id": id, "from": from, "me": me, "running": super::jobs::running() }),
+            )
+            .await?;
+        rows.into_iter()
+            .next()
+            .map(super::jobs::job_from_row)
+            .transpose()
+    }
+
+    /// Ends job `id` with `error` unless another member accepted it ([`Store::accept_job`]);
+    /// the ended job, `None` when it was accepted (or had ended).
+    pub async fn fail_unaccepted_job(
+        &self,
+        id: u64,
+        error: &crate::model::JobError,
+        now: &str,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let rows = self
+            .write(
+                "UPDATE type::record('job', $id) SET status = $status, finished = $now, error = $error \
+                     WHERE status IN $running AND accepted != true RETURN AFTER",
+                json!({ "id": id, "status": crate::model::JobStatus::Failed, "now": now, "error": error, "running": super::jobs::running() }),
+            )
+            .await?;
+        rows.into_iter()
+            .next()
+            .map(super::jobs::job_from_row)
+            .transpose()
     }
 
     /// Sets the member that runs job `id`.
@@ -331,7 +389,7 @@ impl Store {
     ) -> Result<Vec<super::CredentialRow>, StoreError> {
         let rows = self
             .query(
-                "SELECT *, record::id(id) AS id FROM agent_credential WHERE revoked != NONE AND revoked >= $since",
+                "SELECT *, record::id(id) AS id FROM agent_credential WHERE revoked != NONE AND <datetime> revoked >= <datetime> $since",
                 json!({ "since": since }),
             )
             .await?;

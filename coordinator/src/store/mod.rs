@@ -493,7 +493,23 @@ impl Store {
                 QUERY_TIMEOUT.as_secs()
             ))
         })??;
-        let mut response = response.check()?;
+        let mut response = response;
+        let mut errors: Vec<(usize, surrealdb::Error)> =
+            response.take_errors().into_iter().collect();
+        if !errors.is_empty() {
+            // In a BEGIN ... COMMIT block that failed, the other statements only say they were
+            // "not executed due to a failed transaction": the cause is the one that says more
+            // (a conflict, a unique index, ...).
+            errors.sort_by_key(|(index, _)| *index);
+            let cause = errors
+                .iter()
+                .position(|(_, e)| {
+                    !e.to_string()
+                        .contains("not executed due to a failed transaction")
+                })
+                .unwrap_or(0);
+            return Err(errors.swap_remove(cause).1.into());
+        }
         let last = response.num_statements().saturating_sub(1);
         let value: surrealdb::types::Value = response.take(last)?;
         Ok(match value.into_json_value() {
@@ -524,13 +540,12 @@ impl Store {
 
 fn is_conflict(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    // In a BEGIN ... COMMIT block that lost a race, the statements before the failed commit
-    // report "not executed due to a failed transaction" (the first error the SDK returns),
-    // not the conflict itself.
+    // A failed BEGIN ... COMMIT block with no statement naming a cause lost a race at its
+    // commit (`query` returns the cause when one is named).
     m.contains("conflict")
         || m.contains("can be retried")
         || m.contains("retry")
-        || m.contains("due to a failed transaction")
+        || m.contains("not executed due to a failed transaction")
 }
 
 /// Parses the integer key out of a record id rendered as JSON (`"relay:5"`).

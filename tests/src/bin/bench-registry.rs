@@ -6,7 +6,9 @@
 //! `--write-rate`), and each latency is measured from the time the request was due, so a stall
 //! counts against every request it delays (no coordinated omission).
 //!
-//! Run: `cargo run --release -p tracevisor-tests --bin bench-registry -- [--seconds N] [--clients N] [--read-rate R] [--write-rate W]`
+//! Run: `cargo run --release -p tracevisor-tests --bin bench-registry -- [--seconds N] [--clients N] [--read-rate R] [--write-rate W] [--backends embedded,server]`
+//! (`server`: a SurrealDB server, this crate's `surrealdb-server`, reached over ws:// by a
+//! cluster member; `embedded`: the default SurrealKV in the data directory).
 //! (build the release binaries first: `cargo build --release --workspace --bins`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,8 +186,45 @@ async fn main() -> Result<()> {
     let seconds = flag("--seconds", 10);
     let clients = flag("--clients", 64);
     let (read_rate, write_rate) = (flag("--read-rate", 5000), flag("--write-rate", 1000));
-    let dir = tempfile::Builder::new().prefix("tv-bench-").tempdir()?;
-    let c = Coordinator::start(dir.path(), &[])?;
+    // Side by side in one run: the embedded default, then a SurrealDB server (this crate's
+    // `surrealdb-server`, in memory, over ws://, as a cluster member signs in to it).
+    let backends: Vec<String> = args
+        .iter()
+        .position(|a| a == "--backends")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_else(|| vec!["embedded".into(), "server".into()]);
+    println!("| database | mix | load | requests | req/s | p50 ms | p99 ms | max ms | errors |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for backend in &backends {
+        let dir = tempfile::Builder::new().prefix("tv-bench-").tempdir()?;
+        let (embedded, server);
+        let c: &Coordinator = match backend.as_str() {
+            "embedded" => {
+                embedded = Coordinator::start(dir.path(), &[])?;
+                &embedded
+            }
+            "server" => {
+                let setup = tracevisor_tests::cluster::ClusterSetup::new()?;
+                let member = setup.member(&[])?;
+                server = (setup, member);
+                &server.1.coordinator
+            }
+            other => anyhow::bail!("--backends takes embedded and/or server, not {other:?}"),
+        };
+        run_backend(c, backend, seconds, clients, read_rate, write_rate).await?;
+    }
+    Ok(())
+}
+
+async fn run_backend(
+    c: &Coordinator,
+    backend: &str,
+    seconds: u64,
+    clients: u64,
+    read_rate: u64,
+    write_rate: u64,
+) -> Result<()> {
     let seeded = 200u64;
     for i in 0..seeded {
         c.post(
@@ -201,12 +240,10 @@ async fn main() -> Result<()> {
         )
         .await?;
     }
-    println!(
-        "registry benchmark: {clients} concurrent clients, {seconds} s per mix, coordinator {}",
+    eprintln!(
+        "registry benchmark ({backend}): {clients} concurrent clients, {seconds} s per mix, coordinator {}",
         c.addr
     );
-    println!("| mix | load | requests | req/s | p50 ms | p99 ms | max ms | errors |");
-    println!("|---|---|---|---|---|---|---|---|");
     let read = Mix {
         name: "read (GET lists and records)",
         pick: read_mix,
@@ -221,13 +258,13 @@ async fn main() -> Result<()> {
         (&write, None),
         (&write, Some(write_rate)),
     ] {
-        let f = run_mix(&c, mix, clients, seconds, seeded, rate.map(|r| r as f64)).await;
+        let f = run_mix(c, mix, clients, seconds, seeded, rate.map(|r| r as f64)).await;
         let load = match rate {
             Some(r) => format!("open loop, {r} req/s due"),
             None => "closed loop".to_owned(),
         };
         println!(
-            "| {} | {load} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {backend} | {} | {load} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
             mix.name,
             f.requests,
             f.requests as f64 / f.elapsed.as_secs_f64(),
