@@ -41,7 +41,7 @@ use tracevisor_protocol::HUB_PATH;
 pub struct Cli {
     /// Coordinator URL: ws(s)://host:port[/path]; http(s):// is accepted, and with no path the
     /// hub path /trace/api/v1.0/agents is used. Given several times (or comma-separated in
-    /// TRACESD_COORDINATOR), the agent starts with one picked at random and moves to the next
+    /// TRACESD_COORDINATOR), the agent starts with one picked at random and moves to another
     /// when a link fails.
     #[arg(
         long,
@@ -233,7 +233,7 @@ pub struct AgentConfig {
     /// The full WebSocket URL of the coordinator's hub (`ws://` or `wss://`) the link dials.
     pub coordinator: Uri,
     /// Every coordinator the agent may dial (`coordinator` among them), all `ws://` or all
-    /// `wss://`: the link starts with one picked at random and moves to the next when it fails.
+    /// `wss://`: the link starts with one picked at random and moves to another one at random when it fails.
     pub coordinators: Vec<Uri>,
     /// What the link authenticates with, sent as `Authorization: Bearer <token>`: this host's
     /// credential (or the enrollment token, on `tracesd enroll`'s enrollment link).

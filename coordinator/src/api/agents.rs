@@ -31,6 +31,9 @@ fn refused(refusal: Refusal) -> Response {
             ApiError::bad_request(message).with(json!({ "supported": [PROTOCOL_VERSION] }))
         }
         Refusal::Full(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
+        Refusal::Backlog(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).retry_after(1)
+        }
     }
     .into_response()
 }

@@ -38,6 +38,22 @@ impl<S> Socket for S where
 {
 }
 
+/// A link waiting for (or in) its registration, for the hub's backlog bound.
+struct Registering<'a>(&'a Hub);
+
+impl<'a> Registering<'a> {
+    fn new(hub: &'a Hub) -> Self {
+        hub.registering.fetch_add(1, Ordering::Relaxed);
+        Registering(hub)
+    }
+}
+
+impl Drop for Registering<'_> {
+    fn drop(&mut self) {
+        self.0.registering.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One agent link, from hello to close; or, for `Identity::Enrollment`, one enrollment.
 pub async fn serve_link<S: Socket>(
     hub: Arc<Hub>,
@@ -108,6 +124,8 @@ pub async fn serve_link<S: Socket>(
         }
     };
     let registered = async {
+        // Counted from the upgrade's admission (see `Hub::accept`) until registered.
+        let _waiting = Registering::new(&hub);
         // The semaphore is never closed, so acquiring only waits.
         let _turn = hub.registrations.acquire().await.ok();
         let now = OffsetDateTime::now_utc();

@@ -54,6 +54,13 @@ const OUTGOING_QUEUE: usize = 64;
 /// allocator afterwards); see BENCHMARKS.md.
 const REGISTRATION_CONCURRENCY: usize = 32;
 
+/// Links that may wait for their turn to register; upgrades beyond are refused (503) and the
+/// agents retry after their backoff. Unbounded, a fleet arriving faster than registrations
+/// complete (a cluster's shared database answers in milliseconds, not microseconds) queued
+/// longer than the agents' 10 s hello timeout: every registration then completed for an
+/// agent that had given up, and none stuck (BENCHMARKS.md, "Several coordinators").
+const REGISTRATION_BACKLOG: u64 = 1000;
+
 /// Something an agent reported about a job, for the job engine.
 #[derive(Debug, Clone)]
 pub struct AgentEvent {
@@ -150,6 +157,8 @@ pub struct Hub {
     auth_failures: AuthFailures,
     /// Permits for [`REGISTRATION_CONCURRENCY`] registrations at once.
     registrations: tokio::sync::Semaphore,
+    /// Links upgraded whose hello is not yet registered ([`REGISTRATION_BACKLOG`]).
+    registering: AtomicU64,
     /// Every agent credential, by id (mirrors the `agent_credential` table).
     credentials: Mutex<Credentials>,
     /// Held by an enrollment or a revocation, from its store write to its map update.
@@ -222,6 +231,7 @@ impl Hub {
             open_links: AtomicU64::new(0),
             auth_failures: AuthFailures::default(),
             registrations: tokio::sync::Semaphore::new(REGISTRATION_CONCURRENCY),
+            registering: AtomicU64::new(0),
             credentials: Mutex::new(Credentials::default()),
             credential_writes: tokio::sync::Mutex::new(()),
             last_seen_at_exit: Mutex::new(Vec::new()),
@@ -662,6 +672,8 @@ pub enum Refusal {
     Version(String),
     #[error("this coordinator serves at most {0} agent links (max_agent_links)")]
     Full(usize),
+    #[error("{0} agents are waiting to register here; retry later")]
+    Backlog(u64),
 }
 
 impl Hub {
@@ -757,6 +769,11 @@ impl Hub {
         if self.open_links.load(Ordering::Relaxed) >= self.max_links as u64 {
             tracing::warn!(%peer, max = self.max_links, "agent refused: link limit reached");
             return Err(Refusal::Full(self.max_links));
+        }
+        let waiting = self.registering.load(Ordering::Relaxed);
+        if waiting >= REGISTRATION_BACKLOG {
+            tracing::debug!(%peer, waiting, "agent refused: registration backlog full");
+            return Err(Refusal::Backlog(waiting));
         }
         self.open_links.fetch_add(1, Ordering::Relaxed);
         let hub = self.clone();

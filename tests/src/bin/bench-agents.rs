@@ -261,9 +261,17 @@ async fn enroll_range(urls: &[String], token: &str, first: usize, n: usize) -> R
     Ok(credentials)
 }
 
+/// A random number (the simulator's choice of another coordinator).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
 /// One simulated agent: connect, run a session, reconnect with the agent's backoff. Given
-/// several coordinators, it starts with `coordinators[index % len]` and moves to the next one
-/// whenever an attempt fails or a link ends, as `tracesd` does.
+/// several coordinators, it starts with `coordinators[index % len]` and moves to another one
+/// at random whenever an attempt fails or a link ends, as `tracesd` does.
 async fn simulated_agent(
     index: usize,
     source: Ipv4Addr,
@@ -278,9 +286,15 @@ async fn simulated_agent(
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
     let mut ever_registered = false;
     let mut target = index % coordinators.len().max(1);
+    let mut first = true;
     loop {
+        if !first && coordinators.len() > 1 {
+            // As tracesd: another coordinator at random after a failed attempt or a link end.
+            let len = coordinators.len() as u64;
+            target = ((target as u64 + 1 + rand_u64() % (len - 1)) % len) as usize;
+        }
+        first = false;
         let coordinator = coordinators[target];
-        target = (target + 1) % coordinators.len();
         // One descriptor of the simulator's budget for as long as this attempt's socket lives.
         let _socket = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -1015,6 +1029,7 @@ fn print_table(args: &Args, rows: &[Row], fd_limit: u64) {
 /// the next one when a link fails, until its standard input closes.
 async fn simulate(mut it: impl Iterator<Item = String>) -> Result<()> {
     let (mut file, mut targets, mut first, mut addresses) = (None, Vec::new(), 0usize, 16u8);
+    let mut rate: Option<f64> = None;
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -1027,6 +1042,7 @@ async fn simulate(mut it: impl Iterator<Item = String>) -> Result<()> {
             }
             "--first" => first = value()?.parse().context("--first")?,
             "--addresses" => addresses = value()?.parse().context("--addresses")?,
+            "--start-rate" => rate = Some(value()?.parse().context("--start-rate")?),
             other if file.is_none() => file = Some(other.to_owned()),
             other => bail!("unknown flag {other}"),
         }
@@ -1057,7 +1073,7 @@ async fn simulate(mut it: impl Iterator<Item = String>) -> Result<()> {
         config.token = tracesd::Token::new(credential)?;
         let index = first + i;
         let source = Ipv4Addr::new(127, 0, 0, 2 + (index % usize::from(addresses.max(1))) as u8);
-        tasks.spawn(simulated_agent(
+        let agent = simulated_agent(
             index,
             source,
             targets.clone(),
@@ -1065,7 +1081,14 @@ async fn simulate(mut it: impl Iterator<Item = String>) -> Result<()> {
             stats.clone(),
             sockets.clone(),
             shutdown.clone(),
-        ));
+        );
+        let delay = rate.map_or(Duration::ZERO, |r| {
+            Duration::from_secs_f64(i as f64 / r.max(1.0))
+        });
+        tasks.spawn(async move {
+            tokio::time::sleep(delay).await;
+            agent.await
+        });
     }
     // Runs until the benchmark closes this process's input.
     let mut sink = Vec::new();
@@ -1149,9 +1172,11 @@ async fn run_cluster(args: &Args, n: usize, m: usize) -> Result<()> {
         .map(|x| x.coordinator.addr.to_string())
         .collect();
     eprintln!(
-        "== cluster: {m} coordinators on {}, {n} agents, {} simulators",
+        "== cluster: {m} coordinators on {}, {n} agents, {} simulators, start {}",
         setup.server.url(),
-        args.simulators
+        args.simulators,
+        args.start_rate
+            .map_or("simultaneous".to_owned(), |r| format!("{r} agents/s"))
     );
     let enrolled = Instant::now();
     let credentials = enroll_range(&urls, &setup.agent_token, 0, n).await?;
@@ -1175,6 +1200,16 @@ async fn run_cluster(args: &Args, n: usize, m: usize) -> Result<()> {
                 &(s * per).to_string(),
             ])
             .args(["--addresses", &args.addresses.to_string()])
+            .args(
+                args.start_rate
+                    .map(|r| {
+                        // The whole fleet's rate, shared by the simulators.
+                        let each = r as f64 / args.simulators.max(1) as f64;
+                        ["--start-rate".to_owned(), each.to_string()]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(std::process::Stdio::piped())
             .spawn()
             .context("spawning a simulator")?;

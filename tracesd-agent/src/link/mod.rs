@@ -135,7 +135,8 @@ pub async fn run(mut config: AgentConfig, shutdown: CancellationToken) -> Result
         (None, false) => None,
     };
     // With several coordinators, start with one at random (agents spread over them) and move
-    // to the next whenever a link ends.
+    // to another one at random whenever a link ends: the agents of a coordinator that died
+    // spread over the others instead of all landing on the next one in their lists.
     let coordinators = if config.coordinators.is_empty() {
         vec![config.coordinator.clone()]
     } else {
@@ -203,7 +204,7 @@ pub async fn run(mut config: AgentConfig, shutdown: CancellationToken) -> Result
         }
         let delay = backoff.next_delay();
         if coordinators.len() > 1 {
-            next = (next + 1) % coordinators.len();
+            next = another(next, coordinators.len(), rand::random::<u64>());
             config.coordinator = coordinators[next].clone();
         }
         tracing::info!(
@@ -393,6 +394,11 @@ fn bounded_text(bytes: &[u8], max: usize) -> String {
     } else {
         format!("{}…", text.chars().take(max).collect::<String>())
     }
+}
+
+/// A coordinator other than `current` among `len` (`len` > 1), picked uniformly by `roll`.
+fn another(current: usize, len: usize, roll: u64) -> usize {
+    (current + 1 + (roll % (len as u64 - 1)) as usize) % len
 }
 
 #[cfg(test)]

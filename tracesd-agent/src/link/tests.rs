@@ -879,3 +879,15 @@ async fn hello_carries_the_detected_capabilities() {
     }
     stop(shutdown, task).await;
 }
+
+#[test]
+fn a_link_that_ends_moves_to_any_other_coordinator_evenly() {
+    let mut seen = [0usize; 4];
+    for roll in 0..300u64 {
+        let next = super::another(2, 4, roll);
+        assert_ne!(next, 2);
+        seen[next] += 1;
+    }
+    assert_eq!(seen, [100, 100, 0, 100]);
+    assert_eq!(super::another(0, 2, 12345), 1);
+}
