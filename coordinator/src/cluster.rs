@@ -96,11 +96,6 @@ impl Cluster {
         &self.settings.token
     }
 
-    /// Where the internal API listens.
-    pub fn listen(&self) -> std::net::SocketAddr {
-        self.settings.listen
-    }
-
     /// Writes this member's heartbeat and reads every member's; returns the members that were
     /// alive at the previous beat and are not any more.
     pub async fn beat(&self, agents: u64) -> Result<Vec<String>, StoreError> {
@@ -218,20 +213,5 @@ impl Cluster {
             status: status.as_u16(),
             message,
         })
-    }
-
-    /// POSTs `body` to every other live member, ignoring failures (best effort notices).
-    pub async fn tell_others(&self, path: &str, body: &Json) {
-        let others: Vec<String> = self
-            .live()
-            .keys()
-            .filter(|id| **id != self.id)
-            .cloned()
-            .collect();
-        for member in others {
-            if let Err(error) = self.post(&member, path, body, None).await {
-                tracing::warn!(%member, path, %error, "could not tell a member of the cluster");
-            }
-        }
     }
 }

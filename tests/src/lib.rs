@@ -5,6 +5,7 @@ pub mod coordinator;
 pub mod jobs_support;
 pub mod lttng;
 pub mod procfs;
+pub mod prometheus;
 pub mod skip;
 pub mod sshd;
 

@@ -18,7 +18,7 @@ use tracevisor_tests::coordinator::Coordinator;
 use tracevisor_tests::jobs_support::{get_job, job_body, post_analyses, wait_ended};
 use tracevisor_tests::lttng::ensure_sessiond;
 use tracevisor_tests::require;
-use tracevisor_tests::skip::{system_python, Req};
+use tracevisor_tests::skip::Req;
 
 const PATIENCE: Duration = Duration::from_secs(120);
 /// The agents' reconnection backoff is capped at 30 s: a killed coordinator's agents are on
@@ -60,43 +60,10 @@ fn ust(host: &str) -> Json {
     body
 }
 
-/// Parses a Prometheus exposition with the official client's parser; the value of `name`
-/// with `labels`.
+/// The value of `name` with `labels` in a Prometheus exposition, as the official client's
+/// parser reads it.
 fn prometheus_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    use std::io::Write;
-    const PARSE: &str = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-print(json.dumps([{"name": s.name, "labels": s.labels, "value": s.value}
-                  for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]))
-"#;
-    let mut child = std::process::Command::new(system_python())
-        .args(["-c", PARSE])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Prometheus parser refused the exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let samples: Vec<Json> = serde_json::from_slice(&out.stdout).unwrap();
-    samples.iter().find_map(|s| {
-        (s["name"] == name
-            && labels
-                .iter()
-                .all(|(k, v)| s["labels"][*k].as_str() == Some(*v)))
-        .then(|| s["value"].as_f64().unwrap())
-    })
+    tracevisor_tests::prometheus::sample(&tracevisor_tests::prometheus::parse(text), name, labels)
 }
 
 #[test]

@@ -4,63 +4,16 @@
 //! protocol, a job that failed, database queries answered).
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use reqwest::StatusCode;
-use serde_json::{json, Value as Json};
+use serde_json::json;
 use tracevisor_tests::agents::{agent_token, hub_url, RawLink};
 use tracevisor_tests::block_on as run;
 use tracevisor_tests::coordinator::Coordinator;
+use tracevisor_tests::prometheus::{parse, sample};
 use tracevisor_tests::require;
-use tracevisor_tests::skip::{system_python, Req};
+use tracevisor_tests::skip::Req;
 
 const TOKEN: &str = "metrics-test-token-0123456789abcdef";
-
-/// Every sample as `{"name", "labels", "value"}`, and every family's type, as the Prometheus
-/// client parses the text (it raises on anything malformed).
-const PARSE: &str = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-families = list(text_string_to_metric_families(sys.stdin.read()))
-print(json.dumps({
-    "types": {f.name: f.type for f in families},
-    "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for f in families for s in f.samples],
-}))
-"#;
-
-fn parse(text: &str) -> Json {
-    let mut child = Command::new(system_python())
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Prometheus parser refused the exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn sample(parsed: &Json, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    parsed["samples"].as_array().unwrap().iter().find_map(|s| {
-        let matches = s["name"] == name
-            && labels
-                .iter()
-                .all(|(k, v)| s["labels"][*k].as_str() == Some(*v));
-        matches.then(|| s["value"].as_f64().unwrap())
-    })
-}
 
 #[test]
 fn metrics_parse_as_prometheus_text_and_follow_agents_jobs_and_the_database() {

@@ -344,16 +344,6 @@ impl Store {
             .transpose()
     }
 
-    /// Sets the member that runs job `id`.
-    pub async fn set_job_runner(&self, id: u64, runner: &str) -> Result<(), StoreError> {
-        self.write(
-            "UPDATE type::record('job', $id) SET runner = $runner",
-            json!({ "id": id, "runner": runner }),
-        )
-        .await
-        .map(|_| ())
-    }
-
     /// The member that runs job `id` (`None`: no member, or no such job).
     pub async fn job_runner(&self, id: u64) -> Result<Option<String>, StoreError> {
         let rows = self
